@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install everything, then run the whole suite: lint, types, unit, nix and lab tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export PATH="$PWD/.venv/bin:$PATH"
+ruff check src tests bench
+ruff format --check src tests bench
+mypy
+# pytest exits 5 when it collected nothing: that is a failure here, never a silent pass.
+pytest "$@"

@@ -1,0 +1,5 @@
+"""Allow `python -m nixherd`."""
+
+from nixherd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""The command line: parse arguments, call the core, render its results and errors once.
+
+Each command lives in its own module under `nixherd.cli` exposing `HELP`, `configure(parser)`
+and `run(args) -> int`. Command modules import only the standard library at the top; the core
+and heavy libraries (rich, nix, ssh) are imported inside `run`, so `nixherd nodes` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from nixherd import __version__
+
+# Command name -> module under nixherd.cli. Order is the order shown in --help.
+COMMANDS: dict[str, str] = {
+    "nodes": "nodes",
+    "show": "show",
+    "check": "check",
+    "lab": "lab",
+}
+
+
+def _load(module: str) -> ModuleType:
+    return importlib.import_module(f"nixherd.cli.{module}")
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every command accepts, before or after its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-i",
+        "--inventory",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="inventory file (default: $NIXHERD_INVENTORY or ./inventory.toml)",
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show a traceback on internal errors",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_options()
+    parser = argparse.ArgumentParser(
+        prog="nixherd",
+        description="Deploy NixOS configurations to a fleet of machines over SSH.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"nixherd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = _load(module_name)
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
+        module.configure(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def inventory_path(args: argparse.Namespace) -> str:
+    """The inventory file chosen by --inventory, $NIXHERD_INVENTORY, or the default."""
+    given: str | None = getattr(args, "inventory", None)
+    return given or os.environ.get("NIXHERD_INVENTORY") or "inventory.toml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    from nixherd.errors import NixherdError
+
+    try:
+        args = build_parser().parse_args(args_list)
+        code: int = args._run(args)
+        return code
+    except NixherdError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _print_error(exc.render())
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # A closed pipe (`nixherd nodes | head`) is not an error worth a message.
+        _silence_stdout()
+        return 0
+    except Exception as exc:
+        if debug:
+            raise
+        _print_error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+        return 70
+
+
+def _print_error(message: str) -> None:
+    lines = message.splitlines() or [""]
+    prefix = "nixherd: error: "
+    sys.stderr.write(prefix + lines[0] + "\n")
+    for line in lines[1:]:
+        sys.stderr.write("  " + line + "\n")
+    sys.stderr.flush()
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
