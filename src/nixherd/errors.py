@@ -6,7 +6,7 @@
     ├── SelectionError           a bad `--on` expression, or one that matches nothing; exit code 2
     ├── CommandError             an external command (nix, ssh, ...) failed: argv, code, output tail
     ├── LabError                 the lab could not be brought up / down
-    └── NodesFailed              one or more nodes failed; the per-node results are already reported
+    └── NodesFailedError         one or more nodes failed; the per-node results are already reported
 
 Library errors (OSError, subprocess, TOML parsers) are converted at the boundary with
 `raise X from exc`; nothing else escapes to the user (a traceback only with `--debug`).
@@ -96,5 +96,5 @@ class LabError(NixherdError):
     pass
 
 
-class NodesFailed(NixherdError):
+class NodesFailedError(NixherdError):
     """Some nodes failed; their errors were already shown per node."""

@@ -7,6 +7,7 @@ never cut by the keyboard.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -79,9 +80,7 @@ def run(
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-            raise CommandError(
-                args, None, _text(out) + _text(err), what=what, node=node
-            ) from None
+            raise CommandError(args, None, _text(out) + _text(err), what=what, node=node) from None
         result = Result(args, proc.returncode, _text(out), _text(err))
     else:
         result = _run_streaming(proc, args, data, timeout, on_line, what, node)
@@ -133,15 +132,10 @@ def _run_streaming(
 
 
 def _feed(stream: IO[bytes], data: bytes) -> None:
-    try:
+    with contextlib.suppress(BrokenPipeError):
         stream.write(data)
-    except BrokenPipeError:
-        pass
-    finally:
-        try:
-            stream.close()
-        except BrokenPipeError:
-            pass
+    with contextlib.suppress(BrokenPipeError):
+        stream.close()
 
 
 def spawn(
