@@ -1,0 +1,1 @@
+"""Deploying: the per-node pipeline, activation with magic rollback, checks, rollouts, reports."""
