@@ -125,6 +125,8 @@ def _run_streaming(
     finally:
         if timer is not None:
             timer.cancel()
+        proc.stdout.close()
+        proc.wait()
     output = "\n".join(lines) + ("\n" if lines else "")
     if timed_out.is_set():
         raise CommandError(args, None, output, what=what, node=node)

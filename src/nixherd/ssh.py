@@ -22,7 +22,7 @@ from nixherd.process import LineCallback, Result
 
 # Re-checked here although the inventory validates them: this is the boundary where a value
 # becomes ssh argv, and a host such as `-oProxyCommand=...` must never get through.
-_HOST = re.compile(r"^[A-Za-z0-9_\[][A-Za-z0-9_.:%\-\]]{0,252}$")
+_HOST = re.compile(r"^(?!-)[A-Za-z0-9_.:%\[\]\-]{1,253}$")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,31}$")
 _OPTION = re.compile(r"^[A-Za-z]+=[^\s\x00]*$")
 

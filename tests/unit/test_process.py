@@ -1,0 +1,86 @@
+"""process.run: exit codes, captured and streamed output, stdin, timeouts, missing programs."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from nixherd import process
+from nixherd.errors import CommandError
+
+PY = sys.executable
+
+
+def test_captures_stdout_and_stderr_apart() -> None:
+    result = process.run([PY, "-c", "import sys; print('out'); print('err', file=sys.stderr)"])
+    assert result.ok
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"
+
+
+def test_failure_raises_with_command_line_and_tail() -> None:
+    with pytest.raises(CommandError) as info:
+        process.run(
+            [PY, "-c", "import sys; print('boom'); sys.exit(3)"], what="probe", node="web-1"
+        )
+    err = info.value
+    assert err.returncode == 3
+    assert "boom" in err.output
+    text = err.render()
+    assert text.startswith("web-1: probe failed (exited with 3): ")
+    assert "-c" in text and "boom" in text
+
+
+def test_check_false_returns_result() -> None:
+    result = process.run([PY, "-c", "raise SystemExit(4)"], check=False)
+    assert result.returncode == 4
+    assert not result.ok
+
+
+def test_input_reaches_stdin_not_argv() -> None:
+    result = process.run([PY, "-c", "import sys; print(sys.stdin.read()[::-1])"], input="abc")
+    assert result.stdout.strip() == "cba"
+    assert "abc" not in " ".join(result.argv)
+
+
+def test_streaming_hands_every_line_in_order() -> None:
+    seen: list[str] = []
+    result = process.run(
+        [
+            PY,
+            "-c",
+            "import sys\nfor i in range(3):\n print(i, flush=True)\nprint('e', file=sys.stderr)",
+        ],
+        on_line=seen.append,
+    )
+    assert seen[:3] == ["0", "1", "2"]
+    assert "e" in seen
+    assert result.stdout.splitlines() == seen
+
+
+def test_timeout_kills_and_raises() -> None:
+    with pytest.raises(CommandError) as info:
+        process.run([PY, "-c", "import time; time.sleep(30)"], timeout=0.5)
+    assert info.value.returncode is None
+    assert "timed out" in info.value.render()
+
+
+def test_streaming_timeout_kills_and_raises() -> None:
+    with pytest.raises(CommandError) as info:
+        process.run([PY, "-c", "import time; time.sleep(30)"], timeout=0.5, on_line=lambda _: None)
+    assert info.value.returncode is None
+
+
+def test_missing_program_is_a_command_error() -> None:
+    with pytest.raises(CommandError) as info:
+        process.run(["/nonexistent/program-nixherd"])
+    assert info.value.returncode == 127
+
+
+def test_children_run_in_their_own_session() -> None:
+    # A Ctrl-C on the terminal must reach nixherd only; children are not in our session.
+    import os
+
+    result = process.run([PY, "-c", "import os; print(os.getsid(0))"])
+    assert int(result.stdout) != os.getsid(0)
