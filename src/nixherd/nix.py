@@ -52,3 +52,102 @@ def eval_expr_json(
 def nix_string(value: str) -> str:
     """A Nix string literal holding `value` exactly (for expressions nixherd builds)."""
     return json.dumps(value).replace("${", "\\${")
+
+
+# --- building, realising and copying (the deploy pipeline's nix operations) ---
+#
+# Builds go through `nix-store --realise` rather than `nix build`: Nix 2.8 builds a bare `.drv`
+# installable while 2.15+ needs `drv^*` (which 2.8 rejects); `nix-store --realise DRV` means the
+# same everywhere, Lix included.
+
+
+def realise_argv(paths: Sequence[str], *, keep_going: bool = True) -> list[str]:
+    """`nix-store --realise` of derivations (or store paths), local or on a node."""
+    return ["nix-store", "--realise", *(["--keep-going"] if keep_going else []), *paths]
+
+
+def realise(
+    drvs: Sequence[str],
+    *,
+    keep_going: bool = True,
+    env: Mapping[str, str] | None = None,
+    on_line: process.LineCallback | None = None,
+    timeout: float | None = None,
+) -> list[str]:
+    """Build every derivation in ONE nix process; returns the output paths it printed.
+
+    With `keep_going`, one failing derivation does not stop the others; the CommandError it
+    raises still leaves every buildable output built (ask `invalid_paths` which are missing).
+    """
+    result = process.run(
+        realise_argv(drvs, keep_going=keep_going),
+        env=env,
+        on_line=on_line,
+        timeout=timeout,
+        what="nix-store --realise",
+    )
+    return [line for line in result.stdout.splitlines() if line.startswith("/")]
+
+
+def invalid_paths(paths: Sequence[str], *, env: Mapping[str, str] | None = None) -> set[str]:
+    """Which of `paths` are not valid in the local store (one process for all)."""
+    if not paths:
+        return set()
+    result = process.run(
+        ["nix-store", "--check-validity", "--print-invalid", *paths],
+        env=env,
+        what="nix-store --check-validity",
+    )
+    return {line.strip() for line in result.stdout.splitlines() if line.strip()}
+
+
+def add_root_argv(root: str, path: str) -> list[str]:
+    return ["nix-store", "--realise", "--add-root", root, "--indirect", path]
+
+
+def add_root(root: str, path: str, *, env: Mapping[str, str] | None = None) -> None:
+    """Keep `path` alive: an (indirect) GC root at `root`, replacing an older one."""
+    process.run(add_root_argv(root, path), env=env, what="nix-store --add-root")
+
+
+def copy_argv(
+    paths: Sequence[str],
+    *,
+    to: str,
+    derivation: bool = False,
+    substitute_on_destination: bool = False,
+) -> list[str]:
+    """`nix copy --to URI PATHS`: the closure of PATHS (of the .drv files with `derivation`)."""
+    argv = nix_argv("copy", "--to", to)
+    if derivation:
+        argv.append("--derivation")
+    if substitute_on_destination:
+        argv.append("--substitute-on-destination")
+    return [*argv, *paths]
+
+
+def copy(
+    paths: Sequence[str],
+    *,
+    to: str,
+    env: Mapping[str, str] | None = None,
+    derivation: bool = False,
+    substitute_on_destination: bool = False,
+    on_line: process.LineCallback | None = None,
+    timeout: float | None = None,
+    node: str | None = None,
+) -> None:
+    """Copy closures to another store (a node's, through `ssh://` and NIX_SSHOPTS in `env`)."""
+    process.run(
+        copy_argv(
+            paths,
+            to=to,
+            derivation=derivation,
+            substitute_on_destination=substitute_on_destination,
+        ),
+        env=env,
+        on_line=on_line,
+        timeout=timeout,
+        what="nix copy",
+        node=node,
+    )
