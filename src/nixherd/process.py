@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from nixherd.errors import CommandError
@@ -138,6 +138,56 @@ def _feed(stream: IO[bytes], data: bytes) -> None:
         stream.write(data)
     with contextlib.suppress(BrokenPipeError):
         stream.close()
+
+
+@dataclass(frozen=True, slots=True)
+class BytesResult:
+    """A finished command whose stdout stays bytes (a secret): never shown, never in an error."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes = field(repr=False)
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def run_bytes(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    what: str | None = None,
+    node: str | None = None,
+) -> BytesResult:
+    """Run `argv` and capture its stdout as bytes; the caller decides what a non-zero exit means.
+
+    For secret sources: an error raised here (start failure, timeout) carries stderr only, never
+    stdout, so the secret cannot reach a message or a log.
+    """
+    args = tuple(argv)
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise CommandError(args, 127, str(exc), what=what, node=node) from exc
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise CommandError(args, None, _text(err), what=what, node=node) from None
+    return BytesResult(args, proc.returncode, out, _text(err))
 
 
 def spawn(

@@ -1,0 +1,362 @@
+"""Runtime data: per-node files rendered from the inventory's vars and pushed without a rebuild.
+
+A data file (`[nodes.X.data.<name>]`) is rendered on the deployer as JSON, TOML or a text
+template, compared with the node's copy (one round trip for all files of a node), and only when
+it differs written atomically (temp file + rename, the previous file kept as `<path>.nixherd-prev`),
+after which its `reload` command runs on the node. A failing reload puts the previous files back
+(and runs the reload once more so the service sees them again); the node is reported failed.
+
+Templates are deliberately tiny: `{vars.a.b}` (a node var, dotted path, list indexes allowed),
+`{name}` (the node's name), `{{` and `}}` for literal braces. No expressions, no code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from nixherd import transfer
+from nixherd.errors import CommandError, NixherdError
+from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
+from nixherd.ssh import Connection
+
+BACKUP_SUFFIX = ".nixherd-prev"
+RELOAD_TIMEOUT = 300.0
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class Format(Enum):
+    JSON = "json"
+    TOML = "toml"
+    TEXT = "text"
+
+
+class DataError(NixherdError):
+    """A data file could not be rendered or pushed; the message names the node and the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataSpec:
+    """One data file of a node as the inventory declares it."""
+
+    name: str
+    path: str
+    format: Format
+    # json/toml: the dotted var path rendered (None: all vars); text: unused.
+    source: str | None
+    # text: the template; json/toml: unused.
+    template: str | None
+    ownership: transfer.Ownership
+    reload: tuple[str, ...] = ()
+
+    @classmethod
+    def from_table(cls, name: str, table: Mapping[str, Any]) -> DataSpec:
+        """Build from a validated inventory table (`[nodes.X.data.<name>]`)."""
+        path = str(table["path"])
+        if not path.startswith("/") or path.endswith("/") or "\x00" in path or "\n" in path:
+            raise ValueError(f"data {name!r}: path must be an absolute file path, got {path!r}")
+        fmt = Format(table.get("format", "json"))
+        source = table.get("source")
+        template = table.get("template")
+        if fmt is Format.TEXT:
+            if not isinstance(template, str):
+                raise ValueError(f"data {name!r}: a text file needs a template")
+            template_errors(template)
+        elif template is not None:
+            raise ValueError(f'data {name!r}: template is only for format = "text"')
+        ownership = transfer.Ownership(
+            user=str(table.get("user", "root")),
+            group=str(table.get("group", "root")),
+            mode=transfer.parse_mode(str(table.get("mode", "0644"))),
+        )
+        reload = tuple(str(word) for word in table.get("reload", ()))
+        return cls(
+            name,
+            path,
+            fmt,
+            None if source is None else str(source),
+            template,
+            ownership,
+            reload,
+        )
+
+    @property
+    def backup(self) -> str:
+        return self.path + BACKUP_SUFFIX
+
+
+class DataNode(Protocol):
+    """What this module needs of an inventory node."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def vars(self) -> Mapping[str, Any]: ...
+
+    @property
+    def data(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
+def template_errors(template: str) -> None:
+    """Raise ValueError if `template` is malformed (a lone brace, a bad placeholder)."""
+    for match in _TOKEN.finditer(template):
+        token = match.group(0)
+        if token in ("{{", "}}"):
+            continue
+        if match.group(1) is None:
+            raise ValueError(
+                f"lone {token!r} at offset {match.start()} (write {token * 2} for a literal brace)"
+            )
+        _placeholder_path(match.group(1))
+
+
+def _placeholder_path(expr: str) -> list[str]:
+    """`vars.a.b` -> ["a", "b"]; `name` -> []; anything else is refused."""
+    text = expr.strip()
+    if text == "name":
+        return []
+    parts = text.split(".")
+    if parts[0] != "vars" or len(parts) < 2 or not all(_SEGMENT.match(p) for p in parts[1:]):
+        raise ValueError(f"bad placeholder {{{expr}}}: use {{vars.a.b}} or {{name}}")
+    return parts[1:]
+
+
+def _lookup(vars: Mapping[str, Any], path: Sequence[str], what: str) -> Any:
+    value: Any = vars
+    for i, key in enumerate(path):
+        if isinstance(value, Mapping) and key in value:
+            value = value[key]
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            where = ".".join(["vars", *path[: i + 1]])
+            raise DataError(f"{what}: {where} is not defined")
+    return value
+
+
+def _scalar_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    return json.dumps(_sorted(value), sort_keys=True, ensure_ascii=False, default=_json_default)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    raise TypeError(f"cannot render a {type(value).__name__}")
+
+
+def _sorted(value: Any) -> Any:
+    """Tables with keys sorted, recursively: the rendering must not depend on inventory order."""
+    if isinstance(value, Mapping):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(item) for item in value]
+    return value
+
+
+def render(spec: DataSpec, vars: Mapping[str, Any], *, node: str) -> bytes:
+    """The bytes of the file for a node with these vars; DataError if a var is missing."""
+    what = f"{node}: data {spec.name!r}"
+    if spec.format is Format.TEXT:
+        assert spec.template is not None
+
+        def substitute(match: re.Match[str]) -> str:
+            token = match.group(0)
+            if token in ("{{", "}}"):
+                return token[0]
+            path = _placeholder_path(match.group(1))
+            return _scalar_text(_lookup(vars, path, what)) if path else node
+
+        return _TOKEN.sub(substitute, spec.template).encode()
+    value: Any = vars if spec.source is None else _lookup(vars, spec.source.split("."), what)
+    if spec.format is Format.JSON:
+        text = json.dumps(
+            _sorted(value), indent=2, sort_keys=True, ensure_ascii=False, default=_json_default
+        )
+        return (text + "\n").encode()
+    if not isinstance(value, Mapping):
+        raise DataError(
+            f"{what}: TOML needs a table, vars.{spec.source} is a {type(value).__name__}"
+        )
+    import tomlkit  # only TOML files need it; keeps the module light for the others
+
+    return tomlkit.dumps(_sorted(value)).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    spec: DataSpec
+    content: bytes
+
+    @property
+    def digest(self) -> str:
+        return transfer.sha256(self.content)
+
+
+def data_specs(node: DataNode) -> list[DataSpec]:
+    """The node's data files, sorted by name."""
+    return [DataSpec.from_table(name, table) for name, table in sorted(node.data.items())]
+
+
+def render_node(node: DataNode) -> list[Rendered]:
+    """Every data file of the node rendered (before anything on the node is touched)."""
+    return [Rendered(spec, render(spec, node.vars, node=node.name)) for spec in data_specs(node)]
+
+
+@dataclass(frozen=True, slots=True)
+class FileDiff:
+    """How one data file on a node differs from its rendering."""
+
+    name: str
+    path: str
+    exists: bool
+    content_diff: str  # unified diff, "" when the content is the same
+    ownership: str | None  # "root:root 0600 -> app:app 0640" when only that differs
+
+    @property
+    def changed(self) -> bool:
+        return not self.exists or bool(self.content_diff) or self.ownership is not None
+
+
+def diff_node(conn: Connection, node: DataNode, *, emit: EventSink) -> list[FileDiff]:
+    """What `push` would change on the node, file by file (one round trip)."""
+    rendered = render_node(node)
+    if not rendered:
+        return []
+    emit(StageStarted(node.name, Stage.DATA))
+    started = time.monotonic()
+    current = transfer.contents(conn, [item.spec.path for item in rendered])
+    diffs = [_diff(node.name, item, remote) for item, remote in zip(rendered, current, strict=True)]
+    emit(StageFinished(node.name, Stage.DATA, time.monotonic() - started))
+    return diffs
+
+
+def _diff(node: str, item: Rendered, remote: transfer.RemoteContent | None) -> FileDiff:
+    spec = item.spec
+    old = b"" if remote is None else remote.data
+    lines = difflib.unified_diff(
+        old.decode(errors="replace").splitlines(keepends=True),
+        item.content.decode(errors="replace").splitlines(keepends=True),
+        fromfile=f"{node}:{spec.path}" if remote is not None else "/dev/null",
+        tofile=f"{node}:{spec.path} (rendered)",
+    )
+    text = "".join(
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
+    )
+    ownership = None
+    if remote is not None:
+        state = remote.state
+        if not state.matches(state.sha256, spec.ownership):
+            ownership = (
+                f"{state.user}:{state.group} {state.mode:04o} -> "
+                f"{spec.ownership.owner} {spec.ownership.octal}"
+            )
+    return FileDiff(spec.name, spec.path, remote is not None, text, ownership)
+
+
+@dataclass(frozen=True, slots=True)
+class DataResult:
+    """What a push did on one node."""
+
+    node: str
+    changed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+    reloads: tuple[tuple[str, ...], ...] = ()
+
+
+def push_node(conn: Connection, node: DataNode, *, emit: EventSink) -> DataResult:
+    """Render, write the files that differ, run their reloads; restore them if a reload fails.
+
+    Raises DataError (after restoring) when a reload fails, so the node is reported failed.
+    """
+    rendered = render_node(node)
+    if not rendered:
+        return DataResult(node.name)
+    name = node.name
+    emit(StageStarted(name, Stage.DATA))
+    started = time.monotonic()
+    current = transfer.fingerprints(conn, [item.spec.path for item in rendered])
+    todo: list[Rendered] = []
+    unchanged: list[str] = []
+    for item, remote in zip(rendered, current, strict=True):
+        if remote is not None and remote.matches(item.digest, item.spec.ownership):
+            unchanged.append(item.spec.name)
+        else:
+            todo.append(item)
+    written: list[tuple[Rendered, bool]] = []
+    try:
+        for item in todo:
+            had = transfer.write(
+                conn, item.spec.path, item.content, item.spec.ownership, backup=item.spec.backup
+            )
+            written.append((item, had))
+            emit(LogLine(name, f"data {item.spec.name}: wrote {item.spec.path}"))
+    except NixherdError:
+        _restore(conn, name, written, emit)
+        raise
+    reloads = _reloads(item for item, _ in written)
+    done: list[tuple[str, ...]] = []
+    for argv in reloads:
+        emit(LogLine(name, f"reload: {' '.join(argv)}"))
+        result = conn.run(
+            argv,
+            elevate=True,
+            check=False,
+            timeout=RELOAD_TIMEOUT,
+            on_line=lambda line: emit(LogLine(name, line)),
+            what="reload",
+        )
+        if result.returncode != 0:
+            _restore(conn, name, written, emit)
+            for again in [*done, argv]:
+                # The services saw the new files (or tried to): show them the old ones again.
+                conn.run(again, elevate=True, check=False, timeout=RELOAD_TIMEOUT, what="reload")
+            files = ", ".join(item.spec.path for item, _ in written)
+            raise DataError(
+                f"{name}: reload {' '.join(argv)!r} exited with {result.returncode}; "
+                f"restored the previous {files}"
+            )
+        done.append(argv)
+    if unchanged:
+        emit(LogLine(name, f"data unchanged: {', '.join(unchanged)}"))
+    emit(StageFinished(name, Stage.DATA, time.monotonic() - started))
+    return DataResult(
+        name, tuple(item.spec.name for item, _ in written), tuple(unchanged), tuple(done)
+    )
+
+
+def _reloads(items: Any) -> list[tuple[str, ...]]:
+    """Distinct reload commands of the written files, in order: a shared reload runs once."""
+    seen: list[tuple[str, ...]] = []
+    for item in items:
+        if item.spec.reload and item.spec.reload not in seen:
+            seen.append(item.spec.reload)
+    return seen
+
+
+def _restore(
+    conn: Connection, node: str, written: Sequence[tuple[Rendered, bool]], emit: EventSink
+) -> None:
+    for item, had in reversed(written):
+        try:
+            transfer.restore(conn, item.spec.path, item.spec.backup, had_previous=had)
+            emit(LogLine(node, f"data {item.spec.name}: restored the previous {item.spec.path}"))
+        except CommandError as exc:
+            emit(LogLine(node, f"data {item.spec.name}: could not restore: {exc.tail(3)}"))
