@@ -27,6 +27,7 @@ class Stage(Enum):
     DATA = "data"
     EXEC = "exec"
     STATUS = "status"
+    PROBE = "probe"  # one round trip reading what the node runs now
 
 
 class Outcome(Enum):
@@ -55,6 +56,10 @@ class StageFinished:
     node: str
     stage: Stage
     seconds: float
+
+
+# The `node` of events about the whole run rather than one node (the one `nix-store --realise`).
+RUN_WIDE = "*"
 
 
 @dataclass(frozen=True, slots=True)
