@@ -1,0 +1,280 @@
+"""data.py: rendering (json, toml, text templates), diff, push with backup, reload and restore.
+
+The remote scripts run for real against a temp dir, through a connection that executes the
+remote argv locally instead of over ssh (tests/lab/secrets does it over real ssh).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import stat
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nixherd import process
+from nixherd.data import (
+    BACKUP_SUFFIX,
+    DataError,
+    DataSpec,
+    Format,
+    diff_node,
+    push_node,
+    render,
+    template_errors,
+)
+from nixherd.events import Event, LogLine
+from nixherd.process import LineCallback, Result
+from nixherd.ssh import Connection, Target
+
+
+class LocalConnection(Connection):
+    """Runs the 'remote' argv on this machine and records every argv."""
+
+    def __init__(self, control_dir: str) -> None:
+        super().__init__(Target(node="n1", host="127.0.0.1"), control_dir=control_dir)
+        self.calls: list[list[str]] = []
+        self.modes: list[tuple[bool, bool]] = []
+
+    def run(
+        self,
+        remote: Sequence[str],
+        *,
+        elevate: bool = False,
+        multiplex: bool = True,
+        input: bytes | str | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        on_line: LineCallback | None = None,
+        what: str | None = None,
+    ) -> Result:
+        self.calls.append(list(remote))
+        self.modes.append((elevate, multiplex))
+        return process.run(
+            remote, input=input, timeout=timeout, check=check, on_line=on_line, what=what
+        )
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    name: str
+    vars: Mapping[str, Any]
+    data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+VARS: dict[str, Any] = {
+    "domains": {"b.example": "10.0.0.2:80", "a.example": "10.0.0.1:80"},
+    "flags": {"beta": True, "limit": 5},
+    "list": ["x", "y"],
+    "when": datetime.date(2026, 1, 2),
+}
+
+
+def spec(**table: Any) -> DataSpec:
+    return DataSpec.from_table("f", {"path": "/etc/app/f", **table})
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> LocalConnection:
+    return LocalConnection(str(tmp_path))
+
+
+def test_spec_defaults() -> None:
+    s = spec()
+    assert s.format is Format.JSON and s.source is None and s.reload == ()
+    assert s.ownership.octal == "0644" and s.ownership.owner == "root:root"
+    assert s.backup == "/etc/app/f" + BACKUP_SUFFIX
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"path": "relative"},
+        {"path": "/etc/dir/"},
+        {"path": "/a", "format": "yaml"},
+        {"path": "/a", "format": "text"},
+        {"path": "/a", "format": "json", "template": "x"},
+        {"path": "/a", "format": "text", "template": "{vars.a"},
+        {"path": "/a", "format": "text", "template": "{os.system}"},
+        {"path": "/a", "format": "text", "template": "{vars.a[0]}"},
+        {"path": "/a", "format": "text", "template": "{vars.__class__.x y}"},
+        {"path": "/a", "user": "a;b"},
+        {"path": "/a", "mode": "0x1"},
+    ],
+)
+def test_spec_refuses_bad_tables(table: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        DataSpec.from_table("f", table)
+
+
+def test_json_renders_a_var_or_all_vars_sorted() -> None:
+    out = render(spec(source="domains"), VARS, node="n")
+    assert out.decode() == '{\n  "a.example": "10.0.0.1:80",\n  "b.example": "10.0.0.2:80"\n}\n'
+    everything = json.loads(render(spec(), VARS, node="n"))
+    assert everything["flags"] == {"beta": True, "limit": 5}
+    assert everything["when"] == "2026-01-02"
+    nested = render(spec(source="flags.limit"), VARS, node="n")
+    assert nested == b"5\n"
+
+
+def test_toml_renders_a_table_and_refuses_a_scalar() -> None:
+    out = render(spec(format="toml", source="flags"), VARS, node="n")
+    assert tomllib.loads(out.decode()) == {"beta": True, "limit": 5}
+    with pytest.raises(DataError, match="TOML needs a table"):
+        render(spec(format="toml", source="list"), VARS, node="n")
+
+
+def test_text_template() -> None:
+    template = "host {name}: {vars.flags.limit} {vars.flags.beta} {vars.list.1} {{literal}}\n"
+    out = render(spec(format="text", template=template), VARS, node="web-1")
+    assert out == b"host web-1: 5 true y {literal}\n"
+    whole = render(spec(format="text", template="{vars.list}"), VARS, node="n")
+    assert whole == b'["x", "y"]'
+
+
+def test_missing_var_names_node_file_and_var() -> None:
+    with pytest.raises(DataError, match=r"^web-1: data 'f': vars\.flags\.nope is not defined"):
+        render(spec(format="text", template="{vars.flags.nope}"), VARS, node="web-1")
+    with pytest.raises(DataError, match=r"vars\.missing is not defined"):
+        render(spec(source="missing"), VARS, node="web-1")
+
+
+@given(st.text(max_size=60))
+def test_templates_either_render_or_are_refused(template: str) -> None:
+    """Any text is either a valid template that renders, or refused with ValueError."""
+    try:
+        template_errors(template)
+    except ValueError:
+        return
+    try:
+        out = render(spec(format="text", template=template), VARS, node="n")
+    except DataError:
+        return  # a well-formed placeholder naming a var that does not exist
+    assert isinstance(out, bytes)
+
+
+def test_rendering_does_not_depend_on_key_order() -> None:
+    a = {"x": {"b": 1, "a": 2}, "y": 1}
+    b = {"y": 1, "x": {"a": 2, "b": 1}}
+    for fmt in ("json", "toml"):
+        assert render(spec(format=fmt), a, node="n") == render(spec(format=fmt), b, node="n")
+
+
+def app(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    """A data file whose reload appends a line to a log, so each reload can be counted."""
+    log = tmp_path / "reloads"
+    reload = ["sh", "-c", f"echo reloaded >> {log}"]
+    return {
+        "path": str(tmp_path / "etc" / "backends.json"),
+        "source": "domains",
+        "reload": reload,
+        **extra,
+    }
+
+
+def reload_count(tmp_path: Path) -> int:
+    log = tmp_path / "reloads"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def test_push_writes_reloads_and_then_does_nothing(tmp_path: Path, conn: LocalConnection) -> None:
+    node = FakeNode("n1", VARS, {"backends": app(tmp_path, mode="0640")})
+    target = tmp_path / "etc" / "backends.json"
+    events: list[Event] = []
+    first = push_node(conn, node, emit=events.append)
+    assert first.changed == ("backends",) and len(first.reloads) == 1
+    assert json.loads(target.read_text()) == VARS["domains"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert reload_count(tmp_path) == 1
+    assert set(conn.modes) == {(True, True)}
+    assert any(isinstance(e, LogLine) and "reload" in e.line for e in events)
+
+    before = target.stat()
+    again = push_node(conn, node, emit=events.append)
+    assert again.changed == () and again.unchanged == ("backends",) and again.reloads == ()
+    assert reload_count(tmp_path) == 1
+    after = target.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_push_keeps_a_backup_of_the_previous_file(tmp_path: Path, conn: LocalConnection) -> None:
+    push_node(conn, FakeNode("n1", VARS, {"backends": app(tmp_path)}), emit=lambda _e: None)
+    changed = {**VARS, "domains": {"c.example": "10.0.0.3:80"}}
+    push_node(conn, FakeNode("n1", changed, {"backends": app(tmp_path)}), emit=lambda _e: None)
+    target = tmp_path / "etc" / "backends.json"
+    assert json.loads(target.read_text()) == {"c.example": "10.0.0.3:80"}
+    backup = Path(str(target) + BACKUP_SUFFIX)
+    assert json.loads(backup.read_text()) == VARS["domains"]
+    assert reload_count(tmp_path) == 2
+
+
+def test_failing_reload_restores_the_previous_file(tmp_path: Path, conn: LocalConnection) -> None:
+    push_node(conn, FakeNode("n1", VARS, {"backends": app(tmp_path)}), emit=lambda _e: None)
+    target = tmp_path / "etc" / "backends.json"
+    good = target.read_bytes()
+    flag = tmp_path / "fail"
+    # The reload fails while the flag exists (a config the service rejects).
+    reload = ["sh", "-c", f"echo reloaded >> {tmp_path / 'reloads'}; test ! -e {flag}"]
+    flag.touch()
+    bad = FakeNode("n1", {"domains": {"bad": 1}}, {"backends": app(tmp_path, reload=reload)})
+    with pytest.raises(DataError, match=r"^n1: reload .* exited with 1; restored the previous"):
+        push_node(conn, bad, emit=lambda _e: None)
+    assert target.read_bytes() == good
+    # Reloaded with the new file, then once more with the old one put back.
+    assert reload_count(tmp_path) == 3
+
+
+def test_failing_reload_of_a_new_file_removes_it(tmp_path: Path, conn: LocalConnection) -> None:
+    node = FakeNode("n1", VARS, {"backends": app(tmp_path, reload=["false"])})
+    with pytest.raises(DataError):
+        push_node(conn, node, emit=lambda _e: None)
+    assert not (tmp_path / "etc" / "backends.json").exists()
+
+
+def test_files_sharing_a_reload_reload_once(tmp_path: Path, conn: LocalConnection) -> None:
+    text = {"path": str(tmp_path / "etc" / "motd"), "format": "text", "template": "{name}\n"}
+    shared = app(tmp_path)["reload"]
+    node = FakeNode("n1", VARS, {"backends": app(tmp_path), "motd": {**text, "reload": shared}})
+    result = push_node(conn, node, emit=lambda _e: None)
+    assert result.changed == ("backends", "motd")
+    assert reload_count(tmp_path) == 1
+    assert (tmp_path / "etc" / "motd").read_text() == "n1\n"
+
+
+def test_a_render_error_touches_nothing(tmp_path: Path, conn: LocalConnection) -> None:
+    node = FakeNode(
+        "n1",
+        VARS,
+        {"a": app(tmp_path), "b": {"path": str(tmp_path / "b"), "source": "missing"}},
+    )
+    with pytest.raises(DataError, match=r"vars\.missing"):
+        push_node(conn, node, emit=lambda _e: None)
+    assert conn.calls == []
+
+
+def test_diff_shows_what_would_change(tmp_path: Path, conn: LocalConnection) -> None:
+    node = FakeNode("n1", VARS, {"backends": app(tmp_path)})
+    (new,) = diff_node(conn, node, emit=lambda _e: None)
+    assert new.changed and not new.exists
+    assert '+  "a.example": "10.0.0.1:80",' in new.content_diff
+    push_node(conn, node, emit=lambda _e: None)
+    (same,) = diff_node(conn, node, emit=lambda _e: None)
+    assert not same.changed and same.content_diff == ""
+    changed = FakeNode("n1", {**VARS, "domains": {"a.example": "10.9.9.9:80"}}, node.data)
+    (edit,) = diff_node(conn, changed, emit=lambda _e: None)
+    assert '-  "a.example": "10.0.0.1:80",' in edit.content_diff
+    assert '+  "a.example": "10.9.9.9:80"' in edit.content_diff
+    assert edit.ownership is None
+    chmod = FakeNode("n1", VARS, {"backends": app(tmp_path, mode="0600")})
+    (mode,) = diff_node(conn, chmod, emit=lambda _e: None)
+    assert mode.changed and mode.content_diff == ""
+    assert mode.ownership == "root:root 0644 -> root:root 0600"
+    # A diff never writes.
+    assert reload_count(tmp_path) == 1

@@ -1,0 +1,295 @@
+"""secrets.py + transfer.py: key specs, sources read first, bytes on stdin only, no re-send.
+
+The remote scripts run for real, against a temp dir on this machine, through a connection that
+executes the remote argv locally instead of over ssh (the lab tests do the same over real ssh).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nixherd import process, transfer
+from nixherd.events import Event, LogLine
+from nixherd.process import LineCallback, Result
+from nixherd.secrets import (
+    KeySourceError,
+    KeySpec,
+    SourceKind,
+    Upload,
+    prepare_keys,
+    read_source,
+    upload_keys,
+)
+from nixherd.ssh import Connection, Target
+
+SECRET = b"s3cr3t-\x00\xff-bytes\n"
+
+
+class LocalConnection(Connection):
+    """Runs the 'remote' argv on this machine and records every call (argv and stdin)."""
+
+    def __init__(self, control_dir: str) -> None:
+        super().__init__(Target(node="n1", host="127.0.0.1"), control_dir=control_dir)
+        self.calls: list[tuple[list[str], bytes | None]] = []
+        self.modes: list[tuple[bool, bool]] = []  # (elevate, multiplex) of each call
+
+    def run(
+        self,
+        remote: Sequence[str],
+        *,
+        elevate: bool = False,
+        multiplex: bool = True,
+        input: bytes | str | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        on_line: LineCallback | None = None,
+        what: str | None = None,
+    ) -> Result:
+        data = input.encode() if isinstance(input, str) else input
+        self.calls.append((list(remote), data))
+        self.modes.append((elevate, multiplex))
+        return process.run(
+            remote, input=input, timeout=timeout, check=check, on_line=on_line, what=what
+        )
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    name: str
+    keys: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> LocalConnection:
+    return LocalConnection(str(tmp_path))
+
+
+def test_spec_defaults_and_relative_file(tmp_path: Path) -> None:
+    spec = KeySpec.from_table("token", {"file": "secrets/t"}, base_dir=str(tmp_path))
+    assert spec.kind is SourceKind.FILE
+    assert spec.source == (str(tmp_path / "secrets" / "t"),)
+    assert spec.dest == "/run/keys/token"
+    assert spec.ownership == transfer.Ownership("root", "root", 0o400)
+    assert spec.upload is Upload.PRE
+
+
+def test_spec_full() -> None:
+    spec = KeySpec.from_table(
+        "acme",
+        {
+            "command": ["sops", "-d", "x.yaml"],
+            "dest": "/var/lib/acme/token",
+            "user": "acme",
+            "group": "nogroup",
+            "mode": "0440",
+            "upload": "post-activation",
+        },
+        base_dir="/inv",
+    )
+    assert spec.source == ("sops", "-d", "x.yaml")
+    assert spec.ownership.owner == "acme:nogroup"
+    assert spec.ownership.octal == "0440"
+    assert spec.upload is Upload.POST
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {},
+        {"file": "a", "env": "B"},
+        {"env": "A", "dest": "relative/path"},
+        {"env": "A", "user": "-oProxyCommand=x"},
+        {"env": "A", "group": "a b"},
+        {"env": "A", "mode": "rw"},
+        {"env": "A", "mode": "4755"},
+        {"env": "A", "upload": "later"},
+    ],
+)
+def test_spec_refuses_bad_tables(table: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        KeySpec.from_table("k", table, base_dir="/")
+
+
+def test_sources_file_env_command(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(SECRET)
+    file_spec = KeySpec.from_table("a", {"file": "f"}, base_dir=str(tmp_path))
+    assert read_source(file_spec, node="n") == SECRET
+    env_spec = KeySpec.from_table("b", {"env": "NH_TEST_KEY"}, base_dir="/")
+    assert read_source(env_spec, node="n", env={"NH_TEST_KEY": "v"}) == b"v"
+    # A command runs in the inventory's directory and its bytes come back untouched.
+    cmd = [sys.executable, "-c", "import sys; sys.stdout.buffer.write(open('f','rb').read())"]
+    cmd_spec = KeySpec.from_table("c", {"command": cmd}, base_dir=str(tmp_path))
+    assert read_source(cmd_spec, node="n") == SECRET
+
+
+def test_missing_sources_name_node_and_key(tmp_path: Path) -> None:
+    spec = KeySpec.from_table("a", {"file": "nope"}, base_dir=str(tmp_path))
+    with pytest.raises(KeySourceError, match=r"^web-1: key 'a': cannot read .*nope"):
+        read_source(spec, node="web-1")
+    env_spec = KeySpec.from_table("b", {"env": "NH_UNSET"}, base_dir="/")
+    with pytest.raises(KeySourceError, match="NH_UNSET is not set"):
+        read_source(env_spec, node="web-1", env={})
+    missing = KeySpec.from_table("c", {"command": ["/nonexistent/sops"]}, base_dir="/")
+    with pytest.raises(KeySourceError, match="could not start"):
+        read_source(missing, node="web-1")
+
+
+def test_failing_command_error_never_carries_its_stdout(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("LEAKED-SECRET")
+    code = "import sys; print(open('secret').read()); print('bad key', file=sys.stderr); exit(3)"
+    spec = KeySpec.from_table(
+        "c", {"command": [sys.executable, "-c", code]}, base_dir=str(tmp_path)
+    )
+    with pytest.raises(KeySourceError) as info:
+        read_source(spec, node="n")
+    message = info.value.render()
+    assert "exited with 3" in message and "bad key" in message
+    assert "LEAKED-SECRET" not in message
+
+
+def test_a_missing_source_fails_before_the_node_is_touched(
+    tmp_path: Path, conn: LocalConnection
+) -> None:
+    (tmp_path / "ok").write_bytes(b"fine")
+    node = FakeNode(
+        "n1",
+        {
+            "a": {"file": "ok", "dest": str(tmp_path / "out" / "a")},
+            # post-activation, yet read up front as well
+            "b": {"file": "missing", "upload": "post-activation"},
+        },
+    )
+    with pytest.raises(KeySourceError):
+        upload_keys(conn, node, "pre-activation", emit=lambda _e: None, base_dir=str(tmp_path))
+    assert conn.calls == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_upload_writes_mode_owner_and_resends_nothing(
+    tmp_path: Path, conn: LocalConnection
+) -> None:
+    (tmp_path / "src").write_bytes(SECRET)
+    dest = tmp_path / "keys" / "deep" / "k"
+    node = FakeNode(
+        "n1", {"k": {"file": "src", "dest": str(dest), "user": "nobody", "mode": "0440"}}
+    )
+    events: list[Event] = []
+    first = upload_keys(conn, node, None, emit=events.append, base_dir=str(tmp_path))
+    assert first.sent == ("k",) and first.unchanged == ()
+    assert dest.read_bytes() == SECRET
+    info = dest.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o440
+    assert info.st_uid == _uid("nobody") and info.st_gid == 0
+    # No temp file left behind next to the key.
+    assert os.listdir(dest.parent) == ["k"]
+    # The bytes went on stdin only, never into argv or an event.
+    assert all(SECRET not in " ".join(argv).encode() for argv, _ in conn.calls)
+    assert any(data == SECRET for _, data in conn.calls)
+    # Everything on the node runs elevated (sudo for a non-root login) over the shared master.
+    assert set(conn.modes) == {(True, True)}
+    assert not any(isinstance(e, LogLine) and "s3cr3t" in e.line for e in events)
+
+    before = (info.st_ino, info.st_mtime_ns)
+    conn.calls.clear()
+    second = upload_keys(conn, node, None, emit=events.append, base_dir=str(tmp_path))
+    assert second.sent_count == 0 and second.unchanged == ("k",)
+    assert len(conn.calls) == 1  # the one fingerprint round trip
+    after = dest.stat()
+    assert (after.st_ino, after.st_mtime_ns) == before
+
+
+def test_changed_content_or_mode_is_sent_again(tmp_path: Path, conn: LocalConnection) -> None:
+    (tmp_path / "src").write_bytes(b"one")
+    dest = tmp_path / "k"
+    table: dict[str, Any] = {"file": "src", "dest": str(dest)}
+    upload_keys(
+        conn, FakeNode("n1", {"k": table}), None, emit=lambda _e: None, base_dir=str(tmp_path)
+    )
+    (tmp_path / "src").write_bytes(b"two")
+    r = upload_keys(
+        conn, FakeNode("n1", {"k": table}), None, emit=lambda _e: None, base_dir=str(tmp_path)
+    )
+    assert r.sent == ("k",) and dest.read_bytes() == b"two"
+    table = {**table, "mode": "0600"}
+    r = upload_keys(
+        conn, FakeNode("n1", {"k": table}), None, emit=lambda _e: None, base_dir=str(tmp_path)
+    )
+    assert r.sent == ("k",) and stat.S_IMODE(dest.stat().st_mode) == 0o600
+
+
+def test_only_the_keys_of_the_asked_time_are_written(tmp_path: Path, conn: LocalConnection) -> None:
+    node = FakeNode(
+        "n1",
+        {
+            "pre": {"env": "NH_A", "dest": str(tmp_path / "pre")},
+            "post": {"env": "NH_A", "dest": str(tmp_path / "post"), "upload": "post-activation"},
+        },
+    )
+    os.environ["NH_A"] = "x"
+    try:
+        r = upload_keys(conn, node, "pre-activation", emit=lambda _e: None, base_dir="/")
+    finally:
+        del os.environ["NH_A"]
+    assert r.sent == ("pre",)
+    assert (tmp_path / "pre").exists() and not (tmp_path / "post").exists()
+
+
+def test_prepared_keys_are_read_once_for_both_upload_times(
+    tmp_path: Path, conn: LocalConnection
+) -> None:
+    counter = tmp_path / "count"
+    code = "open('count', 'a').write('x'); print('k')"
+    node = FakeNode(
+        "n1",
+        {
+            "pre": {"command": [sys.executable, "-c", code], "dest": str(tmp_path / "pre")},
+            "post": {"env": "HOME", "dest": str(tmp_path / "post"), "upload": "post-activation"},
+        },
+    )
+    prepared = prepare_keys(node, base_dir=str(tmp_path))
+    assert "k\n" not in repr(prepared)  # the bytes never show in a repr
+    pre = upload_keys(conn, node, Upload.PRE, emit=lambda _e: None, base_dir="/", prepared=prepared)
+    post = upload_keys(
+        conn, node, Upload.POST, emit=lambda _e: None, base_dir="/", prepared=prepared
+    )
+    assert (pre.sent, post.sent) == (("pre",), ("post",))
+    assert counter.read_text() == "x"
+    assert (tmp_path / "pre").read_bytes() == b"k\n"
+
+
+def test_fingerprints_of_absent_and_present_files(tmp_path: Path, conn: LocalConnection) -> None:
+    present = tmp_path / "p"
+    present.write_bytes(b"abc")
+    present.chmod(0o640)
+    states = transfer.fingerprints(conn, [str(present), str(tmp_path / "absent")])
+    assert states[1] is None
+    state = states[0]
+    assert state is not None
+    assert state.sha256 == transfer.sha256(b"abc")
+    assert state.mode == 0o640 and state.uid == "0"
+    assert state.matches(transfer.sha256(b"abc"), transfer.Ownership("root", "root", 0o640))
+    assert state.matches(transfer.sha256(b"abc"), transfer.Ownership("0", "0", 0o640))
+    assert not state.matches(transfer.sha256(b"abd"), transfer.Ownership("root", "root", 0o640))
+    assert not state.matches(transfer.sha256(b"abc"), transfer.Ownership("root", "root", 0o600))
+
+
+def test_hostile_paths_are_data_not_code(tmp_path: Path, conn: LocalConnection) -> None:
+    marker = tmp_path / "pwned"
+    dest = tmp_path / f"k;touch {marker};$(touch {marker})"
+    transfer.write(conn, str(dest), b"x", transfer.Ownership("root", "root", 0o400))
+    assert dest.read_bytes() == b"x"
+    assert not marker.exists()
+
+
+def _uid(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_uid
