@@ -1,0 +1,473 @@
+"""The deploy pipeline: evaluate and build every selected node at once, then per node, in
+parallel and independently: probe -> copy -> keys -> activate -> keys -> reboot.
+
+Evaluation is one `nix eval` for all nodes and the build one `nix-store --realise` for all
+derivations. After that each node moves on its own in a worker thread (a slow node never holds
+the others), inside the waves of a staged rollout. A failing node never stops the others, except
+through the rollout's failure budget. Nothing here prints: progress goes out as events, and the
+result is a `RunReport`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from nixherd import fleet, nix, secrets
+from nixherd.deploy import reboot as reboot_mod
+from nixherd.deploy.checks import HealthCheck, parse_check
+from nixherd.deploy.delivery import BuildOnTarget, Delivery, PushFromHere, System
+from nixherd.deploy.fanout import fan_out
+from nixherd.deploy.goal import Goal
+from nixherd.deploy.plan import DeployNode, DeployOptions
+from nixherd.deploy.probe import probe
+from nixherd.deploy.report import TAIL_LINES, ErrorInfo, NodeResult, RunReport, order
+from nixherd.deploy.rollout import WaveKind
+from nixherd.errors import CommandError, NixherdError
+from nixherd.events import (
+    RUN_WIDE,
+    Event,
+    EventSink,
+    LogLine,
+    NodeFinished,
+    Outcome,
+    Stage,
+    StageFinished,
+    StageStarted,
+    discard,
+)
+from nixherd.ssh import Connection, Target
+
+Evaluator = Callable[[str, Sequence[str]], Mapping[str, fleet.NodeEval]]
+
+
+@dataclass
+class Context:
+    """What every node's pipeline shares during one run."""
+
+    options: DeployOptions
+    ssh_config: str | None
+    base_dir: str
+    emit: EventSink
+    cancel: threading.Event
+    delivery: Delivery
+    systems: dict[str, System] = field(default_factory=dict)
+
+
+def delivery_for(options: DeployOptions) -> Delivery:
+    """The copy strategy the options ask for."""
+    if options.build_on_target:
+        return BuildOnTarget(substitute_on_destination=options.substitute_on_destination)
+    return PushFromHere(substitute_on_destination=options.substitute_on_destination)
+
+
+def target_of(node: DeployNode, ssh_config: str | None) -> Target:
+    return Target(
+        node=node.name,
+        host=node.host,
+        user=node.user,
+        port=node.port,
+        ssh_config=ssh_config,
+        options=tuple(node.ssh_options),
+    )
+
+
+class _Node:
+    """One node's trip through the pipeline: its stages' timings and the events it emits."""
+
+    def __init__(self, name: str, emit: EventSink) -> None:
+        self.name = name
+        self.emit = emit
+        self.stages: dict[str, float] = {}
+        self.store_path: str | None = None
+        self.previous: str | None = None
+
+    @contextmanager
+    def stage(self, stage: Stage) -> Iterator[None]:
+        self.emit(StageStarted(self.name, stage))
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.sink(StageFinished(self.name, stage, time.monotonic() - started))
+
+    def sink(self, event: Event) -> None:
+        """An EventSink for the steps this node hands to other modules: keeps their timings."""
+        if isinstance(event, StageFinished) and event.node == self.name:
+            key = event.stage.value
+            self.stages[key] = self.stages.get(key, 0.0) + event.seconds
+        self.emit(event)
+
+    def line(self, text: str) -> None:
+        self.emit(LogLine(self.name, text))
+
+    def finish(
+        self,
+        outcome: Outcome,
+        *,
+        error: ErrorInfo | None = None,
+        detail: str | None = None,
+        rolled_back: bool = False,
+        rollback_reason: str | None = None,
+    ) -> NodeResult:
+        self.emit(
+            NodeFinished(self.name, outcome, error.summary() if error is not None else detail)
+        )
+        return NodeResult(
+            node=self.name,
+            outcome=outcome,
+            store_path=self.store_path,
+            previous=self.previous,
+            stages=dict(self.stages),
+            error=error,
+            rolled_back=rolled_back,
+            rollback_reason=rollback_reason,
+            detail=detail,
+        )
+
+
+def evaluate(
+    names: Sequence[str],
+    flake: str,
+    *,
+    emit: EventSink = discard,
+    evaluator: Evaluator = fleet.eval_nodes,
+) -> tuple[dict[str, fleet.NodeEval], float]:
+    """Every node's system derivation, in ONE nix process; (per-node results, seconds)."""
+    for name in names:
+        emit(StageStarted(name, Stage.EVAL))
+    started = time.monotonic()
+    results = dict(evaluator(flake, names))
+    seconds = time.monotonic() - started
+    for name in names:
+        emit(StageFinished(name, Stage.EVAL, seconds))
+    return results, seconds
+
+
+def build(
+    systems: Mapping[str, System],
+    *,
+    emit: EventSink = discard,
+    keep_result: bool = False,
+    results_dir: str = "",
+) -> tuple[dict[str, ErrorInfo], float]:
+    """Build every system in ONE `nix-store --realise --keep-going`; (failures by node, seconds).
+
+    One node's broken derivation fails that node only: the others' outputs still get built.
+    """
+    names = list(systems)
+    if not names:
+        return {}, 0.0
+    for name in names:
+        emit(StageStarted(name, Stage.BUILD))
+    started = time.monotonic()
+    failures: dict[str, ErrorInfo] = {}
+    drvs = list(dict.fromkeys(systems[n].drv_path for n in names))
+    try:
+        nix.realise(drvs, on_line=lambda line: emit(LogLine(RUN_WIDE, line)))
+    except CommandError as exc:
+        missing = nix.invalid_paths([systems[n].out_path for n in names])
+        info = ErrorInfo.from_exception(exc)
+        for name in names:
+            if systems[name].out_path in missing or exc.returncode is None:
+                failures[name] = ErrorInfo(
+                    message=f"build of {systems[name].drv_path} failed",
+                    command=info.command,
+                    returncode=info.returncode,
+                    output=info.output,
+                )
+    if keep_result:
+        for name in names:
+            if name not in failures:
+                nix.add_root(os.path.join(results_dir, name), systems[name].out_path)
+    seconds = time.monotonic() - started
+    for name in names:
+        emit(StageFinished(name, Stage.BUILD, seconds))
+    return failures, seconds
+
+
+def deploy(
+    nodes: Sequence[DeployNode],
+    options: DeployOptions,
+    *,
+    ssh_config: str | None = None,
+    base_dir: str = ".",
+    emit: EventSink = discard,
+    cancel: threading.Event | None = None,
+    evaluator: Evaluator = fleet.eval_nodes,
+    command: str = "apply",
+) -> RunReport:
+    """Deploy `nodes` as `options` say; every node ends with a result in the report.
+
+    Raises only for what stops the whole run before any node is touched (a flake that does
+    not evaluate). A Ctrl-C (KeyboardInterrupt in this thread) starts no new node, lets those in
+    flight finish, and returns a report marked interrupted.
+    """
+    cancel = cancel or threading.Event()
+    started_at = time.time()
+    names = [n.name for n in nodes]
+    by_name = {n.name: n for n in nodes}
+    results: dict[str, NodeResult] = {}
+    run_stages: dict[str, float] = {}
+    ctx = Context(options, ssh_config, base_dir, emit, cancel, delivery_for(options))
+    interrupted = False
+
+    def fail(name: str, stage: Stage, error: ErrorInfo, seconds: float) -> None:
+        node = _Node(name, emit)
+        node.stages = {s.value: seconds for s in (Stage.EVAL, Stage.BUILD) if s.value in run_stages}
+        node.stages[stage.value] = seconds
+        results[name] = node.finish(Outcome.FAILED, error=error)
+
+    try:
+        evals, run_stages["eval"] = evaluate(names, options.flake, emit=emit, evaluator=evaluator)
+        for name in names:
+            ev = evals[name]
+            if ev.ok and ev.drv_path and ev.out_path:
+                ctx.systems[name] = System(ev.drv_path, ev.out_path)
+            else:
+                message = f"evaluation failed: {ev.error or 'no system'}"
+                fail(name, Stage.EVAL, ErrorInfo(message), run_stages["eval"])
+        if options.goal is Goal.BUILD or ctx.delivery.builds_locally:
+            failures, run_stages["build"] = build(
+                ctx.systems,
+                emit=emit,
+                keep_result=options.keep_result,
+                results_dir=options.results_dir,
+            )
+            for name, error in failures.items():
+                fail(name, Stage.BUILD, error, run_stages["build"])
+                del ctx.systems[name]
+    except KeyboardInterrupt:
+        interrupted = True
+        cancel.set()
+
+    if options.goal is Goal.BUILD:
+        for name, system in ctx.systems.items():
+            node = _Node(name, emit)
+            node.store_path = system.out_path
+            node.stages = dict(run_stages)
+            results[name] = node.finish(Outcome.OK, detail="built")
+    else:
+        interrupted |= _roll_out(ctx, names, by_name, results, run_stages)
+
+    for name in names:
+        if name not in results:
+            node = _Node(name, emit)
+            if name in ctx.systems:
+                node.store_path = ctx.systems[name].out_path
+            reason = "interrupted" if interrupted or cancel.is_set() else "rollout stopped"
+            results[name] = node.finish(Outcome.NOT_ATTEMPTED, detail=reason)
+    return RunReport(
+        command=command,
+        goal=options.goal.value,
+        flake=options.flake,
+        started_at=started_at,
+        finished_at=time.time(),
+        nodes=order(list(results.values()), names),
+        interrupted=interrupted or cancel.is_set(),
+        options=options.to_data(),
+        stages=run_stages,
+    )
+
+
+def _roll_out(
+    ctx: Context,
+    names: Sequence[str],
+    by_name: Mapping[str, DeployNode],
+    results: dict[str, NodeResult],
+    run_stages: Mapping[str, float],
+) -> bool:
+    """Run the node pipelines wave by wave; True when interrupted."""
+    rollout = ctx.options.rollout
+    total = len(names)
+    state = {"canary_failed": False, "stopped": False}
+
+    def failures() -> int:
+        return sum(1 for r in results.values() if r.failed)
+
+    def work(name: str) -> NodeResult:
+        return run_node(ctx, by_name[name], ctx.systems[name], run_stages)
+
+    for wave in rollout.waves(names):
+        # Nodes that already failed (evaluation, build) keep their result; a failed canary
+        # stops the rollout wherever it failed.
+        if wave.kind is WaveKind.CANARY and any(
+            results[n].failed for n in wave.nodes if n in results
+        ):
+            state["canary_failed"] = True
+        if state["stopped"] or ctx.cancel.is_set():
+            break
+        if rollout.should_stop(
+            failures=failures(), total=total, canary_failed=state["canary_failed"]
+        ):
+            break
+        todo = [n for n in wave.nodes if n not in results]
+
+        def stop(_name: str, result: NodeResult, kind: WaveKind = wave.kind) -> bool:
+            results[result.node] = result
+            if kind is WaveKind.CANARY and result.failed:
+                state["canary_failed"] = True
+            return rollout.should_stop(
+                failures=failures(), total=total, canary_failed=state["canary_failed"]
+            )
+
+        outcome = fan_out(todo, work, parallel=ctx.options.parallel, cancel=ctx.cancel, stop=stop)
+        results.update(outcome.results)
+        if outcome.interrupted:
+            return True
+        if outcome.not_started:
+            state["stopped"] = True
+        if wave.kind is WaveKind.CANARY and state["canary_failed"]:
+            state["stopped"] = True
+    return ctx.cancel.is_set()
+
+
+def run_node(
+    ctx: Context,
+    node: DeployNode,
+    system: System,
+    run_stages: Mapping[str, float] | None = None,
+) -> NodeResult:
+    """One node's pipeline after the build; never raises, every failure becomes its result."""
+    track = _Node(node.name, ctx.emit)
+    track.stages.update(run_stages or {})
+    track.store_path = system.out_path
+    options = ctx.options
+    goal = options.goal
+    try:
+        prepared = _prepare_keys(ctx, node, track) if goal.activates else None
+        with Connection(target_of(node, ctx.ssh_config)) as conn:
+            with track.stage(Stage.PROBE):
+                state = probe(conn, system.out_path)
+            track.previous = state.current
+            if state.up_to_date(goal, system.out_path):
+                if prepared is not None:
+                    _upload_keys(track, conn, prepared, None)
+                return track.finish(Outcome.UP_TO_DATE, detail="already running its system")
+            if not state.has_target:
+                if ctx.cancel.is_set():
+                    return track.finish(Outcome.INTERRUPTED, detail="interrupted before copy")
+                with track.stage(Stage.COPY):
+                    ctx.delivery.deliver(conn, system, on_line=track.line)
+            else:
+                track.line("closure already on the node: nothing to copy")
+            if goal is Goal.PUSH:
+                return track.finish(Outcome.OK, detail="pushed")
+            if ctx.cancel.is_set():
+                # Copied but untouched: the running system and the profile are as they were.
+                return track.finish(Outcome.INTERRUPTED, detail="interrupted before activation")
+            if prepared is not None:
+                _upload_keys(track, conn, prepared, "pre-activation")
+            outcome = _activate(ctx, conn, node, system, track)
+            if outcome is not None:
+                return outcome
+            if prepared is not None:
+                _upload_keys(track, conn, prepared, "post-activation")
+            if options.reboot:
+                with track.stage(Stage.REBOOT):
+                    reboot_mod.reboot(
+                        conn,
+                        before=state.boot,
+                        expect=system.out_path,
+                        timeout=options.reboot_timeout,
+                        on_line=track.line,
+                    )
+            return track.finish(Outcome.OK, detail=_done(goal))
+    except NixherdError as exc:
+        return track.finish(Outcome.FAILED, error=ErrorInfo.from_exception(exc))
+    except Exception as exc:  # a bug must fail one node, not the run
+        return track.finish(Outcome.FAILED, error=ErrorInfo.from_exception(exc))
+
+
+def _done(goal: Goal) -> str:
+    match goal:
+        case Goal.SWITCH:
+            return "switched"
+        case Goal.BOOT:
+            return "set for next boot"
+        case Goal.TEST:
+            return "activated (profile unchanged)"
+        case Goal.DRY_ACTIVATE:
+            return "dry activation done"
+        case Goal.PUSH | Goal.BUILD:
+            return str(goal.value)
+
+
+def _activate(
+    ctx: Context, conn: Connection, node: DeployNode, system: System, track: _Node
+) -> NodeResult | None:
+    """Run H5's activation; a result when the node ends here (failed or rolled back)."""
+    from nixherd.deploy import activation
+
+    options = ctx.options
+    act_options = activation.ActivationOptions(
+        goal=options.goal,
+        node=node.name,
+        rollback=options.rollback,
+        confirm_timeout=options.confirm_timeout,
+        timeout=options.activation_timeout,
+    )
+    try:
+        result = activation.activate(
+            conn, system.out_path, act_options, checks=_checks(node), emit=track.sink
+        )
+    except activation.ActivationError as exc:
+        if exc.previous is not None:
+            track.previous = exc.previous
+        outcome = Outcome.ROLLED_BACK if exc.rolled_back else Outcome.FAILED
+        error = ErrorInfo(
+            message=exc.message,
+            output="\n".join(exc.log[-TAIL_LINES:]) or None,
+        )
+        return track.finish(
+            outcome,
+            error=error,
+            rolled_back=exc.rolled_back,
+            rollback_reason=(exc.reason or exc.message) if exc.rolled_back else None,
+        )
+    if result.previous is not None:
+        track.previous = result.previous
+    if result.rolled_back:
+        return track.finish(
+            Outcome.ROLLED_BACK,
+            error=ErrorInfo(result.reason or "rolled back"),
+            rolled_back=True,
+            rollback_reason=result.reason,
+        )
+    return None
+
+
+def _checks(node: DeployNode) -> tuple[HealthCheck, ...]:
+    """The node's health checks from its inventory `checks` (already validated there)."""
+    tables: Mapping[str, Mapping[str, Any]] = getattr(node, "checks", None) or {}
+    found = []
+    for name, table in tables.items():
+        check, problems = parse_check(name, table)
+        if check is None or problems:
+            raise NixherdError(f"{node.name}: check {name}: {'; '.join(problems)}")
+        found.append(check)
+    return tuple(found)
+
+
+def _prepare_keys(ctx: Context, node: DeployNode, track: _Node) -> secrets.PreparedKeys | None:
+    """Read every key source of the node now, so a missing one fails it before it is touched."""
+    if not ctx.options.keys or not getattr(node, "keys", None):
+        return None
+    keyed = cast(secrets.KeyedNode, node)
+    with track.stage(Stage.KEYS):
+        return secrets.prepare_keys(keyed, base_dir=ctx.base_dir)
+
+
+def _upload_keys(
+    track: _Node,
+    conn: Connection,
+    prepared: secrets.PreparedKeys,
+    when: Literal["pre-activation", "post-activation"] | None,
+) -> None:
+    upload = None if when is None else secrets.Upload(when)
+    secrets.upload_prepared(conn, prepared, upload, emit=track.sink)
