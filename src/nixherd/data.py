@@ -6,8 +6,7 @@ it differs written atomically (temp file + rename, the previous file kept as `<p
 after which its `reload` command runs on the node. A failing reload puts the previous files back
 (and runs the reload once more so the service sees them again); the node is reported failed.
 
-Templates are deliberately tiny: `{vars.a.b}` (a node var, dotted path, list indexes allowed),
-`{name}` (the node's name), `{{` and `}}` for literal braces. No expressions, no code.
+Text files use the tiny template language of `nixherd.template` (no expressions, no code).
 """
 
 from __future__ import annotations
@@ -15,13 +14,13 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
+from nixherd import template as tmpl
 from nixherd import transfer
 from nixherd.errors import CommandError, NixherdError
 from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
@@ -29,9 +28,6 @@ from nixherd.ssh import Connection
 
 BACKUP_SUFFIX = ".nixherd-prev"
 RELOAD_TIMEOUT = 300.0
-
-_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class Format(Enum):
@@ -70,9 +66,13 @@ class DataSpec:
         if fmt is Format.TEXT:
             if not isinstance(template, str):
                 raise ValueError(f"data {name!r}: a text file needs a template")
-            template_errors(template)
+            tmpl.check(template)
         elif template is not None:
             raise ValueError(f'data {name!r}: template is only for format = "text"')
+        if source is not None:
+            if fmt is Format.TEXT:
+                raise ValueError(f"data {name!r}: source is only for json and toml")
+            tmpl.var_path(str(source))
         ownership = transfer.Ownership(
             user=str(table.get("user", "root")),
             group=str(table.get("group", "root")),
@@ -105,30 +105,6 @@ class DataNode(Protocol):
 
     @property
     def data(self) -> Mapping[str, Mapping[str, Any]]: ...
-
-
-def template_errors(template: str) -> None:
-    """Raise ValueError if `template` is malformed (a lone brace, a bad placeholder)."""
-    for match in _TOKEN.finditer(template):
-        token = match.group(0)
-        if token in ("{{", "}}"):
-            continue
-        if match.group(1) is None:
-            raise ValueError(
-                f"lone {token!r} at offset {match.start()} (write {token * 2} for a literal brace)"
-            )
-        _placeholder_path(match.group(1))
-
-
-def _placeholder_path(expr: str) -> list[str]:
-    """`vars.a.b` -> ["a", "b"]; `name` -> []; anything else is refused."""
-    text = expr.strip()
-    if text == "name":
-        return []
-    parts = text.split(".")
-    if parts[0] != "vars" or len(parts) < 2 or not all(_SEGMENT.match(p) for p in parts[1:]):
-        raise ValueError(f"bad placeholder {{{expr}}}: use {{vars.a.b}} or {{name}}")
-    return parts[1:]
 
 
 def _lookup(vars: Mapping[str, Any], path: Sequence[str], what: str) -> Any:
@@ -177,15 +153,11 @@ def render(spec: DataSpec, vars: Mapping[str, Any], *, node: str) -> bytes:
     if spec.format is Format.TEXT:
         assert spec.template is not None
 
-        def substitute(match: re.Match[str]) -> str:
-            token = match.group(0)
-            if token in ("{{", "}}"):
-                return token[0]
-            path = _placeholder_path(match.group(1))
-            return _scalar_text(_lookup(vars, path, what)) if path else node
+        def var(path: list[str]) -> str:
+            return _scalar_text(_lookup(vars, path, what))
 
-        return _TOKEN.sub(substitute, spec.template).encode()
-    value: Any = vars if spec.source is None else _lookup(vars, spec.source.split("."), what)
+        return tmpl.render(spec.template, name=node, var=var).encode()
+    value: Any = vars if spec.source is None else _lookup(vars, tmpl.var_path(spec.source), what)
     if spec.format is Format.JSON:
         text = json.dumps(
             _sorted(value), indent=2, sort_keys=True, ensure_ascii=False, default=_json_default

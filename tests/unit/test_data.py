@@ -28,11 +28,11 @@ from nixherd.data import (
     diff_node,
     push_node,
     render,
-    template_errors,
 )
 from nixherd.events import Event, LogLine
 from nixherd.process import LineCallback, Result
 from nixherd.ssh import Connection, Target
+from nixherd.template import check as template_errors
 
 
 class LocalConnection(Connection):
@@ -107,6 +107,9 @@ def test_spec_defaults() -> None:
         {"path": "/a", "format": "text", "template": "{vars.__class__.x y}"},
         {"path": "/a", "user": "a;b"},
         {"path": "/a", "mode": "0x1"},
+        {"path": "/a", "source": "a..b"},
+        {"path": "/a", "source": "a b"},
+        {"path": "/a", "format": "text", "template": "x", "source": "a"},
     ],
 )
 def test_spec_refuses_bad_tables(table: dict[str, Any]) -> None:

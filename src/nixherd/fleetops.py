@@ -1,0 +1,84 @@
+"""Running one small operation per node (keys, data) over a selection: connect, fan out, isolate.
+
+Each node gets its own ControlMaster connection, closed when its work is done. A node's failure
+(any NixherdError) is caught, reported as a NodeFinished event and returned in its place, so the
+other nodes go on; the caller decides the exit code once every node is done.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
+
+from nixherd.deploy.fanout import fan_out
+from nixherd.errors import NixherdError
+from nixherd.events import EventSink, NodeFinished, Outcome
+from nixherd.ssh import Connection, Target
+
+R = TypeVar("R")
+
+
+class Reachable(Protocol):
+    """The deployment fields of a resolved node."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def ssh_options(self) -> tuple[str, ...]: ...
+
+
+def connect(node: Reachable, ssh_config: str | None) -> Connection:
+    """A (lazily opened) ControlMaster connection to the node; close it when done."""
+    return Connection(
+        Target(
+            node=node.name,
+            host=node.host,
+            user=node.user,
+            port=node.port,
+            ssh_config=ssh_config,
+            options=tuple(node.ssh_options),
+        )
+    )
+
+
+def on_nodes(
+    names: Sequence[str],
+    work: Callable[[str], R],
+    *,
+    outcome: Callable[[R], Outcome],
+    emit: EventSink,
+    parallel: int = 10,
+    cancel: threading.Event | None = None,
+) -> Mapping[str, R | NixherdError]:
+    """`work(name)` for every node, `parallel` at once; a failing node yields its error.
+
+    Nodes never started (Ctrl-C) are left out of the result; a KeyboardInterrupt is re-raised
+    once the nodes already running are done.
+    """
+
+    def guarded(name: str) -> R | NixherdError:
+        try:
+            result = work(name)
+        except NixherdError as exc:
+            emit(NodeFinished(name, Outcome.FAILED, exc.render()))
+            return exc
+        emit(NodeFinished(name, outcome(result)))
+        return result
+
+    run = fan_out(names, guarded, parallel=parallel, cancel=cancel or threading.Event())
+    if run.interrupted:
+        for name in run.not_started:
+            emit(NodeFinished(name, Outcome.NOT_ATTEMPTED))
+        raise KeyboardInterrupt
+    return {name: run.results[name] for name in names if name in run.results}
