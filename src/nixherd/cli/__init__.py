@@ -22,6 +22,11 @@ COMMANDS: dict[str, str] = {
     "show": "show",
     "check": "check",
     "lab": "lab",
+    "eval": "eval",
+    "build": "build",
+    "apply": "apply",
+    "exec": "exec",
+    "status": "status",
 }
 
 

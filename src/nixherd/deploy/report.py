@@ -157,9 +157,13 @@ def _iso(timestamp: float) -> str:
     )
 
 
+def to_json_text(report: RunReport) -> str:
+    return json.dumps(report.to_data(), indent=2) + "\n"
+
+
 def write_json(report: RunReport, path: str) -> None:
     """Write the report atomically (a reader never sees half a file)."""
-    data = json.dumps(report.to_data(), indent=2, sort_keys=False) + "\n"
+    data = to_json_text(report)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)

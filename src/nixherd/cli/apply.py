@@ -1,0 +1,148 @@
+"""`nixherd apply [GOAL]`: evaluate, build, copy and activate the selected nodes in parallel."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from nixherd.cli import runs
+
+if TYPE_CHECKING:
+    from nixherd.deploy.plan import DeployOptions
+
+HELP = "deploy the selected nodes (goal: build, push, switch, boot, test, dry-activate)"
+
+GOALS = ("build", "push", "switch", "boot", "test", "dry-activate")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "goal",
+        nargs="?",
+        default="switch",
+        choices=GOALS,
+        metavar="GOAL",
+        help="what to reach on each node: " + ", ".join(GOALS) + " (default switch)",
+    )
+    runs.add_selection(parser)
+    runs.add_flake(parser)
+    runs.add_parallel(parser)
+    build = parser.add_argument_group("building and copying")
+    build.add_argument(
+        "--keep-result",
+        action="store_true",
+        help="keep each node's system as a GC root in .nixherd/results/<node>",
+    )
+    build.add_argument(
+        "--substitute-on-destination",
+        action="store_true",
+        help="let nodes fetch paths from their own substituters instead of from here",
+    )
+    build.add_argument(
+        "--build-on-target",
+        action="store_true",
+        help="copy the derivations and build on each node instead of here",
+    )
+    safety = parser.add_argument_group("activation and safety")
+    safety.add_argument(
+        "--no-rollback",
+        dest="rollback",
+        action="store_false",
+        help="do not roll back a node that fails its checks or cannot be reached after switching",
+    )
+    safety.add_argument(
+        "--confirm-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds a node waits for the confirmation before rolling back (default 30)",
+    )
+    safety.add_argument(
+        "--no-keys", dest="keys", action="store_false", help="do not upload secret keys"
+    )
+    safety.add_argument(
+        "--reboot",
+        action="store_true",
+        help="reboot each node after switch/boot and wait until it is back on the new system",
+    )
+    safety.add_argument(
+        "--reboot-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="how long to wait for a rebooted node (default 300)",
+    )
+    staged = parser.add_argument_group("staged rollout")
+    staged.add_argument(
+        "--canary", type=int, default=0, metavar="N", help="deploy N nodes first; all must succeed"
+    )
+    staged.add_argument(
+        "--batch", metavar="N|P%", help="then deploy in batches of N nodes (or P%% of them)"
+    )
+    staged.add_argument(
+        "--max-failures",
+        metavar="N|P%",
+        help="start no new node once more than N nodes (or P%%) have failed",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan; evaluate, build and change nothing"
+    )
+    runs.add_output(parser)
+
+
+def options_from(args: argparse.Namespace) -> DeployOptions:
+    """The core's DeployOptions from the command line (the Namespace stops here)."""
+    from nixherd.deploy.goal import Goal
+    from nixherd.deploy.plan import DeployOptions
+    from nixherd.deploy.rollout import Amount, Rollout
+
+    rollout = Rollout(
+        canary=args.canary,
+        batch=Amount.parse(args.batch, option="--batch") if args.batch else None,
+        max_failures=(
+            Amount.parse(args.max_failures, option="--max-failures")
+            if args.max_failures is not None
+            else None
+        ),
+    )
+    return DeployOptions(
+        goal=Goal(args.goal),
+        flake=args.flake,
+        parallel=args.parallel,
+        keep_result=args.keep_result,
+        substitute_on_destination=args.substitute_on_destination,
+        build_on_target=args.build_on_target,
+        reboot=args.reboot,
+        reboot_timeout=args.reboot_timeout,
+        rollback=args.rollback,
+        confirm_timeout=args.confirm_timeout,
+        keys=args.keys,
+        rollout=rollout,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from nixherd.deploy import pipeline
+    from nixherd.deploy.plan import describe
+    from nixherd.errors import UsageError
+
+    if args.canary < 0:
+        raise UsageError(f"--canary must be >= 0, got {args.canary}")
+    options = options_from(args)
+    inventory, nodes = runs.load_nodes(args)
+    if args.dry_run:
+        for line in describe(nodes, options, ssh_config=inventory.ssh_config):
+            sys.stdout.write(line + "\n")
+        return 0
+    names = [n.name for n in nodes]
+    with runs.progress(args, names, title=f"apply {options.goal.value}") as view:
+        report = pipeline.deploy(
+            nodes,
+            options,
+            ssh_config=inventory.ssh_config,
+            base_dir=str(inventory.path.parent),
+            emit=view,
+        )
+    return runs.finish(args, runs.report_with_logs(report, view))

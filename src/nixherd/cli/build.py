@@ -1,0 +1,49 @@
+"""`nixherd build`: evaluate and build the selected nodes' systems; print their store paths."""
+
+from __future__ import annotations
+
+import argparse
+
+from nixherd.cli import runs
+
+HELP = "build the selected nodes' systems (one nix process) and print their store paths"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    runs.add_selection(parser)
+    runs.add_flake(parser)
+    parser.add_argument(
+        "--keep-result",
+        action="store_true",
+        help="keep each node's system as a GC root in .nixherd/results/<node>",
+    )
+    runs.add_output(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from nixherd.deploy import pipeline
+    from nixherd.deploy.goal import Goal
+    from nixherd.deploy.plan import DeployOptions
+
+    inventory, nodes = runs.load_nodes(args)
+    options = DeployOptions(goal=Goal.BUILD, flake=args.flake, keep_result=args.keep_result)
+    names = [n.name for n in nodes]
+    with runs.progress(args, names, title="build") as view:
+        report = pipeline.deploy(
+            nodes,
+            options,
+            ssh_config=inventory.ssh_config,
+            base_dir=str(inventory.path.parent),
+            emit=view,
+            command="build",
+        )
+    report = runs.report_with_logs(report, view)
+    if args.json != "-":
+        width = max((len(n) for n in names), default=0)
+        for result in report.nodes:
+            if result.store_path and not result.failed:
+                sys.stdout.write(f"{result.node.ljust(width)}  {result.store_path}\n")
+        sys.stdout.flush()
+    return runs.finish(args, report, summary=bool(report.failed or report.interrupted))

@@ -1,0 +1,48 @@
+"""`nixherd eval`: evaluate the selected nodes' systems in one nix process; no build."""
+
+from __future__ import annotations
+
+import argparse
+
+from nixherd.cli import runs
+
+HELP = "evaluate the selected nodes' systems (one nix process); print derivations or errors"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    runs.add_selection(parser)
+    runs.add_flake(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON array on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from nixherd import fleet
+    from nixherd.errors import NodesFailedError
+
+    _, nodes = runs.load_nodes(args)
+    names = [n.name for n in nodes]
+    results = fleet.eval_nodes(args.flake, names)
+    failed = [r for r in results.values() if not r.ok]
+    if args.json:
+        sys.stdout.write(json.dumps([results[n].to_data() for n in names], indent=2) + "\n")
+    else:
+        width = max((len(n) for n in names), default=0)
+        for name in names:
+            result = results[name]
+            if result.ok:
+                sys.stdout.write(f"{name.ljust(width)}  {result.drv_path}\n")
+            else:
+                first, *rest = (result.error or "failed").splitlines() or ["failed"]
+                sys.stdout.write(f"{name.ljust(width)}  error: {first}\n")
+                for line in rest:
+                    sys.stdout.write(f"{' ' * width}    {line}\n")
+    sys.stdout.flush()
+    if failed:
+        raise NodesFailedError(
+            f"{len(failed)} of {len(names)} nodes failed to evaluate: "
+            + ", ".join(r.name for r in failed[:10])
+        )
+    return 0

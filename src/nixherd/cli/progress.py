@@ -1,0 +1,336 @@
+"""Rendering a run's events: a live view on a terminal, plain `node | line` otherwise, per-node
+log files, and the final summary table.
+
+Events arrive from worker threads; everything here takes one lock. rich is imported only when a
+live view or a rich table is drawn (a terminal, without NO_COLOR-only plain mode being asked).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from nixherd.deploy.report import NodeResult, RunReport
+    from nixherd.events import Event
+
+# How many nodes the live view lists before it folds the rest into one line.
+MAX_ROWS_FALLBACK = 40
+REFRESH_PER_SECOND = 8
+RUN_LOG = "run.log"
+
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty() and os.environ.get("TERM") != "dumb"
+    except (AttributeError, ValueError):
+        return False
+
+
+def new_log_dir(base: str) -> str:
+    """A fresh `<base>/<timestamp>` directory for this run's logs."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(base, stamp)
+    suffix = 1
+    while True:
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            suffix += 1
+            path = os.path.join(base, f"{stamp}-{suffix}")
+
+
+@dataclass
+class _Row:
+    stage: str = "waiting"
+    started: float | None = None
+    stage_started: float | None = None
+    finished: float | None = None
+    outcome: str | None = None
+    failed: bool = False
+    last: str = ""
+
+
+@dataclass
+class _Logs:
+    """One append-only file per node (and one for the run), opened on first use."""
+
+    directory: str | None
+    files: dict[str, IO[str]] = field(default_factory=dict)
+
+    def write(self, node: str, text: str) -> None:
+        if self.directory is None:
+            return
+        handle = self.files.get(node)
+        if handle is None:
+            from nixherd.events import RUN_WIDE
+
+            name = RUN_LOG if node == RUN_WIDE else f"{node}.log"
+            handle = self.files[node] = open(  # noqa: SIM115 (closed in close())
+                os.path.join(self.directory, name), "a", encoding="utf-8"
+            )
+        stamp = datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+        handle.write(f"{stamp} {text}\n")
+        handle.flush()
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+        self.files.clear()
+
+
+class Progress:
+    """An EventSink drawing the run: call it with events, use it as a context manager."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        *,
+        title: str,
+        live: bool | None = None,
+        verbose: bool = False,
+        log_dir: str | None = None,
+        stream: TextIO | None = None,
+        show_lines: bool = True,
+        show_stages: bool = True,
+    ) -> None:
+        self.names = list(names)
+        self.title = title
+        self.stream = stream if stream is not None else sys.stderr
+        self.live_mode = is_terminal(self.stream) if live is None else live
+        self.verbose = verbose
+        self.show_lines = show_lines
+        self.show_stages = show_stages
+        self.rows = {name: _Row() for name in self.names}
+        self.width = max((len(n) for n in self.names), default=1)
+        self.lock = threading.Lock()
+        self.logs = _Logs(log_dir)
+        self.log_dir = log_dir
+        self.run_line = ""
+        self.started = time.monotonic()
+        self._announced: set[str] = set()
+        self._live: Any = None
+
+    # --- lifecycle ---
+
+    def __enter__(self) -> Progress:
+        if self.live_mode:
+            from rich.console import Console
+            from rich.live import Live
+
+            console = Console(file=self.stream)
+            self._live = Live(
+                get_renderable=self._render,
+                console=console,
+                refresh_per_second=REFRESH_PER_SECOND,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self.lock:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+            self.logs.close()
+
+    # --- events ---
+
+    def __call__(self, event: Event) -> None:
+        from nixherd.events import LogLine, NodeFinished, StageFinished, StageStarted
+
+        now = time.monotonic()
+        with self.lock:
+            match event:
+                case StageStarted(node=node, stage=stage):
+                    row = self._row(node)
+                    row.stage, row.stage_started = stage.value, now
+                    if row.started is None:
+                        row.started = now
+                    self.logs.write(node, f"> {stage.value}")
+                    self._plain_stage(node, stage.value)
+                case StageFinished(node=node, stage=stage, seconds=seconds):
+                    self.logs.write(node, f"< {stage.value} ({seconds:.2f} s)")
+                case LogLine(node=node, line=line):
+                    self.logs.write(node, line)
+                    self._line(node, line)
+                case NodeFinished(node=node, outcome=outcome, error=error):
+                    row = self._row(node)
+                    row.finished, row.outcome, row.failed = now, outcome.value, outcome.failed
+                    row.stage = outcome.value
+                    if error:
+                        row.last = error.splitlines()[0]
+                    text = outcome.value + (f": {error}" if error else "")
+                    self.logs.write(node, f"= {text}")
+                    if not self.live_mode and self.show_stages:
+                        elapsed = f" ({now - row.started:.1f} s)" if row.started else ""
+                        first, *rest = text.splitlines() or [""]
+                        self._print(node, first + elapsed)
+                        for extra in rest:
+                            self._print(node, "  " + extra)
+
+    def _row(self, node: str) -> _Row:
+        row = self.rows.get(node)
+        if row is None:
+            row = self.rows[node] = _Row()
+            if node != "*":
+                self.names.append(node)
+                self.width = max(self.width, len(node))
+        return row
+
+    def _plain_stage(self, node: str, stage: str) -> None:
+        if self.live_mode or not self.show_stages:
+            return
+        # Evaluation and the build run once for all nodes: say so once, not once per node.
+        if stage in ("eval", "build"):
+            if stage not in self._announced:
+                self._announced.add(stage)
+                self._print("*", f"{stage} ({len(self.names)} nodes)")
+            return
+        self._print(node, f"{stage}")
+
+    def _line(self, node: str, line: str) -> None:
+        from nixherd.events import RUN_WIDE
+
+        if node == RUN_WIDE:
+            self.run_line = line
+        else:
+            self._row(node).last = line
+        if not self.show_lines:
+            return
+        if not self.live_mode:
+            self._print(node, line)
+        elif self.verbose and self._live is not None:
+            self._live.console.print(f"{node.ljust(self.width)} | {line}", markup=False)
+
+    def _print(self, node: str, text: str) -> None:
+        self.stream.write(f"{node.ljust(self.width)} | {text}\n")
+        self.stream.flush()
+
+    # --- the live view ---
+
+    def _render(self) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        with self.lock:
+            now = time.monotonic()
+            table = Table.grid(padding=(0, 2))
+            table.add_column(no_wrap=True)
+            table.add_column(no_wrap=True)
+            table.add_column(justify="right", no_wrap=True)
+            table.add_column(no_wrap=True, overflow="ellipsis", max_width=80)
+            done = sum(1 for r in self.rows.values() if r.finished is not None)
+            head = f"{self.title}: {done}/{len(self.names)} done, {now - self.started:.0f} s"
+            table.add_row(Text(head, style="bold"), "", "", Text(self.run_line, style="dim"))
+            height = self._height()
+            # Nodes at work first, then failures, then the rest: what needs eyes stays visible.
+            ranked = sorted(
+                self.names,
+                key=lambda n: (
+                    self.rows[n].finished is not None and not self.rows[n].failed,
+                    self.rows[n].finished is not None,
+                ),
+            )
+            shown = ranked[:height]
+            for name in shown:
+                row = self.rows[name]
+                end = row.finished if row.finished is not None else now
+                elapsed = f"{end - row.started:.1f}s" if row.started is not None else ""
+                style = (
+                    "red"
+                    if row.failed
+                    else ("green" if row.finished is not None else ("" if row.started else "dim"))
+                )
+                table.add_row(
+                    Text(name, style=style),
+                    Text(row.stage, style=style),
+                    elapsed,
+                    Text(row.last, style="dim"),
+                )
+            if len(ranked) > len(shown):
+                table.add_row(Text(f"... {len(ranked) - len(shown)} more", style="dim"), "", "", "")
+            return table
+
+    def _height(self) -> int:
+        try:
+            lines = os.get_terminal_size(self.stream.fileno()).lines
+        except (OSError, ValueError, AttributeError):
+            return MAX_ROWS_FALLBACK
+        return max(lines - 4, 3)
+
+
+# --- the summary ---
+
+
+def _seconds(result: NodeResult) -> str:
+    total = sum(v for k, v in result.stages.items() if k not in ("eval", "build"))
+    return f"{total:.1f}" if total else "-"
+
+
+def _note(result: NodeResult) -> str:
+    if result.error is not None:
+        return result.error.summary()
+    if result.rolled_back:
+        return f"rolled back: {result.rollback_reason or ''}".rstrip(": ")
+    return result.detail or ""
+
+
+def summary_rows(report: RunReport) -> list[tuple[str, str, str, str]]:
+    return [(r.node, r.outcome.value, _seconds(r), _note(r)) for r in report.nodes]
+
+
+def print_summary(
+    report: RunReport, *, stream: TextIO | None = None, rich: bool | None = None
+) -> None:
+    """The summary table, the details of every failure, the counts and where the logs are."""
+    out = stream if stream is not None else sys.stdout
+    use_rich = (is_terminal(out) and "NO_COLOR" not in os.environ) if rich is None else rich
+    rows = summary_rows(report)
+    headers = ("node", "result", "seconds", "note")
+    if use_rich:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*headers, box=None, pad_edge=False, header_style="bold")
+        styles = {"failed": "red", "rolled back": "yellow", "interrupted": "red"}
+        for row in rows:
+            table.add_row(*row, style=styles.get(row[1], ""))
+        Console(file=out).print(table)
+    else:
+        widths = [
+            max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+            for i, h in enumerate(headers)
+        ]
+        for cells in (headers, *rows):
+            out.write("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
+            out.write("\n")
+    for result in report.nodes:
+        if result.error is not None and (result.error.command or result.error.output):
+            out.write(f"\n{result.node}: {result.error.message}\n")
+            if result.error.command:
+                out.write(f"  command: {result.error.command}\n")
+            for text in (result.error.output or "").splitlines()[-8:]:
+                out.write(f"  | {text}\n")
+    counts = ", ".join(f"{n} {k}" for k, n in report.counts().items())
+    took = report.finished_at - report.started_at
+    out.write(f"\n{len(report.nodes)} nodes: {counts or 'none'} in {took:.1f} s")
+    if report.interrupted:
+        out.write(" (interrupted)")
+    out.write("\n")
+    if report.log_dir:
+        out.write(f"logs: {report.log_dir}\n")
+    out.flush()

@@ -1,0 +1,105 @@
+"""Shared by the commands that work on selected nodes (eval, build, apply, exec, status):
+their common options, loading the selection, and ending a run (report, summary, exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nixherd.cli.progress import Progress
+    from nixherd.deploy.report import RunReport
+    from nixherd.inventory.model import Inventory, Node
+
+DEFAULT_LOG_BASE = os.path.join(".nixherd", "logs")
+INTERRUPTED_EXIT = 130
+
+
+def add_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on", metavar="SEL", help="select nodes: names, @tags, role:R, !exclude, &intersect"
+    )
+
+
+def add_parallel(parser: argparse.ArgumentParser, default: int = 10) -> None:
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"nodes worked on at once (0: all; default {default})",
+    )
+
+
+def add_flake(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--flake",
+        default=os.environ.get("NIXHERD_FLAKE", "."),
+        metavar="REF",
+        help="the fleet's flake (default: $NIXHERD_FLAKE or the current directory)",
+    )
+
+
+def add_output(parser: argparse.ArgumentParser, *, logs: bool = True) -> None:
+    parser.add_argument("--json", metavar="FILE", help="write a JSON report to FILE (- : stdout)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show every output line, also in the live view"
+    )
+    if logs:
+        parser.add_argument(
+            "--log-dir",
+            default=DEFAULT_LOG_BASE,
+            metavar="DIR",
+            help=f"per-node logs go to DIR/<timestamp>/ (default {DEFAULT_LOG_BASE})",
+        )
+
+
+def load_nodes(args: argparse.Namespace) -> tuple[Inventory, list[Node]]:
+    """The inventory and the selected nodes, in name order."""
+    from nixherd.cli import inventory_path
+    from nixherd.inventory import load, select
+
+    inventory = load(inventory_path(args))
+    return inventory, select(inventory, getattr(args, "on", None))
+
+
+def progress(args: argparse.Namespace, names: list[str], title: str) -> Progress:
+    from nixherd.cli.progress import Progress, new_log_dir
+
+    log_base = getattr(args, "log_dir", None)
+    log_dir = new_log_dir(log_base) if log_base else None
+    return Progress(names, title=title, verbose=args.verbose, log_dir=log_dir)
+
+
+def finish(args: argparse.Namespace, report: RunReport, *, summary: bool = True) -> int:
+    """Write the JSON report, print the summary; the exit code (NodesFailedError when failed)."""
+    from nixherd.cli.progress import print_summary
+    from nixherd.deploy.report import to_json_text, write_json
+    from nixherd.errors import NodesFailedError
+
+    target = getattr(args, "json", None)
+    if target == "-":
+        import sys
+
+        sys.stdout.write(to_json_text(report))
+        sys.stdout.flush()
+    else:
+        if summary:
+            print_summary(report)
+        if target:
+            write_json(report, target)
+    if report.interrupted:
+        return INTERRUPTED_EXIT
+    failed = report.failed
+    if failed:
+        names = ", ".join(r.node for r in failed[:10]) + (" ..." if len(failed) > 10 else "")
+        raise NodesFailedError(f"{len(failed)} of {len(report.nodes)} nodes failed: {names}")
+    return 0
+
+
+def report_with_logs(report: RunReport, progress: Progress) -> RunReport:
+    import dataclasses
+
+    return dataclasses.replace(report, log_dir=progress.log_dir)
