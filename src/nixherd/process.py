@@ -74,16 +74,25 @@ def run(
         )
     except OSError as exc:
         raise CommandError(args, 127, str(exc), what=what, node=node) from exc
-    if on_line is None:
-        try:
-            out, err = proc.communicate(data, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            raise CommandError(args, None, _text(out) + _text(err), what=what, node=node) from None
-        result = Result(args, proc.returncode, _text(out), _text(err))
-    else:
-        result = _run_streaming(proc, args, data, timeout, on_line, what, node)
+    try:
+        if on_line is None:
+            try:
+                out, err = proc.communicate(data, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                raise CommandError(
+                    args, None, _text(out) + _text(err), what=what, node=node
+                ) from None
+            result = Result(args, proc.returncode, _text(out), _text(err))
+        else:
+            result = _run_streaming(proc, args, data, timeout, on_line, what, node)
+    except KeyboardInterrupt:
+        # Only the main thread sees Ctrl-C: nobody will read this command's result, and in its
+        # own session it would otherwise outlive nixherd (a `nix eval` or build left running).
+        proc.kill()
+        proc.wait()
+        raise
     if check and not result.ok:
         raise CommandError(
             args, result.returncode, result.stdout + result.stderr, what=what, node=node
