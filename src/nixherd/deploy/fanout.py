@@ -1,17 +1,20 @@
 """Running one piece of work per node in parallel: at most N at once, stoppable, Ctrl-C aware.
 
 A node's work runs in a worker thread and never raises (it returns its result); the calling
-thread only schedules. A Ctrl-C arrives in the calling thread: it sets `cancel`, no new node
-starts, and the nodes already running are waited for (each decides at its own safe points
-whether to stop; an activation in flight always finishes).
+thread only schedules. A Ctrl-C while nodes run sets `cancel`: no new node starts, and the nodes
+already running are waited for (each decides at its own safe points whether to stop; an
+activation in flight always finishes).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Generic, TypeVar
 
 R = TypeVar("R")
@@ -45,28 +48,48 @@ def fan_out(
     queue = list(names)
     width = len(queue) if parallel <= 0 else min(parallel, len(queue))
     results: dict[str, R] = {}
-    interrupted = False
     stopped = False
     if not queue:
-        return FanOut(results, (), False)
-    with cf.ThreadPoolExecutor(max_workers=width, thread_name_prefix="nixherd-node") as pool:
+        return FanOut(results, (), cancel.is_set())
+    with (
+        _ctrl_c_cancels(cancel),
+        cf.ThreadPoolExecutor(max_workers=width, thread_name_prefix="nixherd-node") as pool,
+    ):
         running: dict[cf.Future[R], str] = {}
         while True:
-            try:
-                while queue and len(running) < width and not stopped and not cancel.is_set():
-                    name = queue.pop(0)
-                    running[pool.submit(work, name)] = name
-                if not running:
-                    break
-                done, _ = cf.wait(running, timeout=_TICK, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    # Stored before it leaves `running`: a Ctrl-C between the two loses nothing.
-                    name = running[future]
-                    result = results[name] = future.result()
-                    del running[future]
-                    if stop is not None and not stopped and stop(name, result):
-                        stopped = True
-            except KeyboardInterrupt:
-                interrupted = True
-                cancel.set()
-    return FanOut(results, tuple(queue), interrupted or cancel.is_set())
+            while queue and len(running) < width and not stopped and not cancel.is_set():
+                name = queue.pop(0)
+                running[pool.submit(work, name)] = name
+            if not running:
+                break
+            done, _ = cf.wait(running, timeout=_TICK, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                results[name] = result = future.result()
+                if stop is not None and not stopped and stop(name, result):
+                    stopped = True
+    return FanOut(results, tuple(queue), cancel.is_set())
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels(cancel: threading.Event) -> Iterator[None]:
+    """While nodes run, a Ctrl-C only sets `cancel`.
+
+    A KeyboardInterrupt could land anywhere, e.g. inside `pool.submit` after the node started but
+    before its future is recorded: that node would run unwatched and be reported as never
+    started. A handler that sets a flag cannot lose anything. (Only the main thread can install
+    it; elsewhere no KeyboardInterrupt arrives anyway.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        cancel.set()
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)

@@ -246,14 +246,20 @@ def deploy(
         interrupted = True
         cancel.set()
 
-    if options.goal is Goal.BUILD:
+    if interrupted:
+        pass  # stopped during evaluation or the build: no node was touched
+    elif options.goal is Goal.BUILD:
         for name, system in ctx.systems.items():
             node = _Node(name, emit)
             node.store_path = system.out_path
             node.stages = dict(run_stages)
             results[name] = node.finish(Outcome.OK, detail="built")
     else:
-        interrupted |= _roll_out(ctx, names, by_name, results, run_stages)
+        try:
+            interrupted = _roll_out(ctx, names, by_name, results, run_stages)
+        except KeyboardInterrupt:  # between two waves: no node is running
+            interrupted = True
+            cancel.set()
 
     for name in names:
         if name not in results:
