@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "apply": "apply",
     "exec": "exec",
     "status": "status",
+    "keys": "keys",
+    "data": "data",
 }
 
 

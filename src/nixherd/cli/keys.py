@@ -1,0 +1,136 @@
+"""`nixherd keys upload`: write the selected nodes' secret keys without a rebuild."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nixherd.cli.progress import Progress
+    from nixherd.errors import NixherdError
+
+HELP = "upload secret keys (files, commands, env vars) to the nodes, without a rebuild"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    upload = sub.add_parser("upload", help="write every key of the selected nodes that differs")
+    add_node_options(upload)
+
+
+def add_node_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the per-node commands of this module and `data`."""
+    parser.add_argument("--on", metavar="SEL", help="select nodes (names, @tags, role:R, !, &)")
+    parser.add_argument(
+        "--parallel", type=int, default=10, metavar="N", help="nodes at once (0: all; default 10)"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+
+
+def progress(names: Sequence[str], title: str) -> Progress:
+    """The run's live view (a terminal) or plain `node | line` lines, on stderr."""
+    from nixherd.cli.progress import Progress
+
+    return Progress(names, title=title)
+
+
+def load_selection(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """The inventory and the names `--on` selects, sorted."""
+    from nixherd.cli import inventory_path
+    from nixherd.inventory import load, select
+
+    inventory = load(inventory_path(args))
+    return inventory, [node.name for node in select(inventory, args.on)]
+
+
+def finish(
+    results: Mapping[str, Any],
+    rows: Callable[[str, Any], Sequence[str]],
+    headers: Sequence[str],
+    *,
+    json_mode: bool,
+    report: Callable[[str, Any], dict[str, Any]],
+    totals: str,
+) -> int:
+    """Print the summary (a table, or the JSON report); raise NodesFailedError if any failed."""
+    from nixherd.errors import NixherdError, NodesFailedError
+
+    failed = [name for name, result in results.items() if isinstance(result, NixherdError)]
+    if json_mode:
+        document = {"nodes": {name: report(name, result) for name, result in results.items()}}
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        table = [list(headers), *(list(rows(name, r)) for name, r in results.items())]
+        widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+        out = sys.stdout
+        if results:
+            out.write("\n")
+        for row in table:
+            out.write(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
+            out.write("\n")
+        out.write(totals + (f"; {len(failed)} failed" if failed else "") + "\n")
+    if failed:
+        raise NodesFailedError(f"{len(failed)} of {len(results)} nodes failed: {', '.join(failed)}")
+    return 0
+
+
+def error_text(error: NixherdError) -> str:
+    return error.render().splitlines()[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    from nixherd.errors import NixherdError
+    from nixherd.events import Outcome
+    from nixherd.fleetops import connect, on_nodes
+    from nixherd.secrets import KeysResult, upload_keys
+
+    inventory, names = load_selection(args)
+    base_dir = str(inventory.path.parent)
+    with_keys = [name for name in names if inventory.nodes[name].keys]
+
+    with progress(with_keys, "keys upload") as emit:
+
+        def work(name: str) -> KeysResult:
+            node = inventory.nodes[name]
+            with connect(node, inventory.ssh_config) as conn:
+                return upload_keys(conn, node, None, emit=emit, base_dir=base_dir)
+
+        results = on_nodes(
+            with_keys,
+            work,
+            outcome=lambda r: Outcome.OK if r.sent else Outcome.UP_TO_DATE,
+            emit=emit,
+            parallel=args.parallel,
+        )
+
+    def rows(name: str, r: KeysResult | NixherdError) -> list[str]:
+        if isinstance(r, NixherdError):
+            return [name, "failed", "-", "-", error_text(r)]
+        return [name, "ok" if r.sent else "up to date", str(len(r.sent)), str(len(r.unchanged)), ""]
+
+    def report(_name: str, r: KeysResult | NixherdError) -> dict[str, Any]:
+        if isinstance(r, NixherdError):
+            return {"outcome": "failed", "error": r.render()}
+        outcome = "ok" if r.sent else "up to date"
+        return {"outcome": outcome, "sent": list(r.sent), "unchanged": list(r.unchanged)}
+
+    done = [r for r in results.values() if isinstance(r, KeysResult)]
+    sent = sum(len(r.sent) for r in done)
+    same = sum(len(r.unchanged) for r in done)
+    skipped = len(names) - len(with_keys)
+    totals = f"{sent} keys sent, {same} unchanged on {len(with_keys)} nodes"
+    if skipped:
+        totals += f" ({skipped} selected nodes have no keys)"
+    return finish(
+        results,
+        rows,
+        ["NODE", "RESULT", "SENT", "UNCHANGED", "ERROR"],
+        json_mode=args.json,
+        report=report,
+        totals=totals,
+    )
