@@ -1,0 +1,109 @@
+"""`nixherd check`: validate the inventory and list every problem; with `--eval`, also evaluate the
+selected nodes' systems with Nix."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nixherd.errors import Problem
+    from nixherd.inventory import Node
+
+HELP = "validate the inventory (every problem listed); --eval also evaluates the nodes with Nix"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--eval", action="store_true", help="also evaluate each selected node's system with Nix"
+    )
+    parser.add_argument(
+        "--on", metavar="SEL", help="select nodes: names, @tags, role:R, !exclude, &intersect"
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nixherd.cli import inventory_path, render
+    from nixherd.errors import InventoryError
+    from nixherd.inventory import Selection, load, select
+
+    selection = None if args.on is None else Selection.parse(args.on)
+    path = inventory_path(args)
+    try:
+        inventory = load(path)
+    except InventoryError as exc:
+        _report_problems(args, exc.problems)
+        return exc.exit_code
+    nodes = select(inventory, selection)
+    summary = (
+        f"{render.plural(len(inventory.nodes), 'node')}, "
+        f"{render.plural(len(inventory.roles), 'role')}"
+    )
+    if args.on is not None:
+        summary += f" ({len(nodes)} selected)"
+    evaluated: dict[str, Any] | None = None
+    failed = 0
+    if args.eval:
+        evaluated, failed = _eval(nodes, path)
+    if args.json:
+        result: dict[str, Any] = {
+            "ok": not failed,
+            "nodes": len(inventory.nodes),
+            "roles": len(inventory.roles),
+            "selected": [node.name for node in nodes],
+            "problems": [],
+        }
+        if evaluated is not None:
+            result["eval"] = evaluated
+        render.print_json(result)
+    else:
+        status = f"{failed} of {len(nodes)} failed to evaluate" if failed else "ok"
+        print(f"{summary}: {status}")
+    return 1 if failed else 0
+
+
+def _report_problems(args: argparse.Namespace, problems: tuple[Problem, ...]) -> None:
+    import sys
+
+    from nixherd.cli import render
+
+    if args.json:
+        render.print_json(
+            {
+                "ok": False,
+                "problems": [
+                    {"file": p.file, "path": p.path, "message": p.message} for p in problems
+                ],
+            }
+        )
+    else:
+        # One problem per line, `file: key.path: message`, on stdout: the result of a check.
+        sys.stdout.write("".join(f"{problem}\n" for problem in problems))
+    sys.stderr.write(f"nixherd: error: {render.plural(len(problems), 'problem')} found\n")
+
+
+def _eval(nodes: list[Node], path: str) -> tuple[dict[str, Any], int]:
+    """Evaluate the nodes' systems with `nixherd.fleet` (the flake next to the inventory).
+
+    Returns the per-node results as data and how many failed; failures are printed as they are
+    found. `fleet` is looked up at run time: it is optional for everything else `check` does.
+    """
+    import importlib
+    import sys
+
+    from nixherd.errors import UsageError
+
+    try:
+        fleet = importlib.import_module("nixherd.fleet")
+    except ModuleNotFoundError as exc:
+        if exc.name != "nixherd.fleet":
+            raise
+        raise UsageError("--eval is not available yet") from None
+    results = fleet.eval_nodes(fleet.flake_for(path), [node.name for node in nodes])
+    failed = 0
+    for name, result in results.items():
+        if not result.ok:
+            failed += 1
+            sys.stderr.write(f"{name}: {result.error}\n")
+    return {name: result.to_data() for name, result in results.items()}, failed

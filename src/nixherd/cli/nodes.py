@@ -1,0 +1,41 @@
+"""`nixherd nodes`: list the (selected) nodes of the inventory, without any Nix evaluation."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "list the nodes of the inventory (no Nix needed)"
+
+HEADERS = ("NAME", "ROLE", "HOST", "USER", "PORT", "TAGS")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on", metavar="SEL", help="select nodes: names, @tags, role:R, !exclude, &intersect"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON array of nodes")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nixherd.cli import inventory_path, render
+    from nixherd.inventory import Selection, load, select
+
+    # A malformed --on is reported before the inventory is even read.
+    selection = None if args.on is None else Selection.parse(args.on)
+    nodes = select(load(inventory_path(args)), selection)
+    if args.json:
+        render.print_json([node.summary() for node in nodes])
+        return 0
+    rows = [
+        (
+            node.name,
+            node.role or "-",
+            node.host,
+            node.user,
+            str(node.port),
+            ",".join(node.tags),
+        )
+        for node in nodes
+    ]
+    render.print_table(HEADERS, rows)
+    return 0

@@ -1,0 +1,78 @@
+"""Reading an inventory: file bytes -> TOML document (rtoml) -> resolved Inventory. Read, decode
+and parse errors become InventoryError naming the file and the line."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from nixherd.errors import InventoryError, Problem
+from nixherd.inventory.model import Inventory
+from nixherd.inventory.resolve import resolve
+
+MAX_SIZE = 64 * 1024 * 1024  # 100,000 nodes take about 8 MB; anything this big is a mistake
+
+_WHERE = re.compile(r"\s*at line (\d+) column (\d+)\s*$")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _fail(file: str, path: str, message: str) -> InventoryError:
+    return InventoryError([Problem(file, path, message)])
+
+
+def load(path: str | os.PathLike[str]) -> Inventory:
+    """Read, validate and resolve the inventory at `path` (named as given in messages)."""
+    file = os.fspath(path)
+    try:
+        with open(file, "rb") as handle:
+            data = handle.read(MAX_SIZE + 1)
+    except FileNotFoundError:
+        raise _fail(file, "", "no such file") from None
+    except IsADirectoryError:
+        raise _fail(file, "", "is a directory, not an inventory file") from None
+    except OSError as exc:
+        raise _fail(file, "", f"cannot read: {exc.strerror or exc}") from exc
+    if len(data) > MAX_SIZE:
+        raise _fail(file, "", f"larger than {MAX_SIZE // (1024 * 1024)} MiB")
+    return loads(data, file=file, path=Path(file).absolute())
+
+
+def loads(
+    data: bytes | str, *, file: str = "inventory.toml", path: Path | None = None
+) -> Inventory:
+    """Validate and resolve an inventory given as TOML text; `file` names it in messages and
+    `path` (default: `file`, made absolute) anchors relative paths such as ssh_config."""
+    text = data if isinstance(data, str) else decode(data, file)
+    return resolve(parse(text, file), file=file, path=path or Path(file).absolute())
+
+
+def decode(data: bytes, file: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise _fail(
+            file,
+            f"line {line}, column {column}",
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x})",
+        ) from None
+
+
+def parse(text: str, file: str) -> dict[str, Any]:
+    """The TOML document as plain Python data, or InventoryError with the parser's position."""
+    import rtoml
+
+    try:
+        doc: dict[str, Any] = rtoml.loads(text)
+    except Exception as exc:  # the parser is a boundary: nothing of it escapes unconverted
+        message = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", str(exc)).strip()
+        where = _WHERE.search(message)
+        path = ""
+        if where is not None:
+            path = f"line {where.group(1)}, column {where.group(2)}"
+            message = message[: where.start()]
+        raise _fail(file, path, f"invalid TOML: {message or type(exc).__name__}") from exc
+    return doc

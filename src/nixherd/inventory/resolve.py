@@ -1,0 +1,336 @@
+"""Fan-out and merge: from a parsed inventory document to validated, resolved nodes, with the
+origin of every value (computed lazily: only `show` asks for it).
+
+Resolution is docs/inventory.md's one rule: built-in default < [defaults] < [roles.<role>] < the
+node (a fan-out target or an explicit node). Every problem is collected before anything is raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from nixherd.errors import InventoryError, Problem
+from nixherd.inventory.model import Inventory, Layer, Node, Origin
+from nixherd.inventory.schema import (
+    DEFAULTS_TABLE,
+    NODE_FIELDS,
+    NODE_NAME,
+    NODE_TABLE,
+    ROLE_TABLE,
+    TARGET_TABLE,
+    TOP_LEVEL,
+    Merge,
+    TableSchema,
+    check_node_name,
+    check_role_name,
+    got,
+    join,
+    shown,
+    unknown_field_message,
+)
+
+Values = dict[str, Any]
+
+
+def deep_merge(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Tables merge key by key, recursively; anything else in `later` replaces what was there.
+
+    Never mutates its arguments; unchanged sub-tables are shared, not copied.
+    """
+    if not earlier:
+        return later
+    if not later:
+        return earlier
+    merged = dict(earlier)
+    for key, value in later.items():
+        old = merged.get(key)
+        if type(old) is dict and type(value) is dict:
+            merged[key] = deep_merge(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _union(earlier: tuple[Any, ...], later: list[Any]) -> tuple[Any, ...]:
+    # dict keys keep insertion order: the first occurrence keeps its place.
+    return tuple(dict.fromkeys((*earlier, *later)))
+
+
+def _replace(_earlier: Any, later: Any) -> Any:
+    return later
+
+
+def _named(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> Mapping[str, Any]:
+    return {**earlier, **later} if earlier else later
+
+
+MERGERS: dict[Merge, Callable[[Any, Any], Any]] = {
+    Merge.REPLACE: _replace,
+    Merge.UNION: _union,
+    Merge.DEEP: deep_merge,
+    Merge.NAMED: _named,
+}
+
+# Field name -> merge function, for the fields every node carries, except the fields whose later
+# value simply wins: those are in _REPLACED, so that the common case costs no call.
+_MERGE_BY_FIELD: dict[str, Callable[[Any, Any], Any]] = {
+    f.name: MERGERS[f.merge] for f in NODE_FIELDS if f.merge is not Merge.REPLACE
+}
+_REPLACED = frozenset(f.name for f in NODE_FIELDS if f.merge is Merge.REPLACE)
+BUILTIN: Values = {f.name: f.default for f in NODE_FIELDS if f.default is not NODE_NAME}
+
+
+def apply_layer(values: Values, layer: Mapping[str, Any]) -> Values:
+    """`values` with one more (valid) layer merged on top; keys that are not node fields are
+    skipped (targets, name, role, ssh_config). `host` is the one field missing from `values`
+    until a node's layer sets it, and it is a replaced field."""
+    out = values.copy()
+    for key, value in layer.items():
+        if key in _REPLACED:
+            out[key] = value
+        else:
+            merge = _MERGE_BY_FIELD.get(key)
+            if merge is not None:
+                out[key] = merge(out[key], value)
+    return out
+
+
+def fanout_name(role: str, host: str) -> str:
+    """The name of a fan-out target without `name`: `<role>-<host>`, `.` and `:` turned into `-`."""
+    return f"{role}-{host.replace('.', '-').replace(':', '-')}"
+
+
+class _Resolver:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+        self.built: dict[str, Node] = {}
+        self.sources: dict[str, str] = {}  # node name -> key path of its table
+        self.endpoints: dict[tuple[str, int], str] = {}  # (host, port) -> node name
+
+    def report(self, path: str, message: str) -> None:
+        self.problems.append(Problem(self.file, path, message))
+
+    def table(self, value: Any, path: str) -> dict[str, Any] | None:
+        if type(value) is dict:
+            return value
+        self.report(path, f"must be a table, {got(value)}")
+        return None
+
+    def layer(self, table: dict[str, Any], schema: TableSchema, path: str) -> dict[str, Any]:
+        """The table when valid; otherwise its valid keys only (so that resolution can go on and
+        find the problems that depend on resolved values), the others reported."""
+        found = schema.check(table, path)
+        if not found:
+            return table
+        for key_path, message in found:
+            self.report(key_path, message)
+        return schema.valid_part(table)
+
+    def run(self, doc: Mapping[str, Any], path: Path) -> Inventory:
+        for key in doc:
+            if key not in TOP_LEVEL:
+                self.report(join("", key), unknown_field_message(key, TOP_LEVEL))
+
+        defaults = self.table(doc.get("defaults", {}), "defaults") or {}
+        defaults = self.layer(defaults, DEFAULTS_TABLE, "defaults")
+        base = apply_layer(BUILTIN, defaults)
+        base_layers: tuple[Layer, ...] = ((Origin.DEFAULTS, defaults),) if defaults else ()
+
+        roles = self.table(doc.get("roles", {}), "roles") or {}
+        nodes = self.table(doc.get("nodes", {}), "nodes") or {}
+        role_values: dict[str, Values] = {}
+        role_layers: dict[str, tuple[Layer, ...]] = {}
+
+        # Roles (and their targets) first, then explicit nodes, whatever the order in the file:
+        # messages about duplicates are then the same for the same content.
+        for role_name, raw_role in roles.items():
+            role_path = join("roles", role_name)
+            name_ok = self.check_name(check_role_name, role_name, role_path)
+            role = self.table(raw_role, role_path)
+            if role is None:
+                continue
+            role = self.layer(role, ROLE_TABLE, role_path)
+            values = role_values[role_name] = apply_layer(base, role)
+            layers = role_layers[role_name] = (*base_layers, (Origin.ROLE, role))
+            for index, raw_target in enumerate(role.get("targets", ())):
+                target_path = f"{role_path}.targets[{index}]"
+                target = self.layer(raw_target, TARGET_TABLE, target_path)
+                name: str | None = target.get("name")
+                if name is None:
+                    host = target.get("host")
+                    if host is None:
+                        continue
+                    name = fanout_name(role_name, host)
+                    if name_ok and check_node_name(name) is not None:
+                        self.report(
+                            target_path,
+                            f"the node name made from role and host, {shown(name)}, is not a valid "
+                            "name: set `name`",
+                        )
+                self.add(
+                    name, role_name, target, target_path, values, (*layers, (Origin.TARGET, target))
+                )
+
+        for node_name, raw_node in nodes.items():
+            node_path = join("nodes", node_name)
+            self.check_name(check_node_name, node_name, node_path)
+            node = self.table(raw_node, node_path)
+            if node is None:
+                continue
+            node = self.layer(node, NODE_TABLE, node_path)
+            node_role: str | None = node.get("role")
+            if node_role is None:
+                values, layers = base, base_layers
+            elif node_role in role_values:
+                values, layers = role_values[node_role], role_layers[node_role]
+            else:
+                if node_role not in roles:
+                    self.report(join(node_path, "role"), unknown_role(node_role, roles))
+                values, layers = base, base_layers
+            self.add(node_name, node_role, node, node_path, values, (*layers, (Origin.NODE, node)))
+
+        if self.problems:
+            raise InventoryError(self.problems)
+        ssh_config = defaults.get("ssh_config")
+        return Inventory(
+            path=path,
+            nodes=dict(sorted(self.built.items())),
+            roles=tuple(sorted(roles)),
+            ssh_config=None if ssh_config is None else str(path.parent / ssh_config),
+        )
+
+    def check_name(self, check: Callable[[Any], Any], name: str, path: str) -> bool:
+        found = check(name)
+        if found is None:
+            return True
+        for _, message in found:
+            self.report(path, message)
+        return False
+
+    def add(
+        self,
+        name: str,
+        role: str | None,
+        own: Mapping[str, Any],
+        source: str,
+        values: Values,
+        layers: tuple[Layer, ...],
+    ) -> None:
+        """Merge a node's own layer over its role's values and build it, after the checks that
+        span nodes: duplicate names, two nodes on one host and port."""
+        first = self.sources.get(name)
+        if first is not None:
+            self.report(source, f"node name {shown(name)} is already used by {first}")
+            return
+        self.sources[name] = source
+        fields = apply_layer(values, own)
+        if "host" not in fields:
+            fields["host"] = name
+        endpoint = (fields["host"].lower(), fields["port"])
+        other = self.endpoints.get(endpoint)
+        if other is not None:
+            self.report(
+                source,
+                f"host {shown(fields['host'])} port {fields['port']} is already used by "
+                f"node {other}",
+            )
+            return
+        self.endpoints[endpoint] = name
+        if self.problems:
+            return  # nothing will be returned: only keep looking for problems
+        fields["name"] = name
+        fields["role"] = role
+        fields["source"] = source
+        fields["layers"] = layers
+        self.built[name] = Node.from_fields(fields)
+
+
+def unknown_role(name: str, roles: Mapping[str, Any]) -> str:
+    if not roles:
+        return f"unknown role {shown(name)} (no roles are defined)"
+    import difflib
+
+    close = difflib.get_close_matches(name, list(roles), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(sorted(roles)[:10])
+    return f"unknown role {shown(name)} ({hint})"
+
+
+def resolve(doc: Mapping[str, Any], *, file: str, path: Path) -> Inventory:
+    """Validate and resolve a parsed inventory; raise InventoryError listing every problem.
+
+    `file` names the inventory in messages; `path` is its absolute path (ssh_config is relative
+    to its directory).
+    """
+    return _Resolver(file).run(doc, path)
+
+
+# --- provenance -----------------------------------------------------------------------------------
+
+
+def _leaf_origins(value: Any, origin: Origin) -> Any:
+    # An empty table is a leaf: it has an origin, not an empty tree of them.
+    if type(value) is dict and value:
+        return {key: _leaf_origins(element, origin) for key, element in value.items()}
+    return origin
+
+
+def _deep_origins(
+    earlier: Mapping[str, Any], origins: Mapping[str, Any], later: Mapping[str, Any], origin: Origin
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    merged, merged_origins = dict(earlier), dict(origins)
+    for key, value in later.items():
+        old = merged.get(key)
+        if type(old) is dict and type(value) is dict:
+            if not value:
+                continue  # merging an empty table changes nothing (as in deep_merge)
+            old_origins = origins.get(key)
+            if not isinstance(old_origins, dict):
+                old_origins = {}  # an empty table (a leaf) gets keys
+            merged[key], merged_origins[key] = _deep_origins(old, old_origins, value, origin)
+        else:
+            merged[key], merged_origins[key] = value, _leaf_origins(value, origin)
+    return merged, merged_origins
+
+
+def _field_origins(f_name: str, merge: Merge, node: Node) -> Any:
+    """Replay the merge of one field over the node's layers, recording who set what."""
+    value: Any = BUILTIN.get(f_name)
+    origins: Any
+    if merge is Merge.UNION:
+        origins = [Origin.DEFAULT] * len(value)
+    elif merge is Merge.DEEP or merge is Merge.NAMED:
+        origins = {}  # built-in defaults of tables are empty
+    else:
+        origins = Origin.DEFAULT
+    for origin, table in node.layers:
+        if f_name not in table:
+            continue
+        later = table[f_name]
+        if merge is Merge.REPLACE:
+            value, origins = later, origin
+        elif merge is Merge.UNION:
+            for element in later:
+                if element not in value:
+                    value = (*value, element)
+                    origins = [*origins, origin]
+        elif merge is Merge.DEEP:
+            value, origins = _deep_origins(value, origins, later, origin)
+        elif merge is Merge.NAMED:
+            value = {**value, **later}
+            origins = {**origins, **dict.fromkeys(later, origin)}
+        else:  # pragma: no cover - only node fields reach here
+            raise AssertionError(merge)
+    return origins
+
+
+def provenance(node: Node) -> dict[str, Any]:
+    """The origin of every value of `node.to_data()`, in the same shape."""
+    own = node.layers[-1][0] if node.layers else Origin.NODE
+    role_origin = Origin.DEFAULT if node.role is None else own
+    result: dict[str, Any] = {"name": own, "role": role_origin}
+    for f in NODE_FIELDS:
+        result[f.name] = _field_origins(f.name, f.merge, node)
+    return result
