@@ -1,0 +1,552 @@
+"""Activating a system on one node: lock, profile, detached switch, health checks, magic rollback.
+
+The work on the target is done by a small POSIX sh watchdog (`nixherd/data/watchdog.sh`), sent
+on stdin with each activation: nothing is installed on the target. Per activation:
+
+1. `start` (over the node's ControlMaster) takes the node's lock (`/run/nixherd/lock`; a second
+   deploy fails at once, naming the holder), records the running system and profile generation,
+   and launches the watchdog detached (`systemd-run` where systemd runs, else `setsid`), so that an
+   ssh drop or a network restart cannot kill a half-done switch.
+2. The watchdog sets the profile (switch, boot), runs `switch-to-configuration GOAL` and records
+   the result; nixherd follows its log and status over the ControlMaster, reconnecting if needed.
+3. With magic rollback (switch and test, on by default), the watchdog then waits for a
+   confirmation. nixherd runs the health checks and confirms over a NEW ssh connection, which
+   proves that a fresh login still works. No confirmation in time, a failed activation, or a
+   failed check (nixherd sends an abort) -> the watchdog restores the previous generation and
+   re-activates the previous system on its own.
+
+Ctrl-C: the keyboard never reaches the target's processes. If nixherd is interrupted while it
+waits on an activation in its main thread, it finishes that node first (checks, confirmation:
+a node that activated and passed its checks is confirmed, so it is not rolled back for nothing)
+and then re-raises; a second Ctrl-C stops waiting, and the target, unconfirmed, rolls itself back
+after the confirm timeout. Either way the lock is released by the watchdog when it is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import math
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TypeVar
+
+from nixherd.deploy.checks import CheckResult, HealthCheck, run_checks, summary
+from nixherd.deploy.goal import Goal
+from nixherd.errors import CommandError, NixherdError
+from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
+from nixherd.ssh import Connection
+
+STATE_DIR = "/run/nixherd"
+PROFILE = "/nix/var/nix/profiles/system"
+LOCKED_EXIT = 75
+
+# Writes the script (stdin) into the activation's private state dir and runs it from there, so
+# that the detached watchdog can be started from the same file.
+_BOOT = (
+    'umask 077 && mkdir -p /run/nixherd && d=/run/nixherd/act-$1 && mkdir "$d" && '
+    'cat >"$d/watchdog.sh" && exec sh "$d/watchdog.sh" "$@"'
+)
+_STORE_PATH = re.compile(r"^/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+$")
+_MARKER = "@nixherd status="
+# Seconds between reconnection attempts when the node does not answer.
+_RETRY = 1.0
+# Bound on one `wait` call on the target, so a forgotten waiter always ends by itself.
+_WAIT_SLICE = 120
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationOptions:
+    """How to activate: the goal, and the safety net around it."""
+
+    goal: Goal
+    node: str
+    rollback: bool = True
+    confirm_timeout: float = 30.0
+    timeout: float = 600.0
+    # Instead of setting the profile to the new system, move it to this existing generation
+    # (`nixherd rollback`); only with Goal.SWITCH or Goal.BOOT.
+    generation: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationResult:
+    """A settled, successful activation."""
+
+    previous: str | None
+    rolled_back: bool = False
+    reason: str | None = None
+    status: str = "done"
+    checks: tuple[CheckResult, ...] = ()
+    log: tuple[str, ...] = field(default=(), repr=False)
+
+
+class ActivationError(NixherdError):
+    """Activation failed on a node; says whether the node is back on its previous system."""
+
+    def __init__(
+        self,
+        node: str,
+        message: str,
+        *,
+        rolled_back: bool = False,
+        previous: str | None = None,
+        reason: str | None = None,
+        log: Sequence[str] = (),
+        checks: Sequence[CheckResult] = (),
+    ) -> None:
+        self.node = node
+        self.message = message
+        self.rolled_back = rolled_back
+        self.previous = previous
+        self.reason = reason
+        self.log = tuple(log)
+        self.checks = tuple(checks)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        head = f"{self.node}: {self.message}"
+        tail = "\n".join(self.log[-20:])
+        return f"{head}\n{tail}" if tail else head
+
+
+class LockHeldError(ActivationError):
+    """Another deploy holds the node's lock."""
+
+
+def watchdog_script() -> str:
+    """The text of the watchdog sent to the target."""
+    return resources.files("nixherd").joinpath("data/watchdog.sh").read_text(encoding="utf-8")
+
+
+def deployer_identity() -> str:
+    """Who holds a lock, as shown to a second deployer: user@host, reduced to safe characters."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    raw = f"{user}@{socket.gethostname()}"
+    return re.sub(r"[^A-Za-z0-9@._-]", "_", raw)[:64] or "unknown"
+
+
+def new_activation_id() -> str:
+    return secrets.token_hex(8)
+
+
+def _seconds(value: float) -> str:
+    return str(max(1, math.ceil(value)))
+
+
+def _profile_mode(options: ActivationOptions) -> str:
+    if options.generation is not None:
+        if not options.goal.sets_profile:
+            raise NixherdError(f"{options.node}: a generation can only be set by switch or boot")
+        return f"gen:{int(options.generation)}"
+    return "set" if options.goal.sets_profile else "none"
+
+
+def _uses_rollback(options: ActivationOptions) -> bool:
+    return options.rollback and options.goal.changes_running_system
+
+
+def start_argv(
+    activation_id: str,
+    toplevel: str,
+    options: ActivationOptions,
+    *,
+    confirm_seconds: float,
+    by: str,
+) -> list[str]:
+    """The remote argv of the `start` step (the script itself goes on stdin)."""
+    return [
+        "sh",
+        "-c",
+        _BOOT,
+        "nixherd",
+        activation_id,
+        "start",
+        options.goal.value,
+        toplevel,
+        _profile_mode(options),
+        "1" if _uses_rollback(options) else "0",
+        _seconds(confirm_seconds),
+        _seconds(options.timeout),
+        by,
+    ]
+
+
+def watchdog_argv(activation_id: str, mode: str, *args: str) -> list[str]:
+    """The remote argv of a later step of the same activation (wait, confirm, abort)."""
+    return ["sh", f"{STATE_DIR}/act-{activation_id}/watchdog.sh", activation_id, mode, *args]
+
+
+@dataclass
+class _Follow:
+    """What we have seen of one activation on the target."""
+
+    conn: Connection
+    activation_id: str
+    emit: EventSink
+    offset: int = 0
+    log: list[str] = field(default_factory=list)
+    # The last status read from the node (None: never reached it).
+    last: str | None = None
+
+    def line(self, text: str) -> None:
+        self.log.append(text)
+        self.emit(LogLine(self.conn.target.node, text))
+
+    def wait(self, deadline: float, *, until_settled: bool = False) -> str | None:
+        """Follow the log until the status settles (or reaches `waiting`); None if unreachable."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            slice_ = min(_WAIT_SLICE, max(1, math.ceil(left)))
+            markers: list[str] = []
+
+            def on_line(text: str, markers: list[str] = markers) -> None:
+                if text.startswith(_MARKER):
+                    markers.append(text)
+                elif text:
+                    self.line(text)
+
+            try:
+                result = self.conn.run(
+                    watchdog_argv(self.activation_id, "wait", str(self.offset), str(slice_)),
+                    elevate=True,
+                    check=False,
+                    timeout=slice_ + 30,
+                    on_line=on_line,
+                    what="activation status",
+                )
+            except CommandError:
+                result = None
+            if result is None or not markers:
+                # ssh failed (dropped, refused, timed out): the watchdog carries on; retry.
+                time.sleep(_RETRY)
+                continue
+            status, offset = _parse_marker(markers[-1])
+            self.offset = offset
+            self.last = status
+            if status == "missing":
+                return status
+            if _settled(status) or (status == "waiting" and not until_settled):
+                return status
+
+
+def _parse_marker(line: str) -> tuple[str, int]:
+    # "@nixherd status=rolled-back timeout offset=123"
+    body = line[len(_MARKER) :]
+    status, _, rest = body.rpartition(" offset=")
+    try:
+        return status, int(rest)
+    except ValueError:
+        return body.strip(), 0
+
+
+def _settled(status: str) -> bool:
+    word = status.split(" ", 1)[0]
+    return word not in ("starting", "activating", "waiting", "rolling-back")
+
+
+def _reason(status: str) -> str:
+    return status.split(" ", 1)[1] if " " in status else ""
+
+
+@contextlib.contextmanager
+def _stage(emit: EventSink, node: str, stage: Stage) -> Iterator[None]:
+    emit(StageStarted(node, stage))
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        emit(StageFinished(node, stage, time.monotonic() - started))
+
+
+def activate(
+    conn: Connection,
+    toplevel: str,
+    options: ActivationOptions,
+    *,
+    checks: Sequence[HealthCheck] = (),
+    emit: EventSink,
+) -> ActivationResult:
+    """Activate `toplevel` on the node behind `conn` per `options`; raise ActivationError if not."""
+    interrupted: list[KeyboardInterrupt] = []
+    try:
+        return _activate(conn, toplevel, options, checks, emit, interrupted)
+    finally:
+        if interrupted:
+            raise interrupted[0]
+
+
+def _activate(
+    conn: Connection,
+    toplevel: str,
+    options: ActivationOptions,
+    checks: Sequence[HealthCheck],
+    emit: EventSink,
+    interrupted: list[KeyboardInterrupt],
+) -> ActivationResult:
+    node = options.node
+    if not options.goal.activates:
+        raise NixherdError(f"{node}: goal {options.goal.value} does not activate")
+    if not _STORE_PATH.match(toplevel):
+        raise NixherdError(f"{node}: not a store path: {toplevel!r}")
+    # Checks run while the watchdog waits: its window covers them on top of the confirm timeout.
+    run_health = options.goal.changes_running_system
+    budget = sum(c.budget for c in checks) if run_health else 0.0
+    confirm_window = options.confirm_timeout + budget
+    activation_id = new_activation_id()
+    follow = _Follow(conn, activation_id, emit)
+
+    with _stage(emit, node, Stage.ACTIVATE):
+        previous = _start(conn, toplevel, options, activation_id, confirm_window, emit)
+        status = _guard(
+            interrupted,
+            lambda: follow.wait(time.monotonic() + options.timeout + 30),
+        )
+    if status is None:
+        if follow.last is None:
+            message = (
+                "lost contact during activation; the node finishes (and, unconfirmed, rolls "
+                "back) on its own"
+            )
+        else:
+            message = f"activation did not settle in time (last status: {follow.last})"
+        raise ActivationError(node, message, previous=previous, log=follow.log)
+    waiting_since = time.monotonic()
+    if status != "waiting":
+        return _settle(node, status, previous, follow.log, ())
+
+    results: tuple[CheckResult, ...] = ()
+    if run_health and checks:
+        results = _guard(interrupted, lambda: run_checks(conn, checks, emit=emit))
+        bad = summary(results)
+        if bad:
+            emit(LogLine(node, f"health checks failed: {bad}; rolling back"))
+            _abort(conn, activation_id, f"health check failed: {bad}")
+            # Also brings the rollback's log along.
+            final = _guard(
+                interrupted,
+                lambda: follow.wait(
+                    waiting_since + confirm_window + options.timeout + 30,
+                    until_settled=True,
+                ),
+            )
+            raise _failure(
+                node,
+                final,
+                previous,
+                follow.log,
+                results,
+                why=f"health check failed ({bad})",
+            )
+
+    with _stage(emit, node, Stage.CONFIRM):
+        final = _guard(
+            interrupted,
+            lambda: _confirm(conn, activation_id, waiting_since + confirm_window, emit),
+        )
+        if final != "confirmed":
+            # No confirmation got through: the node rolls back on its own; find out how it ended.
+            final = _guard(
+                interrupted,
+                lambda: follow.wait(
+                    waiting_since + confirm_window + options.timeout + 30, until_settled=True
+                ),
+            )
+    if final == "confirmed":
+        return ActivationResult(previous, False, None, final, results, tuple(follow.log))
+    raise _failure(node, final, previous, follow.log, results, why=None)
+
+
+def _guard(interrupted: list[KeyboardInterrupt], step: Callable[[], T]) -> T:
+    """Run `step`; on a first Ctrl-C, remember it and run the step again to finish the node."""
+    while True:
+        try:
+            return step()
+        except KeyboardInterrupt as exc:
+            if interrupted:
+                raise
+            interrupted.append(exc)
+
+
+def _start(
+    conn: Connection,
+    toplevel: str,
+    options: ActivationOptions,
+    activation_id: str,
+    confirm_window: float,
+    emit: EventSink,
+) -> str | None:
+    node = options.node
+    argv = start_argv(
+        activation_id, toplevel, options, confirm_seconds=confirm_window, by=deployer_identity()
+    )
+    result = conn.run(
+        argv,
+        elevate=True,
+        input=watchdog_script(),
+        check=False,
+        timeout=120,
+        what="activation start",
+    )
+    out = result.stdout.strip()
+    if result.returncode == LOCKED_EXIT and out.startswith("locked"):
+        fields = dict(w.split("=", 1) for w in out.split()[1:] if "=" in w)
+        raise LockHeldError(
+            node,
+            f"another deploy holds the lock since {fields.get('since', '?')} "
+            f"(pid {fields.get('pid', '?')}, by {fields.get('by', '?')})",
+        )
+    if not result.ok:
+        raise ActivationError(
+            node,
+            f"could not start the activation (exit {result.returncode})",
+            log=(result.stdout + result.stderr).strip().splitlines(),
+        )
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    previous = values.get("previous") or None
+    emit(LogLine(node, f"previous system: {previous or 'none'}"))
+    return previous
+
+
+def _confirm(conn: Connection, activation_id: str, deadline: float, emit: EventSink) -> str | None:
+    """Confirm over a fresh connection, retrying until `deadline`; the settled status or None."""
+    node = conn.target.node
+    tries = 0
+    while time.monotonic() < deadline:
+        tries += 1
+        left = max(1.0, deadline - time.monotonic())
+        try:
+            result = conn.run(
+                watchdog_argv(activation_id, "confirm", "30"),
+                elevate=True,
+                multiplex=False,
+                check=False,
+                timeout=min(left, 30.0) + 30,
+                what="confirm",
+            )
+        except CommandError:
+            result = None
+        if result is not None:
+            status = _marker_status(result.stdout)
+            if status is not None:
+                return status
+            if tries == 1:
+                tail = (result.stdout + result.stderr).strip().splitlines()
+                why = tail[-1] if tail else f"exit {result.returncode}"
+                emit(LogLine(node, f"confirmation over a new connection failed: {why}"))
+        time.sleep(_RETRY)
+    return None
+
+
+def _abort(conn: Connection, activation_id: str, reason: str) -> str | None:
+    try:
+        result = conn.run(
+            watchdog_argv(activation_id, "abort", "60"),
+            elevate=True,
+            input=reason + "\n",
+            check=False,
+            timeout=90,
+            what="abort",
+        )
+    except CommandError:
+        return None
+    return _marker_status(result.stdout)
+
+
+def _marker_status(output: str) -> str | None:
+    for line in reversed(output.splitlines()):
+        if line.startswith(_MARKER):
+            return line[len(_MARKER) :].strip()
+    return None
+
+
+def _settle(
+    node: str,
+    status: str,
+    previous: str | None,
+    log: Sequence[str],
+    results: tuple[CheckResult, ...],
+) -> ActivationResult:
+    if status in ("done", "confirmed"):
+        return ActivationResult(previous, False, None, status, results, tuple(log))
+    raise _failure(node, status, previous, log, results, why=None)
+
+
+def _failure(
+    node: str,
+    status: str | None,
+    previous: str | None,
+    log: Sequence[str],
+    results: Sequence[CheckResult],
+    *,
+    why: str | None,
+) -> ActivationError:
+    status = status or "unknown"
+    word, reason = status.split(" ", 1)[0], _reason(status)
+    cause = why or _describe(reason)
+    if word == "rolled-back":
+        return ActivationError(
+            node,
+            f"{cause}; rolled back to {previous}",
+            rolled_back=True,
+            previous=previous,
+            reason=cause,
+            log=log,
+            checks=results,
+        )
+    if word == "rollback-failed":
+        return ActivationError(
+            node,
+            f"{cause}; ROLLBACK FAILED, the node may be on neither system",
+            previous=previous,
+            reason=cause,
+            log=log,
+            checks=results,
+        )
+    if word == "failed":
+        return ActivationError(
+            node, cause, previous=previous, reason=cause, log=log, checks=results
+        )
+    if word == "missing":
+        return ActivationError(
+            node,
+            "the activation's state vanished on the node (rebooted?)",
+            previous=previous,
+            log=log,
+            checks=results,
+        )
+    return ActivationError(
+        node,
+        f"{cause or 'activation'}: the outcome is unknown (last status: {status}); "
+        "an unconfirmed node rolls back on its own",
+        previous=previous,
+        reason=cause,
+        log=log,
+        checks=results,
+    )
+
+
+def _describe(reason: str) -> str:
+    if reason == "timeout":
+        return "no confirmation within the timeout (was the deployer cut off?)"
+    if reason.startswith("activation-exit-124"):
+        return "activation timed out"
+    if reason.startswith("activation-exit-"):
+        return f"activation failed (exit {reason.removeprefix('activation-exit-')})"
+    if reason == "profile":
+        return "setting the system profile failed"
+    if reason == "aborted":
+        return "aborted by the deployer"
+    return reason

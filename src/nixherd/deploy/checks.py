@@ -1,0 +1,310 @@
+"""Health checks: their model (parsed from the inventory's `checks`) and running them.
+
+A check is one of three kinds, named by the key that carries it:
+
+    [nodes.web-1.checks.site]            # HTTP from the deployer
+    http = "http://{host}:8080/health"   # {host} and {node} are filled in
+    status = 200                         # expected status (default 200)
+    body = "ok|ready"                    # optional regex the body must match
+
+    [roles.web.checks.listening]         # TCP connect from the deployer
+    tcp = "{host}:8080"
+
+    [defaults.checks.units]              # a command run on the target (argv list); exit 0 = healthy
+    command = ["systemctl", "is-system-running", "--wait"]
+
+Each also takes `timeout` (seconds per attempt, default 5), `retries` (attempts after the first
+failure, default 2) and `interval` (seconds between attempts, default 1).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from nixherd.errors import CommandError
+from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
+from nixherd.ssh import Connection
+
+
+class CheckKind(Enum):
+    COMMAND = "command"
+    HTTP = "http"
+    TCP = "tcp"
+
+
+CHECK_FIELDS: Mapping[str, str] = {
+    "command": "list of strings: argv run on the target; healthy when it exits 0",
+    "http": "string: URL fetched from the deployer ({host}, {node} are filled in)",
+    "tcp": "string: host:port the deployer connects to ({host}, {node} are filled in)",
+    "status": "integer: expected HTTP status (default 200)",
+    "body": "string: regex the HTTP body must match",
+    "timeout": "number: seconds per attempt (default 5)",
+    "retries": "integer: attempts after the first failure (default 2)",
+    "interval": "number: seconds between attempts (default 1)",
+}
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One health check of a node, as declared (placeholders not yet filled in)."""
+
+    name: str
+    kind: CheckKind
+    command: tuple[str, ...] = ()
+    url: str = ""
+    address: str = ""
+    status: int = 200
+    body: str | None = None
+    timeout: float = 5.0
+    retries: int = 2
+    interval: float = 1.0
+
+    @property
+    def budget(self) -> float:
+        """The longest this check can take, in seconds."""
+        return (self.retries + 1) * self.timeout + self.retries * self.interval
+
+    def describe(self, *, host: str = "{host}", node: str = "{node}") -> str:
+        match self.kind:
+            case CheckKind.COMMAND:
+                return "command " + " ".join(self.command)
+            case CheckKind.HTTP:
+                return f"http {fill(self.url, host=host, node=node)}"
+            case CheckKind.TCP:
+                return f"tcp {fill(self.address, host=host, node=node)}"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """How one check went on one node."""
+
+    name: str
+    ok: bool
+    attempts: int
+    seconds: float
+    message: str
+
+
+def parse_check(name: str, data: Mapping[str, Any]) -> tuple[HealthCheck | None, list[str]]:
+    """Build a check from its inventory table; returns (check, problems as `key: message`)."""
+    problems: list[str] = []
+    if not _NAME.match(name):
+        problems.append(f"{name}: check names match [A-Za-z0-9][A-Za-z0-9_.-]*")
+    for key in data:
+        if key not in CHECK_FIELDS:
+            problems.append(f"{key}: unknown field")
+    kinds = [k for k in ("command", "http", "tcp") if k in data]
+    if len(kinds) != 1:
+        problems.append("exactly one of command, http, tcp is required")
+    command: tuple[str, ...] = ()
+    url = address = ""
+    if "command" in data:
+        raw = data["command"]
+        if (
+            not isinstance(raw, list)
+            or not raw
+            or not all(isinstance(w, str) and w and "\x00" not in w for w in raw)
+        ):
+            problems.append("command: must be a non-empty list of non-empty strings")
+        else:
+            command = tuple(raw)
+    if "http" in data:
+        raw = data["http"]
+        if not isinstance(raw, str) or not re.match(r"^https?://[^\s]+$", raw):
+            problems.append("http: must be an http:// or https:// URL")
+        else:
+            url = raw
+    if "tcp" in data:
+        raw = data["tcp"]
+        if not isinstance(raw, str) or not re.match(r"^[^\s]+:[0-9{][^\s]*$", raw):
+            problems.append("tcp: must be host:port")
+        else:
+            address = raw
+    status = _number(data, "status", 200, int, problems, low=100, high=599)
+    timeout = _number(data, "timeout", 5.0, float, problems, low=0.01)
+    retries = _number(data, "retries", 2, int, problems, low=0, high=1000)
+    interval = _number(data, "interval", 1.0, float, problems, low=0)
+    body = data.get("body")
+    if body is not None:
+        if not isinstance(body, str):
+            problems.append("body: must be a string (a regex)")
+            body = None
+        else:
+            try:
+                re.compile(body)
+            except re.error as exc:
+                problems.append(f"body: not a valid regex: {exc}")
+                body = None
+    if ("body" in data or "status" in data) and kinds and kinds != ["http"]:
+        problems.append("status/body: only for http checks")
+    if problems or len(kinds) != 1:
+        return None, problems
+    check = HealthCheck(
+        name=name,
+        kind=CheckKind(kinds[0]),
+        command=command,
+        url=url,
+        address=address,
+        status=int(status),
+        body=body,
+        timeout=float(timeout),
+        retries=int(retries),
+        interval=float(interval),
+    )
+    return check, []
+
+
+def _number(
+    data: Mapping[str, Any],
+    key: str,
+    default: float,
+    kind: type[int] | type[float],
+    problems: list[str],
+    *,
+    low: float,
+    high: float | None = None,
+) -> float:
+    if key not in data:
+        return default
+    value = data[key]
+    # TOML booleans are ints in Python: refuse them explicitly.
+    allowed = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        problems.append(f"{key}: must be {'an integer' if kind is int else 'a number'}")
+        return default
+    if value < low or (high is not None and value > high):
+        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+        problems.append(f"{key}: must be {bounds}, got {value}")
+        return default
+    return float(value)
+
+
+def fill(template: str, *, host: str, node: str) -> str:
+    """Fill {host} and {node} (plain replacement: no format-string attribute access)."""
+    # An IPv6 address needs brackets inside a URL or host:port.
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return template.replace("{host}", shown).replace("{node}", node)
+
+
+Sleep = Callable[[float], None]
+
+
+def run_check(
+    conn: Connection,
+    check: HealthCheck,
+    *,
+    emit: EventSink | None = None,
+    sleep: Sleep = time.sleep,
+) -> CheckResult:
+    """Run one check with its retries; never raises for an unhealthy node."""
+    node = conn.target.node
+    started = time.monotonic()
+    message = ""
+    for attempt in range(1, check.retries + 2):
+        ok, message = _attempt(conn, check)
+        if ok:
+            return CheckResult(check.name, True, attempt, time.monotonic() - started, message)
+        if emit is not None:
+            emit(LogLine(node, f"check {check.name}: attempt {attempt} failed: {message}"))
+        if attempt <= check.retries:
+            sleep(check.interval)
+    return CheckResult(check.name, False, check.retries + 1, time.monotonic() - started, message)
+
+
+def run_checks(
+    conn: Connection,
+    checks: Sequence[HealthCheck],
+    *,
+    emit: EventSink,
+    sleep: Sleep = time.sleep,
+) -> tuple[CheckResult, ...]:
+    """Run every check of a node (in order, all of them) and report each."""
+    node = conn.target.node
+    if not checks:
+        return ()
+    emit(StageStarted(node, Stage.CHECK))
+    started = time.monotonic()
+    results: list[CheckResult] = []
+    for check in checks:
+        result = run_check(conn, check, emit=emit, sleep=sleep)
+        state = "ok" if result.ok else "FAILED"
+        emit(LogLine(node, f"check {check.name}: {state} ({result.message})"))
+        results.append(result)
+    emit(StageFinished(node, Stage.CHECK, time.monotonic() - started))
+    return tuple(results)
+
+
+def failed(results: Sequence[CheckResult]) -> list[CheckResult]:
+    return [r for r in results if not r.ok]
+
+
+def summary(results: Sequence[CheckResult]) -> str:
+    """One line naming the failed checks and why, e.g. for an error message."""
+    return "; ".join(f"{r.name}: {r.message}" for r in failed(results))
+
+
+def _attempt(conn: Connection, check: HealthCheck) -> tuple[bool, str]:
+    host, node = conn.target.host, conn.target.node
+    match check.kind:
+        case CheckKind.COMMAND:
+            return _command(conn, check)
+        case CheckKind.HTTP:
+            return _http(fill(check.url, host=host, node=node), check)
+        case CheckKind.TCP:
+            return _tcp(fill(check.address, host=host, node=node), check.timeout)
+
+
+def _command(conn: Connection, check: HealthCheck) -> tuple[bool, str]:
+    try:
+        result = conn.run(check.command, timeout=check.timeout, check=False, what="check")
+    except CommandError:
+        return False, f"timed out after {check.timeout:g}s"
+    if result.ok:
+        return True, "exit 0"
+    tail = (result.stdout + result.stderr).strip().splitlines()
+    last = f": {tail[-1][:200]}" if tail else ""
+    return False, f"exit {result.returncode}{last}"
+
+
+def _http(url: str, check: HealthCheck) -> tuple[bool, str]:
+    request = urllib.request.Request(url, headers={"User-Agent": "nixherd-check"})
+    try:
+        with urllib.request.urlopen(request, timeout=check.timeout) as response:
+            code = int(response.status)
+            body = response.read(1 << 20).decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+        body = exc.read(1 << 20).decode("utf-8", errors="replace")
+        exc.close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, f"{url}: {reason}"
+    if code != check.status:
+        return False, f"{url}: status {code}, expected {check.status}"
+    if check.body is not None and not re.search(check.body, body):
+        return False, f"{url}: body does not match /{check.body}/"
+    return True, f"{url}: status {code}"
+
+
+def _tcp(address: str, timeout: float) -> tuple[bool, str]:
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        return False, f"{address}: bad port"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, f"{address}: connected"
+    except OSError as exc:
+        return False, f"{address}: {exc.strerror or exc}"
