@@ -1,6 +1,8 @@
 # A stand-in for nixpkgs.lib.nixosSystem (no nixpkgs is reachable in the tests): it imports the
 # modules, merges them later-wins (tables key by key), records what it was given, and offers
-# `config.system.build.toplevel` as a cheap derivation that is never built.
+# `config.system.build.toplevel` as a cheap derivation that is never built. Modules get the
+# specialArgs, `config`, and a `lib` with the few functions the example modules use, with
+# semantics enough for a later-wins merge.
 {
   system,
   specialArgs ? { },
@@ -13,7 +15,24 @@ let
       a // builtins.mapAttrs (k: v: if a ? ${k} then deepMerge a.${k} v else v) b
     else
       b;
-  args = specialArgs // {
+  lib = {
+    mkIf = condition: value: if condition then value else { };
+    mkDefault = value: value;
+    optionals = condition: list: if condition then list else [ ];
+    genAttrs =
+      names: f:
+      builtins.listToAttrs (
+        map (name: {
+          inherit name;
+          value = f name;
+        }) names
+      );
+  };
+  args = {
+    inherit lib;
+  }
+  // specialArgs
+  // {
     inherit config;
   };
   load =

@@ -1,0 +1,289 @@
+"""The Nix resolver (nix/lib.nix) and the Python one (nixherd.inventory) agree on every valid input.
+
+Hypothesis writes many valid inventories as TOML; each is resolved by `nixherd.inventory.load` and
+by `mkFleet`'s `nixherd.nodes` under the real nix, and the two must be equal field by field. Nix
+starts slowly, so every Hypothesis example is a batch of inventories evaluated in one nix call.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rtoml
+import tomlkit
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nixfleet import LIB, STUB_SYSTEM
+
+from nixherd import inventory, nix
+
+pytestmark = pytest.mark.nix
+
+# --- comparing ----------------------------------------------------------------------------------
+
+
+def differences(python: Any, nix_value: Any, path: str = "") -> list[str]:
+    """Where two JSON-like values differ, strictly by type (True is not 1).
+
+    One allowance: Nix 2.8 prints floats with 6 significant digits (and 2.0 as `2`), so a float
+    matches a number within that precision; the value Nix holds is exact, only its printing is not.
+    """
+    if type(python) is float:
+        if type(nix_value) in (int, float) and math.isclose(python, nix_value, rel_tol=1e-5):
+            return []
+        return [f"{path or '.'}: python {python!r}, nix {nix_value!r}"]
+    if type(python) is not type(nix_value):
+        return [f"{path or '.'}: python {python!r}, nix {nix_value!r}"]
+    if isinstance(python, dict):
+        found = [f"{path}: keys differ: {sorted(python)} / {sorted(nix_value)}"]
+        if python.keys() != nix_value.keys():
+            return found
+        return [d for k in python for d in differences(python[k], nix_value[k], f"{path}.{k}")]
+    if isinstance(python, list):
+        if len(python) != len(nix_value):
+            return [f"{path}: python {python!r}, nix {nix_value!r}"]
+        pairs = zip(python, nix_value, strict=True)
+        return [d for i, (a, b) in enumerate(pairs) for d in differences(a, b, f"{path}[{i}]")]
+    return [] if python == nix_value else [f"{path or '.'}: python {python!r}, nix {nix_value!r}"]
+
+
+def nix_resolve(files: list[Path], root: Path) -> list[dict[str, Any]]:
+    """`nixherd.nodes` of mkFleet for every inventory file, in one nix process."""
+    paths = " ".join(nix.nix_string(str(f)) for f in files)
+    expr = f"""
+      let
+        lib = import {nix.nix_string(str(LIB))};
+        mkSystem = import {nix.nix_string(str(STUB_SYSTEM))};
+        root = {nix.nix_string(str(root))};
+      in map (file: (lib.mkFleet {{ inventory = /. + file; inherit root mkSystem; }}).nixherd.nodes)
+        [ {paths} ]
+    """
+    result: list[dict[str, Any]] = nix.eval_expr_json(expr)
+    return result
+
+
+def check_agreement(documents: list[dict[str, Any]], dump: Callable[[Any], str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="nixherd-agree-") as tmp:
+        files = []
+        for index, document in enumerate(documents):
+            file = Path(tmp) / f"{index}.toml"
+            file.write_text(dump(document))
+            files.append(file)
+        from_nix = nix_resolve(files, Path(tmp))
+        for file, nix_nodes in zip(files, from_nix, strict=True):
+            resolved = inventory.load(file)
+            python_nodes = {name: node.to_data() for name, node in resolved.nodes.items()}
+            found = differences(python_nodes, nix_nodes)
+            assert not found, f"{file.read_text()}\n" + "\n".join(found)
+
+
+# --- generating valid inventories ---------------------------------------------------------------
+
+ROLES = ["web", "db", "nixos-vps", "edge.eu", "r_1"]
+TAGS = ["vps", "prod", "batch-vps", "hk", "a.b", "x_1", "Z"]
+MODULES = ["hosts/vps", "./modules/a.nix", "modules/b.nix", "hosts/vps/", "m"]
+SSH_OPTIONS = ["ConnectTimeout=5", "Compression=yes", "ServerAliveInterval=10", "Ciphers="]
+USERS = ["root", "deploy", "_svc", "a.b-c"]
+SYSTEMS = ["x86_64-linux", "aarch64-linux", "riscv64_x-linux"]
+
+# Keys of vars/config tables: anything TOML allows, except what Nix gives a meaning in JSON
+# (`outPath` turns a table into that string, `__toString` into a call).
+keys = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6
+).filter(lambda k: k not in ("outPath", "__toString"))
+scalars = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["${x}", "\\", '"', "''", "\n"]),
+)
+# Few keys at every level, so that the layers often collide on the same ones.
+few_keys = st.sampled_from(["a", "b", "c", "a.b", ""]) | keys
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(few_keys, inner, max_size=3),
+    max_leaves=8,
+)
+tables = st.dictionaries(few_keys, values, max_size=3)
+
+
+def lists_from(pool: list[str]) -> st.SearchStrategy[list[str]]:
+    return st.lists(st.sampled_from(pool), max_size=4)  # duplicates on purpose
+
+
+LAYER = {
+    "user": st.sampled_from(USERS),
+    "port": st.integers(min_value=1, max_value=65535),
+    "system": st.sampled_from(SYSTEMS),
+    "tags": lists_from(TAGS),
+    "modules": lists_from(MODULES),
+    "vars": tables,
+    "config": tables,
+    "ssh_options": lists_from(SSH_OPTIONS),
+}
+layers = st.fixed_dictionaries({}, optional=LAYER)  # type: ignore[arg-type]
+
+
+def host(kind: int, index: int) -> str:
+    """A host unique to `index` (no two nodes may share host and port), of one of four kinds."""
+    if kind == 0:
+        return f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}"
+    if kind == 1:
+        return f"fd00::{index:x}"
+    if kind == 2:
+        return f"node{index}.example.org"
+    return f"H{index}.Example.COM."
+
+
+@st.composite
+def inventories(draw: st.DrawFn) -> dict[str, Any]:
+    counter = iter(range(1_000_000))
+    document: dict[str, Any] = {}
+    defaults = draw(layers)
+    if draw(st.booleans()):
+        defaults["ssh_config"] = "lab/ssh_config"
+    if defaults or draw(st.booleans()):
+        document["defaults"] = defaults
+    roles: dict[str, Any] = {}
+    for role_name in draw(st.lists(st.sampled_from(ROLES), unique=True, max_size=3)):
+        role = draw(layers)
+        targets = []
+        for _ in range(draw(st.integers(min_value=0, max_value=3))):
+            target = draw(layers)
+            index = next(counter)
+            target["host"] = host(draw(st.integers(0, 3)), index)
+            if draw(st.integers(0, 3)) == 0:
+                target["name"] = f"t{index}"
+            targets.append(target)
+        if targets or draw(st.booleans()):
+            role["targets"] = targets
+        roles[role_name] = role
+    if roles or draw(st.booleans()):
+        document["roles"] = roles
+    nodes: dict[str, Any] = {}
+    for _ in range(draw(st.integers(min_value=0, max_value=3))):
+        node = draw(layers)
+        index = next(counter)
+        name = draw(st.sampled_from([f"n{index}", f"db.{index}", f"N-{index}_x"]))
+        if roles and draw(st.booleans()):
+            node["role"] = draw(st.sampled_from(sorted(roles)))
+        if draw(st.booleans()):
+            node["host"] = host(draw(st.integers(0, 3)), index)
+        nodes[name] = node
+    if nodes or draw(st.booleans()):
+        document["nodes"] = nodes
+    return document
+
+
+WRITERS: dict[str, Callable[[Any], str]] = {"rtoml": rtoml.dumps, "tomlkit": tomlkit.dumps}
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    documents=st.lists(inventories(), min_size=1, max_size=12),
+    writer=st.sampled_from(sorted(WRITERS)),
+)
+def test_resolvers_agree(documents: list[dict[str, Any]], writer: str) -> None:
+    check_agreement(documents, WRITERS[writer])
+
+
+# --- chosen cases ---------------------------------------------------------------------------------
+
+CASES = {
+    "the documented example": """
+[defaults]
+user = "root"
+port = 22
+system = "x86_64-linux"
+
+[roles.vps]
+modules = ["hosts/nixos-vps"]
+tags = ["vps"]
+vars = { nginx = true }
+
+[[roles.vps.targets]]
+host = "103.85.224.63"
+tags = ["batch-vps"]
+
+[nodes.nixos-hk]
+role = "vps"
+host = "203.0.113.7"
+tags = ["hk", "prod"]
+modules = ["modules/hk-extra.nix"]
+config = { networking.hostName = "nixos-hk" }
+vars = { domains = ["a.example.com"] }
+""",
+    "deep merge: tables merge, anything else replaces": """
+[defaults]
+vars = { a = { b = 1, c = { d = [1, 2] } }, t = { x = 1 }, s = "s", e = {} }
+config = { services.x = { enable = true, list = [1] } }
+
+[roles.r]
+vars = { a = { c = { d = [3], e = "e" } }, t = 5, s = { now = "table" }, e = { k = 1 } }
+config = { services.x.list = [2, 3] }
+
+[[roles.r.targets]]
+host = "10.0.0.1"
+vars = { a = { b = { deeper = true } }, e = {} }
+config = { services = { x = { enable = false } } }
+""",
+    "lists: concatenated in layer order, first occurrence kept": """
+[defaults]
+tags = ["z", "a", "z"]
+modules = ["m1"]
+ssh_options = ["ConnectTimeout=5"]
+
+[roles.r]
+tags = ["a", "b"]
+modules = ["m2", "m1"]
+ssh_options = ["ConnectTimeout=5", "Compression=yes"]
+
+[nodes.x]
+role = "r"
+tags = ["b", "c", "z"]
+modules = ["m3", "m2"]
+""",
+    "names from hosts, explicit names, nodes without role": """
+[roles."edge.eu"]
+[[roles."edge.eu".targets]]
+host = "fd00::1:2"
+[[roles."edge.eu".targets]]
+host = "a.b.c"
+[[roles."edge.eu".targets]]
+host = "10.0.0.9"
+name = "custom"
+port = 2200
+
+[nodes.bare]
+[nodes."with.dot"]
+host = "10.0.0.9"
+user = "deploy"
+""",
+}
+
+
+@pytest.mark.parametrize("text", CASES.values(), ids=list(CASES))
+def test_chosen_cases_agree(text: str) -> None:
+    check_agreement([rtoml.loads(text)], rtoml.dumps)
+
+
+def test_differences_is_strict() -> None:
+    # The comparison itself must be able to fail, or the agreement tests prove nothing.
+    assert differences({"a": True}, {"a": 1})
+    assert differences({"a": [1, 2]}, {"a": [2, 1]})
+    assert differences({"a": {"b": 1}}, {"a": {"b": 1, "c": 2}})
+    assert differences({"a": None}, {"a": "null"})
+    assert differences(0.5, 0.6)
+    assert not differences(0.123456789, 0.123457)
+    assert not differences(2.0, 2)
+    assert not differences({"x": [{"y": "z"}]}, {"x": [{"y": "z"}]})
