@@ -93,13 +93,13 @@ SYSTEMS = ["x86_64-linux", "aarch64-linux", "riscv64_x-linux"]
 
 # Keys of vars/config tables: anything TOML allows, except what Nix gives a meaning in JSON
 # (`outPath` turns a table into that string, `__toString` into a call).
-keys = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6
-).filter(lambda k: k not in ("outPath", "__toString"))
+# Any character TOML and Nix can hold: no surrogates, no NUL.
+characters = st.characters(codec="utf-8", exclude_characters="\x00")
+keys = st.text(alphabet=characters, max_size=6).filter(lambda k: k not in ("outPath", "__toString"))
 scalars = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    st.text(alphabet=characters),
     st.floats(allow_nan=False, allow_infinity=False),
     st.sampled_from(["${x}", "\\", '"', "''", "\n"]),
 )
@@ -127,7 +127,7 @@ LAYER = {
     "config": tables,
     "ssh_options": lists_from(SSH_OPTIONS),
 }
-layers = st.fixed_dictionaries({}, optional=LAYER)  # type: ignore[arg-type]
+layers = st.fixed_dictionaries({}, optional=LAYER)
 
 
 def host(kind: int, index: int) -> str:
@@ -148,7 +148,9 @@ def inventories(draw: st.DrawFn) -> dict[str, Any]:
     defaults = draw(layers)
     if draw(st.booleans()):
         defaults["ssh_config"] = "lab/ssh_config"
-    if defaults or draw(st.booleans()):
+    # Tables left out, or written out empty: both are valid.
+    write_empty = draw(st.booleans())
+    if defaults or write_empty:
         document["defaults"] = defaults
     roles: dict[str, Any] = {}
     for role_name in draw(st.lists(st.sampled_from(ROLES), unique=True, max_size=3)):
@@ -161,22 +163,23 @@ def inventories(draw: st.DrawFn) -> dict[str, Any]:
             if draw(st.integers(0, 3)) == 0:
                 target["name"] = f"t{index}"
             targets.append(target)
-        if targets or draw(st.booleans()):
+        if targets or write_empty:
             role["targets"] = targets
         roles[role_name] = role
-    if roles or draw(st.booleans()):
+    if roles or write_empty:
         document["roles"] = roles
     nodes: dict[str, Any] = {}
     for _ in range(draw(st.integers(min_value=0, max_value=3))):
         node = draw(layers)
         index = next(counter)
         name = draw(st.sampled_from([f"n{index}", f"db.{index}", f"N-{index}_x"]))
-        if roles and draw(st.booleans()):
-            node["role"] = draw(st.sampled_from(sorted(roles)))
+        node_role = draw(st.sampled_from([None, *sorted(roles)]))
+        if node_role is not None:
+            node["role"] = node_role
         if draw(st.booleans()):
             node["host"] = host(draw(st.integers(0, 3)), index)
         nodes[name] = node
-    if nodes or draw(st.booleans()):
+    if nodes or write_empty:
         document["nodes"] = nodes
     return document
 
