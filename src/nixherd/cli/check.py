@@ -87,23 +87,18 @@ def _eval(nodes: list[Node], path: str) -> tuple[dict[str, Any], int]:
     """Evaluate the nodes' systems with `nixherd.fleet` (the flake next to the inventory).
 
     Returns the per-node results as data and how many failed; failures are printed as they are
-    found. `fleet` is looked up at run time: it is optional for everything else `check` does.
+    found (on stderr, with a line per node that evaluated).
     """
-    import importlib
     import sys
 
-    from nixherd.errors import UsageError
+    from nixherd import fleet
 
-    try:
-        fleet = importlib.import_module("nixherd.fleet")
-    except ModuleNotFoundError as exc:
-        if exc.name != "nixherd.fleet":
-            raise
-        raise UsageError("--eval is not available yet") from None
     results = fleet.eval_nodes(fleet.flake_for(path), [node.name for node in nodes])
     failed = 0
     for name, result in results.items():
         if not result.ok:
             failed += 1
             sys.stderr.write(f"{name}: {result.error}\n")
+        else:
+            sys.stderr.write(f"{name}: ok {result.out_path}\n")
     return {name: result.to_data() for name, result in results.items()}, failed
