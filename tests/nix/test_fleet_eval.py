@@ -113,9 +113,12 @@ def test_uncatchable_error_is_isolated(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_unknown_node(tmp_path: Path) -> None:
     fleet = make(tmp_path)
-    results = fleet_mod.eval_nodes(fleet.ref, ["app-10-0-1-1", "ghost"])
+    odd = 'x"${throw "injected"}\\'
+    results = fleet_mod.eval_nodes(fleet.ref, ["app-10-0-1-1", "ghost", odd])
     assert results["app-10-0-1-1"].ok
     assert results["ghost"].error == "no nixosConfigurations.ghost in the flake"
+    # A name is only ever a string to Nix, never code.
+    assert results[odd].error == f"no nixosConfigurations.{odd} in the flake"
 
 
 def test_broken_flake_raises(tmp_path: Path) -> None:
