@@ -20,18 +20,18 @@ failure, default 2) and `interval` (seconds between attempts, default 1).
 from __future__ import annotations
 
 import re
-import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nixherd.errors import CommandError
+from nixherd.errors import CommandError, NixherdError
 from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
-from nixherd.ssh import Connection
+
+if TYPE_CHECKING:
+    # The inventory validates `checks` through this module: keep its import light.
+    from nixherd.ssh import Connection
 
 
 class CheckKind(Enum):
@@ -189,6 +189,32 @@ def _number(
     return float(value)
 
 
+def validate(value: Any) -> list[tuple[str, str]] | None:
+    """The inventory validator of one `checks.<name>` entry: (key-path suffix, message) pairs."""
+    if not isinstance(value, dict):
+        return [("", "must be a table (command, http or tcp, with timeout, retries, interval)")]
+    _, problems = parse_check("check", value)
+    issues: list[tuple[str, str]] = []
+    for problem in problems:
+        key, sep, message = problem.partition(": ")
+        if sep and (key in CHECK_FIELDS or message == "unknown field"):
+            issues.append((f".{key}", message))
+        else:
+            issues.append(("", problem))
+    return issues or None
+
+
+def checks_of(node: str, tables: Mapping[str, Mapping[str, Any]]) -> tuple[HealthCheck, ...]:
+    """A node's resolved inventory `checks` as HealthChecks, in declaration order."""
+    found: list[HealthCheck] = []
+    for name, table in tables.items():
+        check, problems = parse_check(name, table)
+        if check is None:
+            raise NixherdError(f"{node}: check {name}: {'; '.join(problems)}")
+        found.append(check)
+    return tuple(found)
+
+
 def fill(template: str, *, host: str, node: str) -> str:
     """Fill {host} and {node} (plain replacement: no format-string attribute access)."""
     # An IPv6 address needs brackets inside a URL or host:port.
@@ -277,6 +303,9 @@ def _command(conn: Connection, check: HealthCheck) -> tuple[bool, str]:
 
 
 def _http(url: str, check: HealthCheck) -> tuple[bool, str]:
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": "nixherd-check"})
     try:
         with urllib.request.urlopen(request, timeout=check.timeout) as response:
@@ -297,6 +326,8 @@ def _http(url: str, check: HealthCheck) -> tuple[bool, str]:
 
 
 def _tcp(address: str, timeout: float) -> tuple[bool, str]:
+    import socket
+
     host, _, port_text = address.rpartition(":")
     host = host.strip("[]")
     try:
