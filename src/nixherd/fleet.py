@@ -65,11 +65,33 @@ def eval_nodes(
     """Evaluate `config.system.build.toplevel` of `nixosConfigurations.<name>` for each name.
 
     Returns one NodeEval per name, in the order given. Raises FlakeError when the flake's
-    `nixosConfigurations` cannot be evaluated at all (the flake is missing or broken).
+    `nixosConfigurations` cannot be evaluated at all (the flake is missing or broken). `timeout`
+    applies to each nix process.
     """
     evaluator = _Evaluator(flake, timeout, tuple(extra))
-    results = evaluator.batch(list(dict.fromkeys(names)))
+    results: dict[str, NodeEval] = {}
+    for chunk in _chunks(list(dict.fromkeys(names))):
+        results |= evaluator.batch(chunk)
     return {name: results[name] for name in names}
+
+
+# The names travel in nix's argv (a pure flake evaluation cannot read them from a file), and
+# Linux caps one argument at 128 KiB: past this, the batch is split. That is about 5,000 nodes a
+# process, and evaluating nixpkgs once more per 5,000 nodes is lost in the noise.
+MAX_NAMES_CHARS = 96 * 1024
+
+
+def _chunks(names: list[str]) -> list[list[str]]:
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        cost = len(nix.nix_string(name).encode()) + 1
+        if chunks[-1] and size + cost > MAX_NAMES_CHARS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(name)
+        size += cost
+    return chunks
 
 
 class _Evaluator:

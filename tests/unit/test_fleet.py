@@ -78,6 +78,26 @@ def test_no_names_no_nix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen == []
 
 
+def test_huge_selections_are_split_under_the_argv_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = [f"node-{i:05}-" + "x" * 50 for i in range(10_000)]
+    seen: list[list[str]] = []
+
+    def fake(argv: Sequence[str], **_kw: Any) -> Result:
+        apply = argv[-1]
+        assert len(apply.encode()) < 128 * 1024  # Linux's MAX_ARG_STRLEN
+        listed = json.loads("[" + apply[apply.rindex("[ ") + 2 : -3].replace('" "', '", "') + "]")
+        seen.append(listed)
+        answer = {name: {"drv": f"/nix/store/{name}.drv", "out": "/nix/store/o"} for name in listed}
+        return Result(tuple(argv), 0, json.dumps(answer), "")
+
+    monkeypatch.setattr(process, "run", fake)
+    results = fleet.eval_nodes("/srv/fleet", names)
+    assert 2 <= len(seen) <= 10
+    assert [name for chunk in seen for name in chunk] == names
+    assert list(results) == names
+    assert results[names[-1]].drv_path == f"/nix/store/{names[-1]}.drv"
+
+
 def test_timeout_is_raised_not_bisected(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[float | None] = []
 
