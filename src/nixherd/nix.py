@@ -151,3 +151,54 @@ def copy(
         what="nix copy",
         node=node,
     )
+
+
+# --- closures (diff) ---
+
+
+def path_info_argv(paths: Sequence[str], *, store: str | None = None) -> list[str]:
+    """`nix path-info -r --json PATHS`: every path of the closures, with its NAR size."""
+    argv = nix_argv("path-info", "--recursive", "--json")
+    if store is not None:
+        argv += ["--store", store]
+    return [*argv, *paths]
+
+
+def parse_path_info(text: str) -> dict[str, int]:
+    """Store path -> NAR size from `nix path-info --json`, in either shape.
+
+    Up to 2.18 it is a list of objects carrying `path`; from 2.19 on an object keyed by path
+    (a path that is not valid maps to null there).
+    """
+    data = json.loads(text)
+    sizes: dict[str, int] = {}
+    if isinstance(data, list):
+        for entry in data:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                sizes[entry["path"]] = int(entry.get("narSize") or 0)
+    elif isinstance(data, dict):
+        for path, entry in data.items():
+            if isinstance(entry, dict):
+                sizes[path] = int(entry.get("narSize") or 0)
+    else:
+        raise ValueError("nix path-info --json: neither a list nor an object")
+    return sizes
+
+
+def closure_sizes(
+    paths: Sequence[str],
+    *,
+    store: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    node: str | None = None,
+) -> dict[str, int]:
+    """The closure of `paths` (in the local store, or `store` such as `ssh://...`), with sizes."""
+    result = process.run(
+        path_info_argv(paths, store=store),
+        env=env,
+        timeout=timeout,
+        what="nix path-info",
+        node=node,
+    )
+    return parse_path_info(result.stdout)
