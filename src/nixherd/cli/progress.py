@@ -1,12 +1,14 @@
 """Rendering a run's events: a live view on a terminal, plain `node | line` otherwise, per-node
 log files, and the final summary table.
 
-Events arrive from worker threads; everything here takes one lock. rich is imported only when a
-live view or a rich table is drawn (a terminal, without NO_COLOR-only plain mode being asked).
+Events arrive from worker threads and update the state under one lock; rich is never called
+while that lock is held (its live view has its own lock and refresh thread), the view draws
+from a snapshot. rich is imported only when a live view or a rich table is drawn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import sys
@@ -117,6 +119,7 @@ class Progress:
         self.started = time.monotonic()
         self._announced: set[str] = set()
         self._live: Any = None
+        self._above: list[str] = []  # -v lines to print above the live view, outside the lock
 
     # --- lifecycle ---
 
@@ -141,10 +144,10 @@ class Progress:
         self.close()
 
     def close(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
         with self.lock:
-            if self._live is not None:
-                self._live.stop()
-                self._live = None
             self.logs.close()
 
     # --- events ---
@@ -181,6 +184,11 @@ class Progress:
                         self._print(node, first + elapsed)
                         for extra in rest:
                             self._print(node, "  " + extra)
+            above, self._above = self._above, []
+        live = self._live
+        if above and live is not None:
+            for text in above:
+                live.console.print(text, markup=False, highlight=False)
 
     def _row(self, node: str) -> _Row:
         row = self.rows.get(node)
@@ -213,8 +221,8 @@ class Progress:
             return
         if not self.live_mode:
             self._print(node, line)
-        elif self.verbose and self._live is not None:
-            self._live.console.print(f"{node.ljust(self.width)} | {line}", markup=False)
+        elif self.verbose:
+            self._above.append(f"{node.ljust(self.width)} | {line}")
 
     def _print(self, node: str, text: str) -> None:
         self.stream.write(f"{node.ljust(self.width)} | {text}\n")
@@ -226,44 +234,47 @@ class Progress:
         from rich.table import Table
         from rich.text import Text
 
+        now = time.monotonic()
         with self.lock:
-            now = time.monotonic()
-            table = Table.grid(padding=(0, 2))
-            table.add_column(no_wrap=True)
-            table.add_column(no_wrap=True)
-            table.add_column(justify="right", no_wrap=True)
-            table.add_column(no_wrap=True, overflow="ellipsis", max_width=80)
-            done = sum(1 for r in self.rows.values() if r.finished is not None)
-            head = f"{self.title}: {done}/{len(self.names)} done, {now - self.started:.0f} s"
-            table.add_row(Text(head, style="bold"), "", "", Text(self.run_line, style="dim"))
-            height = self._height()
-            # Nodes at work first, then failures, then the rest: what needs eyes stays visible.
-            ranked = sorted(
-                self.names,
-                key=lambda n: (
-                    self.rows[n].finished is not None and not self.rows[n].failed,
-                    self.rows[n].finished is not None,
-                ),
+            names = list(self.names)
+            rows = {name: dataclasses.replace(self.rows[name]) for name in names}
+            run_line = self.run_line
+        table = Table.grid(padding=(0, 2))
+        table.add_column(no_wrap=True)
+        table.add_column(no_wrap=True)
+        table.add_column(justify="right", no_wrap=True)
+        table.add_column(no_wrap=True, overflow="ellipsis", max_width=80)
+        done = sum(1 for r in rows.values() if r.finished is not None)
+        head = f"{self.title}: {done}/{len(names)} done, {now - self.started:.0f} s"
+        table.add_row(Text(head, style="bold"), "", "", Text(run_line, style="dim"))
+        # Nodes at work first, then failures, then the rest: what needs eyes stays visible.
+        ranked = sorted(
+            names,
+            key=lambda n: (
+                rows[n].finished is not None and not rows[n].failed,
+                rows[n].finished is not None,
+            ),
+        )
+        shown = ranked[: self._height()]
+        for name in shown:
+            row = rows[name]
+            end = row.finished if row.finished is not None else now
+            elapsed = f"{end - row.started:.1f}s" if row.started is not None else ""
+            if row.failed:
+                style = "red"
+            elif row.finished is not None:
+                style = "green"
+            else:
+                style = "" if row.started is not None else "dim"
+            table.add_row(
+                Text(name, style=style),
+                Text(row.stage, style=style),
+                elapsed,
+                Text(row.last, style="dim"),
             )
-            shown = ranked[:height]
-            for name in shown:
-                row = self.rows[name]
-                end = row.finished if row.finished is not None else now
-                elapsed = f"{end - row.started:.1f}s" if row.started is not None else ""
-                style = (
-                    "red"
-                    if row.failed
-                    else ("green" if row.finished is not None else ("" if row.started else "dim"))
-                )
-                table.add_row(
-                    Text(name, style=style),
-                    Text(row.stage, style=style),
-                    elapsed,
-                    Text(row.last, style="dim"),
-                )
-            if len(ranked) > len(shown):
-                table.add_row(Text(f"... {len(ranked) - len(shown)} more", style="dim"), "", "", "")
-            return table
+        if len(ranked) > len(shown):
+            table.add_row(Text(f"... {len(ranked) - len(shown)} more", style="dim"), "", "", "")
+        return table
 
     def _height(self) -> int:
         try:
