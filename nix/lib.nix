@@ -110,7 +110,8 @@ let
         map (
           target:
           let
-            name = target.name or (fanOutName roleName target.host);
+            host = target.host or (throw "nixherd: a target of roles.${roleName} has no host");
+            name = target.name or (fanOutName roleName host);
           in
           {
             inherit name;

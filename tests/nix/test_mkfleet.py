@@ -226,6 +226,13 @@ def test_unknown_role_names_node(tmp_path: Path) -> None:
     assert "node 'lost': unknown role 'nope'" in info.value.output
 
 
+def test_target_without_host_is_named(tmp_path: Path) -> None:
+    fleet = make_fleet(tmp_path, "[roles.web]\n[[roles.web.targets]]\nport = 2222\n")
+    with pytest.raises(CommandError) as info:
+        fleet.eval("nixherd.nodes")
+    assert "nixherd: a target of roles.web has no host" in info.value.output
+
+
 def test_duplicate_name_names_node_and_origins(tmp_path: Path) -> None:
     inventory = """
 [roles.web]
