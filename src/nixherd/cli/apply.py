@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 from nixherd.cli import runs
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from nixherd.deploy.delivery import System
     from nixherd.deploy.plan import DeployOptions
 
 HELP = "deploy the selected nodes (goal: build, push, switch, boot, test, dry-activate)"
@@ -87,6 +90,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the plan; evaluate, build and change nothing"
     )
+    parser.add_argument(
+        "--confirm",
+        action="store_true",
+        help="after the build, show what changes on each node and ask before touching any",
+    )
     runs.add_output(parser)
 
 
@@ -126,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
 
     from nixherd.deploy import pipeline
     from nixherd.deploy.plan import describe
-    from nixherd.errors import UsageError
+    from nixherd.errors import NixherdError, UsageError
 
     if args.canary < 0:
         raise UsageError(f"--canary must be >= 0, got {args.canary}")
@@ -136,13 +144,33 @@ def run(args: argparse.Namespace) -> int:
         for line in describe(nodes, options, ssh_config=inventory.ssh_config):
             sys.stdout.write(line + "\n")
         return 0
+    if args.confirm and not sys.stdin.isatty():
+        raise UsageError("--confirm asks on the terminal, but stdin is not one")
     names = [n.name for n in nodes]
     with runs.progress(args, names, title=f"apply {options.goal.value}") as view:
+
+        def ask(systems: Mapping[str, System]) -> bool:
+            from nixherd.deploy.diff import plan_text
+
+            diffs = pipeline.closure_diffs(
+                nodes, systems, ssh_config=inventory.ssh_config, parallel=options.parallel
+            )
+            with view.suspended():
+                sys.stdout.write(plan_text(dict(diffs)))
+                sys.stdout.flush()
+                answer = input(f"Deploy {options.goal.value} to {len(systems)} nodes? [y/N] ")
+            return answer.strip().lower() in ("y", "yes")
+
         report = pipeline.deploy(
             nodes,
             options,
             ssh_config=inventory.ssh_config,
             base_dir=str(inventory.path.parent),
             emit=view,
+            confirm=ask if args.confirm else None,
         )
-    return runs.finish(args, runs.report_with_logs(report, view))
+    report = runs.report_with_logs(report, view)
+    code = runs.finish(args, report)
+    if any(r.detail == "declined" for r in report.nodes):
+        raise NixherdError("not confirmed: no node was touched")
+    return code

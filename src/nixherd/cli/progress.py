@@ -8,13 +8,14 @@ from a snapshot. rich is imported only when a live view or a rich table is drawn
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
@@ -142,6 +143,18 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """The live view off while the terminal is used for something else (a question)."""
+        live = self._live
+        if live is not None:
+            live.stop()
+        try:
+            yield
+        finally:
+            if live is not None:
+                live.start()
 
     def close(self) -> None:
         live, self._live = self._live, None

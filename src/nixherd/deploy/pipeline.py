@@ -22,6 +22,7 @@ from nixherd import fleet, nix, secrets
 from nixherd.deploy import reboot as reboot_mod
 from nixherd.deploy.checks import HealthCheck, parse_check
 from nixherd.deploy.delivery import BuildOnTarget, Delivery, PushFromHere, System
+from nixherd.deploy.diff import ClosureDiff, node_diff
 from nixherd.deploy.fanout import fan_out
 from nixherd.deploy.goal import Goal
 from nixherd.deploy.plan import DeployNode, DeployOptions
@@ -44,6 +45,8 @@ from nixherd.events import (
 from nixherd.ssh import Connection, Target
 
 Evaluator = Callable[[str, Sequence[str]], Mapping[str, fleet.NodeEval]]
+# Asked once the systems are built, before any node is touched: go ahead?
+Confirm = Callable[[Mapping[str, "System"]], bool]
 
 
 @dataclass
@@ -201,12 +204,15 @@ def deploy(
     cancel: threading.Event | None = None,
     evaluator: Evaluator = fleet.eval_nodes,
     command: str = "apply",
+    confirm: Confirm | None = None,
 ) -> RunReport:
     """Deploy `nodes` as `options` say; every node ends with a result in the report.
 
     Raises only for what stops the whole run before any node is touched (a flake that does
-    not evaluate). A Ctrl-C (KeyboardInterrupt in this thread) starts no new node, lets those in
-    flight finish, and returns a report marked interrupted.
+    not evaluate). With `confirm`, it is asked after the build, before any node is touched,
+    with every node's system; False leaves every node untouched (not attempted, "declined").
+    A Ctrl-C starts no new node, lets those in flight finish, and returns a report marked
+    interrupted.
     """
     cancel = cancel or threading.Event()
     started_at = time.time()
@@ -246,8 +252,15 @@ def deploy(
         interrupted = True
         cancel.set()
 
-    if interrupted:
-        pass  # stopped during evaluation or the build: no node was touched
+    declined = False
+    if not interrupted and confirm is not None and options.goal.copies and ctx.systems:
+        try:
+            declined = not confirm(dict(ctx.systems))
+        except KeyboardInterrupt:
+            interrupted = True
+            cancel.set()
+    if interrupted or declined:
+        pass  # stopped before the nodes' pipelines: no node was touched
     elif options.goal is Goal.BUILD:
         for name, system in ctx.systems.items():
             node = _Node(name, emit)
@@ -266,7 +279,12 @@ def deploy(
             node = _Node(name, emit)
             if name in ctx.systems:
                 node.store_path = ctx.systems[name].out_path
-            reason = "interrupted" if interrupted or cancel.is_set() else "rollout stopped"
+            if declined:
+                reason = "declined"
+            elif interrupted or cancel.is_set():
+                reason = "interrupted"
+            else:
+                reason = "rollout stopped"
             results[name] = node.finish(Outcome.NOT_ATTEMPTED, detail=reason)
     return RunReport(
         command=command,
@@ -477,3 +495,27 @@ def _upload_keys(
 ) -> None:
     upload = None if when is None else secrets.Upload(when)
     secrets.upload_prepared(conn, prepared, upload, emit=track.sink)
+
+
+def closure_diffs(
+    nodes: Sequence[DeployNode],
+    systems: Mapping[str, System],
+    *,
+    ssh_config: str | None = None,
+    parallel: int = 10,
+) -> dict[str, ClosureDiff | NixherdError]:
+    """Per node, what its new system changes against the one it runs (for `apply --confirm`)."""
+    by_name = {n.name: n for n in nodes}
+
+    def work(name: str) -> ClosureDiff | NixherdError:
+        try:
+            with Connection(target_of(by_name[name], ssh_config)) as conn:
+                return node_diff(conn, systems[name].out_path)
+        except NixherdError as exc:
+            return exc
+
+    names = [n for n in by_name if n in systems]
+    run = fan_out(names, work, parallel=parallel, cancel=threading.Event())
+    if run.interrupted:
+        raise KeyboardInterrupt
+    return {name: run.results[name] for name in names}

@@ -403,3 +403,26 @@ def test_report_json_shape(fake: Fake) -> None:
     assert set(a["seconds"]) >= {"eval", "build", "probe", "copy", "activate"}
     assert b["error"]["message"].startswith("cannot reach")
     assert data["options"]["parallel"] == 1
+
+
+def test_declined_confirmation_touches_no_node(fake: Fake, acts: Activations) -> None:
+    asked: list[dict[str, Any]] = []
+
+    def confirm(systems: Mapping[str, Any]) -> bool:
+        asked.append(dict(systems))
+        return False
+
+    fake.nodes.update(a=Remote(), b=Remote())
+    report = pipeline.deploy(
+        [FakeNode("a"), FakeNode("b")],
+        DeployOptions(flake=FLAKE),
+        emit=lambda _e: None,
+        evaluator=fake.evaluate,
+        confirm=confirm,
+    )
+    assert [sorted(s) for s in asked] == [["a", "b"]]
+    assert [s.out_path for s in asked[0].values()] == [out("a"), out("b")]
+    assert not fake.commands("ssh") and not acts.calls
+    assert [(r.outcome, r.detail) for r in report.nodes] == [
+        (Outcome.NOT_ATTEMPTED, "declined")
+    ] * 2
