@@ -57,9 +57,7 @@ def test_stop_starts_no_new_node() -> None:
     def work(name: str) -> bool:
         return name != "n1"  # n1 "fails"
 
-    result = fan_out(
-        NAMES, work, parallel=1, cancel=threading.Event(), stop=lambda _n, ok: not ok
-    )
+    result = fan_out(NAMES, work, parallel=1, cancel=threading.Event(), stop=lambda _n, ok: not ok)
     assert set(result.results) == {"n0", "n1"}
     assert result.not_started == tuple(NAMES[2:])
     assert not result.interrupted
