@@ -24,7 +24,6 @@ let
     pathExists
     readFile
     replaceStrings
-    toString
     ;
 
   # Later wins for scalars; tables merge key by key, recursively; anything else is replaced.
@@ -44,12 +43,6 @@ let
     system = "x86_64-linux";
   };
 
-  scalarFields = [
-    "host"
-    "user"
-    "port"
-    "system"
-  ];
   listFields = [
     "tags"
     "modules"
