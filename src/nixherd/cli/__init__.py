@@ -27,6 +27,9 @@ COMMANDS: dict[str, str] = {
     "apply": "apply",
     "exec": "exec",
     "status": "status",
+    "diff": "diff",
+    "rollback": "rollback",
+    "check-health": "check_health",
     "keys": "keys",
     "data": "data",
 }

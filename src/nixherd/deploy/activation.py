@@ -30,17 +30,30 @@ import math
 import re
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from nixherd.deploy.checks import CheckResult, HealthCheck, run_checks, summary
 from nixherd.deploy.goal import Goal
 from nixherd.errors import CommandError, NixherdError
-from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
+from nixherd.events import (
+    EventSink,
+    LogLine,
+    NodeFinished,
+    Outcome,
+    Stage,
+    StageFinished,
+    StageStarted,
+)
 from nixherd.ssh import Connection
+
+if TYPE_CHECKING:
+    from nixherd.deploy.plan import DeployNode
+    from nixherd.deploy.report import RunReport
 
 STATE_DIR = "/run/nixherd"
 PROFILE = "/nix/var/nix/profiles/system"
@@ -550,3 +563,161 @@ def _describe(reason: str) -> str:
     if reason == "aborted":
         return "aborted by the deployer"
     return reason
+
+
+# --- rollback: back to the generation before the current one ---
+
+
+@dataclass(frozen=True, slots=True)
+class Generations:
+    """What a node runs and the system profile's generations (number -> system)."""
+
+    current: str | None
+    profile: int | None  # the generation the profile points at
+    systems: Mapping[int, str]
+
+    def previous(self) -> int | None:
+        """The newest generation older than the profile's current one."""
+        if self.profile is None:
+            return None
+        older = [n for n in self.systems if n < self.profile]
+        return max(older) if older else None
+
+
+def parse_generations(output: str) -> Generations:
+    current: str | None = None
+    profile: int | None = None
+    systems: dict[int, str] = {}
+    for line in output.splitlines():
+        key, _, value = line.partition("=")
+        if key == "current":
+            current = value.strip() or None
+        elif key == "profile" and value.strip().isdigit():
+            profile = int(value)
+        elif key == "generation":
+            number, _, path = value.partition(" ")
+            if number.isdigit() and _STORE_PATH.match(path.strip()):
+                systems[int(number)] = path.strip()
+    return Generations(current, profile, systems)
+
+
+def generations(conn: Connection) -> Generations:
+    """Read the node's running system and its system profile's generations."""
+    result = conn.run(
+        ["sh", "-s", "--", "-", "info"],
+        input=watchdog_script(),
+        timeout=60,
+        what="read generations",
+    )
+    return parse_generations(result.stdout)
+
+
+def rollback(
+    conn: Connection,
+    *,
+    node: str,
+    checks: Sequence[HealthCheck] = (),
+    confirm_timeout: float = 30.0,
+    timeout: float = 600.0,
+    emit: EventSink,
+) -> tuple[Generations, ActivationResult]:
+    """Move the node's profile to the previous generation and switch to it, with magic rollback.
+
+    If the older system fails its checks or cuts the deployer off, the watchdog returns the
+    node to the generation it ran before (the rollback is itself rolled back).
+    """
+    gens = generations(conn)
+    number = gens.previous()
+    if number is None:
+        raise ActivationError(node, "no previous generation to roll back to")
+    emit(LogLine(node, f"rolling back to generation {number} ({gens.systems[number]})"))
+    options = ActivationOptions(
+        Goal.SWITCH,
+        node,
+        rollback=True,
+        confirm_timeout=confirm_timeout,
+        timeout=timeout,
+        generation=number,
+    )
+    return gens, activate(conn, gens.systems[number], options, checks=checks, emit=emit)
+
+
+def rollback_nodes(
+    nodes: Sequence[DeployNode],
+    *,
+    ssh_config: str | None = None,
+    parallel: int = 10,
+    confirm_timeout: float = 30.0,
+    timeout: float = 600.0,
+    emit: EventSink,
+    cancel: threading.Event | None = None,
+) -> RunReport:
+    """`nixherd rollback`: every node back to its previous generation, in parallel, checked."""
+    from nixherd.deploy.checks import checks_of
+    from nixherd.deploy.fanout import fan_out
+    from nixherd.deploy.pipeline import target_of
+    from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport, order
+
+    cancel = cancel or threading.Event()
+    started_at = time.time()
+    by_name = {n.name: n for n in nodes}
+
+    def work(name: str) -> NodeResult:
+        node = by_name[name]
+        started = time.monotonic()
+        outcome, error, detail = Outcome.FAILED, None, None
+        previous = store_path = None
+        rolled_back = False
+        reason: str | None = None
+        try:
+            checks = checks_of(name, getattr(node, "checks", None) or {})
+            with Connection(target_of(node, ssh_config)) as conn:
+                gens, result = rollback(
+                    conn,
+                    node=name,
+                    checks=checks,
+                    confirm_timeout=confirm_timeout,
+                    timeout=timeout,
+                    emit=emit,
+                )
+            previous = result.previous or gens.current
+            number = gens.previous()
+            store_path = gens.systems.get(number) if number is not None else None
+            outcome, detail = Outcome.OK, f"now on generation {number}"
+        except ActivationError as exc:
+            previous = exc.previous
+            rolled_back, reason = exc.rolled_back, exc.reason
+            outcome = Outcome.ROLLED_BACK if exc.rolled_back else Outcome.FAILED
+            error = ErrorInfo(exc.message, output="\n".join(exc.log[-20:]) or None)
+        except NixherdError as exc:
+            error = ErrorInfo.from_exception(exc)
+        seconds = time.monotonic() - started
+        emit(NodeFinished(name, outcome, error.summary() if error else detail))
+        return NodeResult(
+            node=name,
+            outcome=outcome,
+            store_path=store_path,
+            previous=previous,
+            stages={Stage.ACTIVATE.value: seconds},
+            error=error,
+            rolled_back=rolled_back,
+            rollback_reason=reason,
+            detail=detail,
+        )
+
+    names = [n.name for n in nodes]
+    run = fan_out(names, work, parallel=parallel, cancel=cancel)
+    results = dict(run.results)
+    for name in run.not_started:
+        emit(NodeFinished(name, Outcome.NOT_ATTEMPTED, "interrupted"))
+        results[name] = NodeResult(name, Outcome.NOT_ATTEMPTED, detail="interrupted")
+    return RunReport(
+        command="rollback",
+        goal=Goal.SWITCH.value,
+        flake=None,
+        started_at=started_at,
+        finished_at=time.time(),
+        nodes=order(list(results.values()), names),
+        interrupted=run.interrupted,
+        options={"parallel": parallel, "confirm_timeout": confirm_timeout},
+    )

@@ -31,6 +31,7 @@ from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarte
 
 if TYPE_CHECKING:
     # The inventory validates `checks` through this module: keep its import light.
+    from nixherd.deploy.report import RunReport
     from nixherd.ssh import Connection
 
 
@@ -339,3 +340,74 @@ def _tcp(address: str, timeout: float) -> tuple[bool, str]:
             return True, f"{address}: connected"
     except OSError as exc:
         return False, f"{address}: {exc.strerror or exc}"
+
+
+def check_nodes(
+    nodes: Sequence[Any],
+    *,
+    ssh_config: str | None = None,
+    parallel: int = 10,
+    emit: EventSink,
+    cancel: Any = None,
+) -> RunReport:
+    """`nixherd check-health`: every selected node's checks, in parallel; a result per node.
+
+    `nodes` are inventory nodes (name, host, user, port, ssh_options, checks).
+    """
+    import threading
+
+    from nixherd.deploy.fanout import fan_out
+    from nixherd.deploy.pipeline import target_of
+    from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport, order
+    from nixherd.events import NodeFinished, Outcome
+    from nixherd.ssh import Connection
+
+    cancel = cancel or threading.Event()
+    started_at = time.time()
+    by_name = {n.name: n for n in nodes}
+
+    def work(name: str) -> NodeResult:
+        node = by_name[name]
+        started = time.monotonic()
+        outcome, error, detail = Outcome.FAILED, None, None
+        try:
+            checks = checks_of(name, getattr(node, "checks", None) or {})
+            if not checks:
+                outcome, detail = Outcome.OK, "no checks"
+            else:
+                with Connection(target_of(node, ssh_config)) as conn:
+                    results = run_checks(conn, checks, emit=emit)
+                bad = failed(results)
+                detail = f"{len(results) - len(bad)}/{len(results)} checks passed"
+                if bad:
+                    error = ErrorInfo(f"{detail}: {summary(results)}")
+                else:
+                    outcome = Outcome.OK
+        except NixherdError as exc:
+            error = ErrorInfo.from_exception(exc)
+        seconds = time.monotonic() - started
+        emit(NodeFinished(name, outcome, error.summary() if error else detail))
+        return NodeResult(
+            node=name,
+            outcome=outcome,
+            stages={Stage.CHECK.value: seconds},
+            error=error,
+            detail=detail,
+        )
+
+    names = [n.name for n in nodes]
+    run = fan_out(names, work, parallel=parallel, cancel=cancel)
+    results = dict(run.results)
+    for name in run.not_started:
+        emit(NodeFinished(name, Outcome.NOT_ATTEMPTED, "interrupted"))
+        results[name] = NodeResult(name, Outcome.NOT_ATTEMPTED, detail="interrupted")
+    return RunReport(
+        command="check-health",
+        goal=None,
+        flake=None,
+        started_at=started_at,
+        finished_at=time.time(),
+        nodes=order(list(results.values()), names),
+        interrupted=run.interrupted,
+        options={"parallel": parallel},
+    )

@@ -1,0 +1,27 @@
+"""`nixherd check-health`: run the selected nodes' health checks now and report per node."""
+
+from __future__ import annotations
+
+import argparse
+
+from nixherd.cli import runs
+
+HELP = "run the health checks of the selected nodes (inventory `checks`) and report per node"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    runs.add_selection(parser)
+    runs.add_parallel(parser)
+    runs.add_output(parser, logs=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    from nixherd.deploy.checks import check_nodes
+
+    inventory, nodes = runs.load_nodes(args)
+    names = [n.name for n in nodes]
+    with runs.progress(args, names, title="check-health") as view:
+        report = check_nodes(
+            nodes, ssh_config=inventory.ssh_config, parallel=args.parallel, emit=view
+        )
+    return runs.finish(args, report)

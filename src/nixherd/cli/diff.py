@@ -1,0 +1,51 @@
+"""`nixherd diff`: per node, what the new build changes against the system the node runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from nixherd.cli import runs
+
+HELP = "show what the new build changes on each node: packages, versions, closure size"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    runs.add_selection(parser)
+    runs.add_flake(parser)
+    runs.add_parallel(parser)
+    parser.add_argument("--json", action="store_true", help="print a JSON object on stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from nixherd.cli.progress import Progress
+    from nixherd.deploy.diff import ClosureDiff, diff_fleet, plan_text
+    from nixherd.errors import NodesFailedError
+
+    inventory, nodes = runs.load_nodes(args)
+    names = [n.name for n in nodes]
+    with Progress(names, title="diff", show_lines=False) as view:
+        diffs = diff_fleet(
+            nodes,
+            args.flake,
+            ssh_config=inventory.ssh_config,
+            parallel=args.parallel,
+            emit=view,
+        )
+    if args.json:
+        data = {
+            name: diff.to_data() if isinstance(diff, ClosureDiff) else {"error": str(diff)}
+            for name, diff in diffs.items()
+        }
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(plan_text(dict(diffs)))
+    sys.stdout.flush()
+    bad = [name for name, diff in diffs.items() if not isinstance(diff, ClosureDiff)]
+    if bad:
+        raise NodesFailedError(
+            f"{len(bad)} of {len(diffs)} nodes could not be diffed: {', '.join(bad)}"
+        )
+    return 0
