@@ -1,0 +1,96 @@
+"""`nixherd lab up|status|down`: local test hosts (sshd in private namespaces, own Nix stores)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "local test hosts: up, status, down"
+
+HEADERS = ("NAME", "PORT", "PID", "STATE", "BOOTS", "SYSTEM")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+
+    def with_dir(action: argparse.ArgumentParser) -> None:
+        action.add_argument(
+            "--dir",
+            metavar="DIR",
+            help="the lab's state directory (default: $NIXHERD_LAB_DIR or ./lab-state)",
+        )
+
+    up = sub.add_parser(
+        "up",
+        help="start lab-1..lab-N (running hosts are kept)",
+        description="Start lab hosts lab-1..lab-N on 127.0.0.1:P..P+N-1 (running hosts are kept) "
+        "and write DIR/ssh_config and DIR/known_hosts.",
+    )
+    with_dir(up)
+    up.add_argument("-n", type=int, default=None, metavar="N", help="number of hosts (default 3)")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        metavar="P",
+        help="port of lab-1 (default: the lab's, else 2201)",
+    )
+    status = sub.add_parser("status", help="show each host: port, pid, state, current system")
+    with_dir(status)
+    status.add_argument("--json", action="store_true", help="print a JSON array of hosts")
+    down = sub.add_parser("down", help="stop the hosts (by recorded pid); keep their files")
+    with_dir(down)
+    down.add_argument(
+        "--purge", action="store_true", help="also delete the lab directory (stores, keys)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from nixherd.cli import render
+    from nixherd.lab import DEFAULT_COUNT, Lab, default_dir
+    from nixherd.lab.render import inventory_snippet
+
+    lab = Lab(args.dir or default_dir())
+    if args.lab_command == "up":
+        hosts = lab.up(args.n if args.n is not None else DEFAULT_COUNT, args.base_port)
+        _table([h.to_data() for h in hosts])
+        out = sys.stdout
+        out.write(f"\nssh -F {lab.ssh_config} lab-1\n")
+        out.write(f'NIX_SSHOPTS="{lab.nix_sshopts}" nix copy --to ssh://root@lab-1 PATH\n')
+        out.write("\n# inventory snippet\n")
+        out.write(inventory_snippet(lab.hosts(), lab.ssh_config))
+        return 0
+    if args.lab_command == "status":
+        data = [h.to_data() for h in lab.status()]
+        if args.json:
+            render.print_json(data)
+        elif not data:
+            sys.stdout.write(f"no lab hosts in {lab.dir}\n")
+        else:
+            _table(data)
+        return 0
+    stopped = lab.down()
+    if args.purge:
+        lab.purge()
+    done = f"stopped {render.plural(len(stopped), 'host')}"
+    sys.stdout.write(done + (f"; deleted {lab.dir}\n" if args.purge else "\n"))
+    return 0
+
+
+def _table(rows: list[dict[str, object]]) -> None:
+    from nixherd.cli import render
+
+    render.print_table(
+        HEADERS,
+        [
+            (
+                str(r["name"]),
+                str(r["port"]),
+                str(r["pid"] or "-"),
+                str(r["state"]),
+                str(r["boots"] if r["boots"] is not None else "-"),
+                str(r["system"] or "-"),
+            )
+            for r in rows
+        ],
+    )

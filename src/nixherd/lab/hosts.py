@@ -1,0 +1,477 @@
+"""Lab hosts on this machine: the state directory, keys and configs, and up / status / down.
+
+Layout of a lab directory (DIR):
+
+    DIR/lab.json                    base port, the deploy user's ids
+    DIR/id_ed25519{,.pub}           the client key every host accepts (root and deploy)
+    DIR/ssh_config, DIR/known_hosts for `ssh -F DIR/ssh_config` and NIX_SSHOPTS
+    DIR/bin/                        reboot, poweroff: on every host's PATH
+    DIR/hosts/lab-N/                one host: host.json, sshd_config, host key, authorized_keys,
+                                    etc/ (its passwd, group, shadow, sudoers, hosts), nix/ (its
+                                    /nix), home/deploy, log/, supervisor.pid and state.json
+
+A host is its supervisor (`boot.py supervise`, tracked by pid and start time) and the namespaces
+it runs; everything else is plain files, kept across `down` so the next `up` finds the same keys
+and stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nixherd import process
+from nixherd.errors import LabError
+from nixherd.lab import render
+from nixherd.lab.render import Account, HostFiles
+
+DEFAULT_DIR = "lab-state"
+DEFAULT_BASE_PORT = 2201
+DEFAULT_COUNT = 3
+DIR_ENV = "NIXHERD_LAB_DIR"
+
+BOOT_SCRIPT = str(Path(__file__).with_name("boot.py"))
+HOST_PREFIX = "lab-"
+
+
+def default_dir() -> str:
+    return os.environ.get(DIR_ENV) or DEFAULT_DIR
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    """One lab host as `status` reports it."""
+
+    name: str
+    port: int
+    dir: str
+    pid: int | None  # the supervisor's, when it runs
+    up: bool  # the supervisor runs and sshd answers
+    system: str | None  # /run/current-system inside the host
+    boots: int | None
+    pidns: str | None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "port": self.port,
+            "dir": self.dir,
+            "pid": self.pid,
+            "state": "up" if self.up else ("starting" if self.pid else "down"),
+            "system": self.system,
+            "boots": self.boots,
+            "pidns": self.pidns,
+        }
+
+
+# -- processes, identified by pid and start time ------------------------------------------------
+
+
+def starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat; None when no such process or only its zombie is left."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        # Exited; a detached supervisor's zombie waits for the machine's init to reap it.
+        return None
+    return int(fields[19])
+
+
+def alive(record: tuple[int, int] | None) -> bool:
+    """True when the (pid, start time) still names the process recorded, not a reused pid."""
+    return record is not None and starttime(record[0]) == record[1]
+
+
+def namespace_pids(pidns: str) -> list[int]:
+    """Every live process of the machine in PID namespace `pidns` (e.g. `pid:[4026532301]`)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{entry}/ns/pid") == pidns and starttime(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points of the machine's mount namespace at or below `path` (should be none)."""
+    prefix = path.rstrip("/") + "/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == path or point.startswith(prefix):
+            found.append(point)
+    return found
+
+
+def ssh_banner(port: int, timeout: float = 1.0) -> bool:
+    """True when an SSH server answers on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            conn.settimeout(timeout)
+            return conn.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As sshd binds: a port in TIME_WAIT is free for it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def check_prerequisites() -> None:
+    """The lab needs root (namespaces, mounts) and unshare, sshd, ssh-keygen, nix-daemon."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (it creates namespaces and mounts): run as root")
+    missing = [
+        tool
+        for tool in ("unshare", "sshd", "ssh-keygen", "nix-daemon")
+        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None
+    ]
+    if missing:
+        raise LabError(
+            f"the lab needs {', '.join(missing)}: apt-get install util-linux openssh-server "
+            "openssh-client nix-bin"
+        )
+
+
+# -- the lab ------------------------------------------------------------------------------------
+
+
+class Lab:
+    """The lab hosts living in one state directory."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        path = os.path.abspath(os.fspath(directory))
+        if not render.is_safe_path(path):
+            raise LabError(
+                f"lab directory {path!r}: use a path of letters, digits and ._-/+@,= only "
+                "(it is written bare into ssh and sshd configs and passwd)"
+            )
+        self.dir = path
+
+    # paths
+    @property
+    def ssh_config(self) -> str:
+        return os.path.join(self.dir, "ssh_config")
+
+    @property
+    def known_hosts(self) -> str:
+        return os.path.join(self.dir, "known_hosts")
+
+    @property
+    def identity(self) -> str:
+        return os.path.join(self.dir, "id_ed25519")
+
+    @property
+    def bin_dir(self) -> str:
+        return os.path.join(self.dir, "bin")
+
+    @property
+    def hosts_dir(self) -> str:
+        return os.path.join(self.dir, "hosts")
+
+    def host_dir(self, name: str) -> str:
+        return os.path.join(self.hosts_dir, name)
+
+    @property
+    def nix_sshopts(self) -> str:
+        """NIX_SSHOPTS for `nix copy --to ssh://lab-N` (or ssh://root@127.0.0.1 with -p)."""
+        return f"-F {self.ssh_config}"
+
+    def hosts(self) -> list[HostFiles]:
+        """Every host this directory knows, by number."""
+        found: list[tuple[int, HostFiles]] = []
+        if not os.path.isdir(self.hosts_dir):
+            return []
+        for entry in os.listdir(self.hosts_dir):
+            info = Path(self.hosts_dir, entry, "host.json")
+            if not entry.startswith(HOST_PREFIX) or not info.is_file():
+                continue
+            data = json.loads(info.read_text())
+            files = HostFiles(name=data["name"], port=int(data["port"]), dir=self.host_dir(entry))
+            found.append((int(data["index"]), files))
+        return [files for _, files in sorted(found, key=lambda pair: pair[0])]
+
+    def _settings(self) -> dict[str, Any]:
+        path = Path(self.dir, "lab.json")
+        if path.is_file():
+            data: dict[str, Any] = json.loads(path.read_text())
+            return data
+        return {}
+
+    # processes
+    def supervisor(self, host: HostFiles) -> tuple[int, int] | None:
+        """The host's running supervisor as (pid, start time), verified; None when not running."""
+        try:
+            pid, begun = Path(host.dir, "supervisor.pid").read_text().split()[:2]
+            record = (int(pid), int(begun))
+        except (OSError, ValueError):
+            return None
+        return record if alive(record) else None
+
+    def state(self, host: HostFiles) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(Path(host.dir, "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data
+
+    def init_process(self, host: HostFiles) -> tuple[int, int] | None:
+        """The host's pid 1 as the machine sees it (pid, start time), when it runs."""
+        record = self.state(host).get("init")
+        if not record:
+            return None
+        pair = (int(record[0]), int(record[1]))
+        return pair if alive(pair) else None
+
+    def status(self) -> list[HostStatus]:
+        return [self._status(host) for host in self.hosts()]
+
+    def _status(self, host: HostFiles) -> HostStatus:
+        supervisor = self.supervisor(host)
+        state = self.state(host)
+        init = self.init_process(host) if supervisor else None
+        system = None
+        if init is not None:
+            # The link as the host sees it, read through its pid 1's root.
+            with contextlib.suppress(OSError):
+                system = os.readlink(f"/proc/{init[0]}/root/run/current-system")
+        return HostStatus(
+            name=host.name,
+            port=host.port,
+            dir=host.dir,
+            pid=supervisor[0] if supervisor else None,
+            up=bool(supervisor and init and ssh_banner(host.port)),
+            system=system,
+            boots=state.get("boots"),
+            pidns=state.get("pidns") if init else None,
+        )
+
+    # up
+    def up(
+        self, count: int = DEFAULT_COUNT, base_port: int | None = None, timeout: float = 30.0
+    ) -> list[HostStatus]:
+        """Make hosts lab-1..lab-COUNT run (keeping those that do); wait until sshd answers."""
+        check_prerequisites()
+        if count < 1:
+            raise LabError(f"the number of hosts must be at least 1, got {count}")
+        settings = self._settings()
+        base = base_port if base_port is not None else settings.get("base_port", DEFAULT_BASE_PORT)
+        if base < 1 or base + count - 1 > 65535:
+            raise LabError(f"ports {base}..{base + count - 1} are not all valid TCP ports")
+        for path in (self.dir, self.hosts_dir, self.bin_dir):
+            os.makedirs(path, exist_ok=True)
+        ids = self._account(settings, base)
+        self._client_key()
+        self._write_tools()
+        known = {host.name: host for host in self.hosts()}
+        wanted: list[HostFiles] = []
+        for index in range(1, count + 1):
+            name = f"{HOST_PREFIX}{index}"
+            port = base + index - 1
+            old = known.get(name)
+            if old is not None and old.port != port and self.supervisor(old):
+                raise LabError(
+                    f"{name} runs on port {old.port}, not {port}: run `nixherd lab down` first"
+                )
+            wanted.append(HostFiles(name=name, port=port, dir=self.host_dir(name)))
+        to_start = [host for host in wanted if self.supervisor(host) is None]
+        busy = [f"{h.name}: 127.0.0.1:{h.port}" for h in to_start if not port_free(h.port)]
+        if busy:
+            raise LabError("ports in use (choose another --base-port): " + ", ".join(busy))
+        for index, host in enumerate(wanted, start=1):
+            if host in to_start:
+                self._prepare(host, index, ids)
+        self._write_client_files()
+        if to_start:
+            process.run(
+                [sys.executable, "-I", BOOT_SCRIPT, "start", *(h.dir for h in to_start)],
+                timeout=60,
+                what="lab start",
+            )
+        self._wait(to_start, timeout)
+        return self.status()
+
+    def _account(self, settings: dict[str, Any], base: int) -> tuple[int, int]:
+        """The deploy user's uid and gid: free on the machine, chosen once per lab."""
+        if "deploy_uid" in settings:
+            uid, gid = int(settings["deploy_uid"]), int(settings["deploy_gid"])
+        else:
+            uid = gid = render.free_id(
+                Path("/etc/passwd").read_text(), Path("/etc/group").read_text()
+            )
+        settings.update({"base_port": base, "deploy_uid": uid, "deploy_gid": gid})
+        _write(os.path.join(self.dir, "lab.json"), json.dumps(settings, indent=2) + "\n")
+        return uid, gid
+
+    def _client_key(self) -> None:
+        if not os.path.exists(self.identity):
+            _keygen(self.identity, "nixherd-lab-client")
+
+    def _write_tools(self) -> None:
+        for tool in ("reboot", "poweroff", "halt"):
+            script = (
+                "#!/bin/sh\n"
+                f"# nixherd lab: `{tool}` inside a lab host ends that host's namespace only.\n"
+                f'exec {sys.executable} -I {BOOT_SCRIPT} {tool} "$@"\n'
+            )
+            _write(os.path.join(self.bin_dir, tool), script, mode=0o755)
+
+    def _prepare(self, host: HostFiles, index: int, ids: tuple[int, int]) -> None:
+        """Write the host's files (keys are made once and kept)."""
+        for sub in ("etc", "nix", "log", "home"):
+            os.makedirs(os.path.join(host.dir, sub), exist_ok=True)
+        _write(
+            os.path.join(host.dir, "host.json"),
+            json.dumps(
+                {"name": host.name, "port": host.port, "index": index, "bin_dir": self.bin_dir}
+            )
+            + "\n",
+        )
+        if not os.path.exists(host.host_key):
+            _keygen(host.host_key, f"{host.name}-host")
+        _write(os.path.join(host.dir, "sshd_config"), render.sshd_config(host, self.bin_dir))
+        public = Path(self.identity + ".pub").read_text()
+        _write(host.authorized_keys, render.authorized_keys(public))
+        home = os.path.join(host.dir, "home", render.DEPLOY_USER)
+        os.makedirs(home, exist_ok=True)
+        os.chown(home, *ids)
+        user = Account(uid=ids[0], gid=ids[1], home=home)
+        etc = os.path.join(host.dir, "etc")
+        machine = {name: Path("/etc", name).read_text() for name in ("passwd", "group", "hosts")}
+        _write(os.path.join(etc, "passwd"), render.passwd(machine["passwd"], user))
+        _write(os.path.join(etc, "group"), render.group(machine["group"], user))
+        _write(os.path.join(etc, "hosts"), render.hosts_file(machine["hosts"], host.name))
+        _write(os.path.join(etc, "sudoers"), render.sudoers(self.bin_dir), mode=0o440)
+        shadow = os.path.join(etc, "shadow")
+        _write(shadow, render.shadow(Path("/etc/shadow").read_text()), mode=0o640)
+        with contextlib.suppress(KeyError):
+            os.chown(shadow, 0, grp.getgrnam("shadow").gr_gid)
+
+    def _write_client_files(self) -> None:
+        hosts = self.hosts()
+        _write(self.ssh_config, render.ssh_config(hosts, self.identity, self.known_hosts))
+        entries = [(h, Path(h.host_key + ".pub").read_text()) for h in hosts]
+        _write(self.known_hosts, render.known_hosts(entries))
+
+    def _wait(self, hosts: Sequence[HostFiles], timeout: float) -> None:
+        pending = list(hosts)
+        deadline = time.monotonic() + timeout
+        while pending:
+            pending = [h for h in pending if not ssh_banner(h.port, timeout=0.5)]
+            if not pending:
+                return
+            dead = [h for h in pending if self.supervisor(h) is None]
+            if dead or time.monotonic() > deadline:
+                failed = dead or pending
+                raise LabError(
+                    "lab hosts did not come up: "
+                    + ", ".join(h.name for h in failed)
+                    + "\n"
+                    + "\n".join(_log_tail(h) for h in failed[:3])
+                )
+            time.sleep(0.05)
+
+    # down
+    def down(self, timeout: float = 15.0) -> list[str]:
+        """Stop every host of this directory (by recorded pid); return the names stopped."""
+        stopping: list[tuple[HostFiles, tuple[int, int]]] = []
+        namespaces: list[str] = []
+        for host in self.hosts():
+            supervisor = self.supervisor(host)
+            pidns = self.state(host).get("pidns")
+            if self.init_process(host) and pidns:
+                namespaces.append(pidns)
+            if supervisor is None:
+                self._kill_orphan(host)
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(supervisor[0], signal.SIGTERM)
+            stopping.append((host, supervisor))
+        deadline = time.monotonic() + timeout
+        while any(alive(record) for _, record in stopping) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for host, record in stopping:
+            if alive(record):
+                # The supervisor did not stop in time: end it and its host by recorded pid.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(record[0], signal.SIGKILL)
+                self._kill_orphan(host)
+        self._check_gone(namespaces)
+        return [host.name for host, _ in stopping]
+
+    def _kill_orphan(self, host: HostFiles) -> None:
+        init = self.init_process(host)
+        if init is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init[0], signal.SIGKILL)
+
+    def _check_gone(self, namespaces: Iterable[str]) -> None:
+        deadline = time.monotonic() + 5
+        left: list[int] = []
+        for pidns in namespaces:
+            while (left := namespace_pids(pidns)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if left:
+                raise LabError(f"processes of a lab host are still running: {left}")
+        mounts = mounts_under(self.dir)
+        if mounts:
+            raise LabError(f"mounts left below {self.dir}: {', '.join(mounts)}")
+
+    def purge(self) -> None:
+        """Delete the lab directory (hosts must be down): stores, keys and all."""
+        running = [h.name for h in self.hosts() if self.supervisor(h)]
+        if running:
+            raise LabError(f"hosts still running: {', '.join(running)}")
+        if os.path.isdir(self.dir):
+            # Store paths are read-only, which does not stop root (the lab runs as root).
+            shutil.rmtree(self.dir)
+
+
+def _keygen(path: str, comment: str) -> None:
+    process.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
+        what="ssh-keygen",
+    )
+
+
+def _write(path: str, text: str, mode: int = 0o644) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _log_tail(host: HostFiles, lines: int = 5) -> str:
+    parts = []
+    for name in ("supervisor.log", "console.log", "sshd.log"):
+        path = Path(host.log_dir, name)
+        with contextlib.suppress(OSError):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            if tail:
+                parts.append(f"{host.name} {name}:\n  " + "\n  ".join(tail))
+    return "\n".join(parts) or f"{host.name}: no logs in {host.log_dir}"
