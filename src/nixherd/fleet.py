@@ -7,12 +7,17 @@ nixpkgs dominate, so one process per node would cost minutes on a large fleet). 
 evaluation `throw`s is caught there with `builtins.tryEval`; errors tryEval cannot catch
 (a missing attribute, a type error) abort the whole process, so the batch is then split in halves
 until the failing nodes are isolated. tryEval gives no message, so each failing node is evaluated
-once more on its own to show Nix's own error.
+once more on its own to show Nix's own error. Every such diagnosis is one more nix process (that
+evaluates nixpkgs again), so they are rationed: past MAX_DIAGNOSES, a failing node is reported
+with the command that shows its error, and a batch that still fails as a whole is reported failed
+as a whole.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +26,10 @@ from nixherd import nix
 from nixherd.errors import CommandError, NixherdError
 
 CONFIGURATIONS = "nixosConfigurations"
+TOPLEVEL = "config.system.build.toplevel"
+
+# Extra nix processes one call may spend on finding and explaining failures.
+MAX_DIAGNOSES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,7 @@ def eval_nodes(
     *,
     timeout: float | None = None,
     extra: Sequence[str] = (),
+    max_diagnoses: int = MAX_DIAGNOSES,
 ) -> dict[str, NodeEval]:
     """Evaluate `config.system.build.toplevel` of `nixosConfigurations.<name>` for each name.
 
@@ -68,7 +78,7 @@ def eval_nodes(
     `nixosConfigurations` cannot be evaluated at all (the flake is missing or broken). `timeout`
     applies to each nix process.
     """
-    evaluator = _Evaluator(flake, timeout, tuple(extra))
+    evaluator = _Evaluator(flake, timeout, tuple(extra), max_diagnoses)
     results: dict[str, NodeEval] = {}
     for chunk in _chunks(list(dict.fromkeys(names))):
         results |= evaluator.batch(chunk)
@@ -95,10 +105,14 @@ def _chunks(names: list[str]) -> list[list[str]]:
 
 
 class _Evaluator:
-    def __init__(self, flake: str, timeout: float | None, extra: tuple[str, ...]) -> None:
+    def __init__(
+        self, flake: str, timeout: float | None, extra: tuple[str, ...], diagnoses: int
+    ) -> None:
+        self.flake = flake
         self.installable = f"{flake}#{CONFIGURATIONS}"
         self.timeout = timeout
         self.extra = extra
+        self.diagnoses = diagnoses
         self.known: frozenset[str] | None = None
 
     def _eval(self, apply: str) -> Any:
@@ -113,8 +127,15 @@ class _Evaluator:
             if exc.returncode is None:
                 raise
             self._check_flake(exc)
+            message = error_message(exc.output)
             if len(names) == 1:
-                return {names[0]: NodeEval(names[0], error=error_message(exc.output))}
+                return {names[0]: NodeEval(names[0], error=message)}
+            if self.diagnoses < 2:
+                together = f"evaluated together with {len(names) - 1} other nodes, one failed"
+                return {
+                    n: NodeEval(n, error=f"{together} (not isolated): {message}") for n in names
+                }
+            self.diagnoses -= 2
             middle = len(names) // 2
             return self.batch(names[:middle]) | self.batch(names[middle:])
         results: dict[str, NodeEval] = {}
@@ -143,6 +164,10 @@ class _Evaluator:
 
     def explain(self, name: str) -> NodeEval:
         """Evaluate one node without tryEval, so that Nix's own message comes out."""
+        if self.diagnoses < 1:
+            command = shlex.join(nix.nix_argv("eval", self.node_installable(name), *self.extra))
+            return NodeEval(name, error=f"evaluation failed; to see why: {command}")
+        self.diagnoses -= 1
         try:
             data = self._eval(_single_apply(name))
         except CommandError as exc:
@@ -157,9 +182,13 @@ class _Evaluator:
             error="evaluation failed with the other nodes but succeeded alone (impure module?)",
         )
 
+    def node_installable(self, name: str) -> str:
+        attr = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else nix.nix_string(name)
+        return f"{self.flake}#{CONFIGURATIONS}.{attr}.{TOPLEVEL}.drvPath"
+
 
 def _toplevel(name: str) -> str:
-    return f"configs.${{{nix.nix_string(name)}}}.config.system.build.toplevel"
+    return f"configs.${{{nix.nix_string(name)}}}.{TOPLEVEL}"
 
 
 def _batch_apply(names: Sequence[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,7 @@ import pytest
 from nixfleet import Fleet, write_fleet
 
 from nixherd import fleet as fleet_mod
-from nixherd import nix
+from nixherd import nix, process
 from nixherd.errors import CommandError
 
 pytestmark = pytest.mark.nix
@@ -140,3 +141,32 @@ def test_timeout_is_not_mistaken_for_a_node_error(tmp_path: Path) -> None:
     with pytest.raises(CommandError) as info:
         fleet_mod.eval_nodes(fleet.ref, ["db.1", "app-10-0-1-1"], timeout=2)
     assert info.value.returncode is None
+
+
+def test_diagnoses_are_rationed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = {"app.nix": '{ node, ... }: { x = throw "app ${node.host} is broken"; }'}
+    fleet = make(tmp_path, broken)
+    calls = count_evals(monkeypatch)
+    names = ["app-10-0-1-1", "app-10-0-1-2", "db.1"]
+    results = fleet_mod.eval_nodes(fleet.ref, names, max_diagnoses=1)
+    assert len(calls) == 2  # the batch, then one explanation
+    assert results["db.1"].ok
+    assert results["app-10-0-1-1"].error == "app 10.0.1.1 is broken"
+    error = results["app-10-0-1-2"].error
+    assert error is not None
+    prefix = "evaluation failed; to see why: "
+    assert error.startswith(prefix)
+    # The command given is one that works, and shows the message.
+    shown = process.run(shlex.split(error.removeprefix(prefix)), check=False)
+    assert shown.returncode == 1
+    assert "app 10.0.1.2 is broken" in shown.stderr
+
+
+def test_unisolated_batch_fails_as_a_whole(tmp_path: Path) -> None:
+    broken = {"db.nix": "{ config, ... }: { services.db.port = config.services.nope.port; }"}
+    fleet = make(tmp_path, broken)
+    results = fleet_mod.eval_nodes(fleet.ref, ["app-10-0-1-1", "db.1"], max_diagnoses=0)
+    for result in results.values():
+        assert result.error is not None
+        assert result.error.startswith("evaluated together with 1 other nodes, one failed")
+        assert "attribute 'nope' missing" in result.error
