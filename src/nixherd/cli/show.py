@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.inventory import load
 
     node = find(load(inventory_path(args)), args.node)
-    data = node.to_data()
-    origins = node.origins()
+    data = node.to_data(deployer=True)
+    origins = node.origins(deployer=True)
     if args.json:
         render.print_json({"node": data, "origins": _origin_names(origins), "source": node.source})
         return 0

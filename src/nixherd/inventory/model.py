@@ -8,7 +8,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from nixherd.inventory.schema import NODE_FIELDS
+from nixherd.inventory.schema import NIX_FIELDS, NODE_FIELDS
 
 
 class Origin(Enum):
@@ -44,6 +44,10 @@ class Node:
     vars: Mapping[str, Any] = field(hash=False)
     config: Mapping[str, Any] = field(hash=False)
     ssh_options: tuple[str, ...] = ()
+    # Deployer-side only, never in `to_data()` (so never in Nix): secrets to upload
+    # (nixherd.secrets) and runtime data files (nixherd.data), by entry name.
+    keys: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    data: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # The key path of the node's own table (`nodes.web-1`, `roles.vps.targets[2]`), for messages.
     source: str = field(default="", compare=False)
     # The tables the node was merged from, kept so that origins are computed only when asked for.
@@ -61,10 +65,11 @@ class Node:
         node.__dict__.update(fields)
         return node
 
-    def to_data(self) -> dict[str, Any]:
-        """The resolved node as JSON-able data, in the shape the Nix resolver produces."""
+    def to_data(self, *, deployer: bool = False) -> dict[str, Any]:
+        """The resolved node as JSON-able data, in the shape the Nix resolver produces; with
+        `deployer`, also the deployer-side fields Nix never sees (keys, data)."""
         data: dict[str, Any] = {"name": self.name, "role": self.role}
-        for f in NODE_FIELDS:
+        for f in NODE_FIELDS if deployer else NIX_FIELDS:
             data[f.name] = plain(getattr(self, f.name))
         return data
 
@@ -79,12 +84,12 @@ class Node:
             "tags": list(self.tags),
         }
 
-    def origins(self) -> dict[str, Any]:
-        """Where every value of `to_data()` came from, in the same shape: an `Origin` for a
-        scalar, one per element for a list field, one per leaf for vars/config."""
+    def origins(self, *, deployer: bool = False) -> dict[str, Any]:
+        """Where every value of `to_data(deployer=...)` came from, in the same shape: an `Origin`
+        for a scalar, one per element for a list field, one per leaf for vars/config."""
         from nixherd.inventory.resolve import provenance
 
-        return provenance(self)
+        return provenance(self, deployer=deployer)
 
 
 def plain(value: Any) -> Any:

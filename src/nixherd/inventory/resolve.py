@@ -326,11 +326,12 @@ def _field_origins(f_name: str, merge: Merge, node: Node) -> Any:
     return origins
 
 
-def provenance(node: Node) -> dict[str, Any]:
-    """The origin of every value of `node.to_data()`, in the same shape."""
+def provenance(node: Node, *, deployer: bool = False) -> dict[str, Any]:
+    """The origin of every value of `node.to_data(deployer=...)`, in the same shape."""
     own = node.layers[-1][0] if node.layers else Origin.NODE
     role_origin = Origin.DEFAULT if node.role is None else own
     result: dict[str, Any] = {"name": own, "role": role_origin}
     for f in NODE_FIELDS:
-        result[f.name] = _field_origins(f.name, f.merge, node)
+        if f.nix or deployer:
+            result[f.name] = _field_origins(f.name, f.merge, node)
     return result

@@ -74,6 +74,9 @@ class Field:
     doc: str
     default: Any = None
     required: Where = NOWHERE  # the tables where it must be given
+    # Part of the resolved node Nix sees (`to_data()`, `nixherd.nodes`); False for the
+    # deployer-side tables (keys, data) that are delivered without a rebuild.
+    nix: bool = True
 
     @property
     def is_node_field(self) -> bool:
@@ -89,7 +92,7 @@ MAX_USER = 32
 MAX_DEPTH = 32  # nesting inside vars/config/named tables
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1  # Nix integers are 64-bit; fromTOML silently clamps anything larger
-MAX_SHOWN = 60  # characters of a bad value quoted back in an error message
+MAX_SHOWN = 48  # characters of a bad value quoted back in an error message
 
 NAME_PATTERN = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 USER_PATTERN = "[A-Za-z_][A-Za-z0-9_.-]*"
@@ -136,8 +139,10 @@ def type_name(value: object) -> str:
 def shown(value: object) -> str:
     """A value quoted back to the user: escaped (no control or invisible characters) and short."""
     if isinstance(value, str):
-        text = json.dumps(value)
-    elif isinstance(value, bool):
+        if len(value) > MAX_SHOWN:
+            return json.dumps(value[:MAX_SHOWN])[:-1] + '..."'
+        return json.dumps(value)
+    if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, int):
         # Python refuses to print integers of thousands of digits; nobody wants to read them.
@@ -405,6 +410,153 @@ def _targets(value: Any) -> list[Issue] | None:
     return _one(f"must be an array of tables ([[roles.<role>.targets]]), {got(value)}")
 
 
+# --- keys and data: deployer-side tables (nixherd.secrets, nixherd.data) -------------------------
+# Never part of the Nix data: editing them must never change an evaluation or a build, and a
+# key's source (a path, a sops command) has no business in a NixOS module.
+
+MAX_PATH = 4096
+KEY_SOURCES: Final = ("file", "command", "env")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*").fullmatch
+# A login or group name (a trailing $ for machine accounts), or a numeric id.
+_OWNER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?|[0-9]{1,10}").fullmatch
+_MODE = re.compile(r"0?[0-7]{3}").fullmatch
+_CONTROL = re.compile(r"[\x00\n]").search
+
+
+def _absolute_path(value: Any) -> list[Issue] | None:
+    if (
+        type(value) is str
+        and value.startswith("/")
+        and not value.endswith("/")
+        and len(value) <= MAX_PATH
+        and not _CONTROL(value)
+    ):
+        return None
+    if not isinstance(value, str):
+        return _one(f"must be a string, {got(value)}")
+    return _one(f"must be an absolute file path without NUL or newline, got {shown(value)}")
+
+
+def _source_path(value: Any) -> list[Issue] | None:
+    if type(value) is str and value and len(value) <= MAX_PATH and not _CONTROL(value):
+        return None
+    if not isinstance(value, str):
+        return _one(f"must be a string, {got(value)}")
+    return _one(f"must be a non-empty path without NUL or newline, got {shown(value)}")
+
+
+def _argv(value: Any) -> list[Issue] | None:
+    if type(value) is not list or not value:
+        return _one(f"must be a non-empty array of strings (an argv), {got(value)}")
+    issues: list[Issue] = []
+    for index, word in enumerate(value):
+        if type(word) is not str:
+            issues.append((f"[{index}]", f"must be a string, {got(word)}"))
+        elif "\x00" in word or (index == 0 and not word):
+            issues.append((f"[{index}]", f"must be a string without NUL, got {shown(word)}"))
+    return issues or None
+
+
+def _choice(*choices: str) -> Check:
+    expected = " or ".join(json.dumps(c) for c in choices)
+
+    def check(value: Any) -> list[Issue] | None:
+        if type(value) is str and value in choices:
+            return None
+        return _one(f"must be {expected}, {got(value)}")
+
+    return check
+
+
+def _var_path(value: Any) -> list[Issue] | None:
+    from nixherd import template  # a light module (only `re`)
+
+    if type(value) is not str:
+        return _one(f"must be a string, {got(value)}")
+    try:
+        template.var_path(value)
+    except ValueError:
+        return _one(
+            f"must be a dotted var path like a.b (letters, digits, _, -), got {shown(value)}"
+        )
+    return None
+
+
+def _template(value: Any) -> list[Issue] | None:
+    from nixherd import template
+
+    if type(value) is not str:
+        return _one(f"must be a string, {got(value)}")
+    try:
+        template.check(value)
+    except ValueError as exc:
+        return _one(str(exc))
+    return None
+
+
+_owner = string(_OWNER, "a user or group name, or a numeric id", MAX_USER)
+_mode = string(_MODE, 'an octal mode string like "0400"', 4)
+
+_key_entry = record(
+    {
+        "file": _source_path,
+        "command": _argv,
+        "env": string(_ENV_NAME, "an environment variable name", 255),
+        "dest": _absolute_path,
+        "user": _owner,
+        "group": _owner,
+        "mode": _mode,
+        "upload": _choice("pre-activation", "post-activation"),
+    }
+)
+
+
+def _key(value: Any) -> list[Issue] | None:
+    """One key: exactly one source (file, command or env); a later layer replaces it whole."""
+    issues = _key_entry(value)
+    if type(value) is dict:
+        given = [k for k in KEY_SOURCES if k in value]
+        if len(given) != 1:
+            got_ = f" (got {' and '.join(given)})" if given else ""
+            issues = [
+                *(issues or []),
+                ("", f"needs exactly one source: file, command or env{got_}"),
+            ]
+    return issues
+
+
+_data_entry = record(
+    {
+        "path": _absolute_path,
+        "format": _choice("json", "toml", "text"),
+        "source": _var_path,
+        "template": _template,
+        "mode": _mode,
+        "user": _owner,
+        "group": _owner,
+        "reload": _argv,
+    },
+    required=("path",),
+)
+
+
+def _data(value: Any) -> list[Issue] | None:
+    """One data file: json/toml render `source` (or all vars), text renders `template`."""
+    issues = _data_entry(value)
+    if type(value) is dict:
+        text = value.get("format", "json") == "text"
+        extra: list[Issue] = []
+        if text and "template" not in value:
+            extra.append(("", 'format = "text" needs a template'))
+        if text and "source" in value:
+            extra.append((".source", 'only for format "json" or "toml" (text uses template)'))
+        if not text and "template" in value:
+            extra.append((".template", 'only for format = "text"'))
+        if extra:
+            issues = [*(issues or []), *extra]
+    return issues
+
+
 NODE_LAYERS: Final = Where.TARGET | Where.NODE
 
 FIELDS: tuple[Field, ...] = (
@@ -491,6 +643,26 @@ FIELDS: tuple[Field, ...] = (
         default=(),
     ),
     Field(
+        "keys",
+        "table of named keys (`keys.<name>`: file|command|env, dest, user, group, mode, upload)",
+        named_table(_key),
+        Merge.NAMED,
+        EVERY_LAYER,
+        "secrets uploaded over ssh without a rebuild, never via a Nix store (not in the Nix data)",
+        default={},
+        nix=False,
+    ),
+    Field(
+        "data",
+        "table of named files (`data.<name>`: path, format, source|template, mode, owner, reload)",
+        named_table(_data),
+        Merge.NAMED,
+        EVERY_LAYER,
+        "runtime data files rendered from vars and pushed without a rebuild (not in the Nix data)",
+        default={},
+        nix=False,
+    ),
+    Field(
         "ssh_config",
         "string (path relative to the inventory's directory)",
         _ssh_config,
@@ -526,6 +698,7 @@ FIELDS: tuple[Field, ...] = (
 
 BY_NAME: Final[dict[str, Field]] = {f.name: f for f in FIELDS}
 NODE_FIELDS: Final[tuple[Field, ...]] = tuple(f for f in FIELDS if f.is_node_field)
+NIX_FIELDS: Final[tuple[Field, ...]] = tuple(f for f in NODE_FIELDS if f.nix)
 TOP_LEVEL: Final = ("defaults", "roles", "nodes")
 
 # Per table kind, the fields allowed there.

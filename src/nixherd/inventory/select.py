@@ -145,8 +145,10 @@ class Selection:
         message = f"--on {_quote(self.text)} matches no node"
         if not nodes:
             return message + " (the inventory has no nodes)"
+        # Hints only for the names that exist nowhere (likely typos), not for a combination
+        # of real names that happens to leave nothing.
         hints = _close(
-            (p for p in self.pieces if p.op is Op.ADD and p.is_literal),
+            (p for p in self.pieces if p.op is Op.ADD and p.is_literal and not p.matching(nodes)),
             nodes,
         )
         return f"{message} (did you mean {', '.join(hints)}?)" if hints else message

@@ -1,0 +1,450 @@
+"""Validation: every rule of docs/inventory.md, with the exact message each problem gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from nixherd.errors import InventoryError
+from nixherd.inventory import loads
+from nixherd.inventory.schema import MAX_DEPTH
+
+NAME_RULE = "matching [A-Za-z0-9][A-Za-z0-9_.-]* (at most 63 characters)"
+HOST_RULE = "must be a hostname, an IPv4 or an IPv6 address"
+
+
+def problems(text: str | bytes) -> list[str]:
+    with pytest.raises(InventoryError) as caught:
+        loads(text)
+    return [str(p) for p in caught.value.problems]
+
+
+# (inventory text, every problem line expected, in order)
+CASES: list[tuple[str, str, list[str]]] = [
+    (
+        "unknown field, with a suggestion",
+        "[nodes.web-1]\nprot = 22\n",
+        ["inventory.toml: nodes.web-1.prot: unknown field (did you mean port?)"],
+    ),
+    (
+        "unknown field, nothing close",
+        "[nodes.web-1]\ncolour = 'red'\n",
+        ["inventory.toml: nodes.web-1.colour: unknown field"],
+    ),
+    (
+        "unknown top-level table",
+        "[node.web-1]\nhost = 'a'\n",
+        ["inventory.toml: node: unknown field (did you mean nodes?)"],
+    ),
+    (
+        "port out of range",
+        "[nodes.web-1]\nport = 70000\n",
+        ["inventory.toml: nodes.web-1.port: must be 1..65535, got 70000"],
+    ),
+    (
+        "port zero",
+        "[nodes.web-1]\nport = 0\n",
+        ["inventory.toml: nodes.web-1.port: must be 1..65535, got 0"],
+    ),
+    (
+        "a boolean is not an integer",
+        "[nodes.web-1]\nport = true\n",
+        ["inventory.toml: nodes.web-1.port: must be an integer, got boolean true"],
+    ),
+    (
+        "a string is not an integer",
+        "[nodes.web-1]\nport = '22'\n",
+        ['inventory.toml: nodes.web-1.port: must be an integer, got string "22"'],
+    ),
+    (
+        "port in defaults",
+        "[defaults]\nport = 99999\n",
+        ["inventory.toml: defaults.port: must be 1..65535, got 99999"],
+    ),
+    (
+        "tags must be an array",
+        "[nodes.a]\ntags = 'web'\n",
+        ['inventory.toml: nodes.a.tags: must be an array, got string "web"'],
+    ),
+    (
+        "vars must be a table",
+        "[roles.r]\nvars = [1]\n",
+        ["inventory.toml: roles.r.vars: must be a table, got array"],
+    ),
+    (
+        "unknown role, with a suggestion",
+        "[roles.web]\n[nodes.a]\nrole = 'wbe'\n",
+        ['inventory.toml: nodes.a.role: unknown role "wbe" (did you mean web?)'],
+    ),
+    (
+        "unknown role, no roles at all",
+        "[nodes.a]\nrole = 'web'\n",
+        ['inventory.toml: nodes.a.role: unknown role "web" (no roles are defined)'],
+    ),
+    (
+        "duplicate names from two targets",
+        "[[roles.web.targets]]\nhost = '10.0.0.1'\n[[roles.web.targets]]\nhost = '10.0.0.1'\n",
+        [
+            'inventory.toml: roles.web.targets[1]: node name "web-10-0-0-1" is already used '
+            "by roles.web.targets[0]"
+        ],
+    ),
+    (
+        "a target's name colliding with an explicit node",
+        "[nodes.web-10-0-0-1]\nhost = '10.9.9.9'\n[[roles.web.targets]]\nhost = '10.0.0.1'\n",
+        [
+            'inventory.toml: nodes.web-10-0-0-1: node name "web-10-0-0-1" is already used '
+            "by roles.web.targets[0]"
+        ],
+    ),
+    (
+        "a target's explicit name colliding with an explicit node",
+        "[nodes.db]\n[[roles.web.targets]]\nhost = '10.0.0.1'\nname = 'db'\n",
+        ['inventory.toml: nodes.db: node name "db" is already used by roles.web.targets[0]'],
+    ),
+    (
+        "two nodes on the same host and port",
+        "[nodes.a]\nhost = '10.0.0.1'\n[nodes.b]\nhost = '10.0.0.1'\n",
+        ['inventory.toml: nodes.b: host "10.0.0.1" port 22 is already used by node a'],
+    ),
+    (
+        "the same host under two spellings of its case",
+        "[nodes.a]\nhost = 'Web.example.com'\n[nodes.b]\nhost = 'web.EXAMPLE.com'\n",
+        ['inventory.toml: nodes.b: host "web.EXAMPLE.com" port 22 is already used by node a'],
+    ),
+    (
+        "a host defaulting to a name used as another node's host",
+        "[nodes.a]\nhost = 'b'\n[nodes.b]\n",
+        ['inventory.toml: nodes.b: host "b" port 22 is already used by node a'],
+    ),
+    (
+        "host starting with a dash",
+        "[nodes.a]\nhost = '-oProxyCommand=x'\n",
+        [f'inventory.toml: nodes.a.host: {HOST_RULE}, got "-oProxyCommand=x"'],
+    ),
+    (
+        "host with a shell metacharacter",
+        "[nodes.a]\nhost = 'a;b'\n",
+        [f'inventory.toml: nodes.a.host: {HOST_RULE}, got "a;b"'],
+    ),
+    (
+        "host with whitespace",
+        "[nodes.a]\nhost = 'a b'\n",
+        [f'inventory.toml: nodes.a.host: {HOST_RULE}, got "a b"'],
+    ),
+    (
+        "host with a newline (shown escaped)",
+        '[nodes.a]\nhost = "a\\nb"\n',
+        [f'inventory.toml: nodes.a.host: {HOST_RULE}, got "a\\nb"'],
+    ),
+    (
+        "host not an IPv6 address although it has colons",
+        "[nodes.a]\nhost = '1:2:3'\n",
+        [f'inventory.toml: nodes.a.host: {HOST_RULE}, got "1:2:3"'],
+    ),
+    (
+        "host too long",
+        "[nodes.a]\nhost = '" + "a." * 127 + "a'\n",
+        ["inventory.toml: nodes.a.host: must be at most 253 characters, got 255"],
+    ),
+    (
+        "host in defaults",
+        "[defaults]\nhost = 'x'\n",
+        [
+            "inventory.toml: defaults.host: not allowed in [defaults] "
+            "(only in [[roles.<role>.targets]], [nodes.<name>])"
+        ],
+    ),
+    (
+        "host in a role",
+        "[roles.r]\nhost = 'x'\n",
+        [
+            "inventory.toml: roles.r.host: not allowed in [roles.<role>] "
+            "(only in [[roles.<role>.targets]], [nodes.<name>])"
+        ],
+    ),
+    (
+        "user starting with a dash",
+        "[nodes.a]\nuser = '-oProxyCommand=x'\n",
+        [
+            "inventory.toml: nodes.a.user: must be a login name matching "
+            '[A-Za-z_][A-Za-z0-9_.-]*, got "-oProxyCommand=x"'
+        ],
+    ),
+    (
+        "user with a command substitution",
+        "[defaults]\nuser = 'root$(id)'\n",
+        [
+            "inventory.toml: defaults.user: must be a login name matching "
+            '[A-Za-z_][A-Za-z0-9_.-]*, got "root$(id)"'
+        ],
+    ),
+    (
+        "user too long",
+        "[nodes.a]\nuser = '" + "u" * 33 + "'\n",
+        ["inventory.toml: nodes.a.user: must be at most 32 characters, got 33"],
+    ),
+    (
+        "node name with a space",
+        "[nodes.'a b']\n",
+        [f'inventory.toml: nodes."a b": must be a node name {NAME_RULE}, got "a b"'],
+    ),
+    (
+        "node name starting with a dash",
+        "[nodes.-x]\nhost = 'x'\n",
+        [f'inventory.toml: nodes.-x: must be a node name {NAME_RULE}, got "-x"'],
+    ),
+    (
+        "role name with a shell metacharacter",
+        "[roles.'a|b']\n",
+        [f'inventory.toml: roles."a|b": must be a role name {NAME_RULE}, got "a|b"'],
+    ),
+    (
+        "tag with a space, reported at its index",
+        "[nodes.a]\ntags = ['ok', 'not ok']\n",
+        [f'inventory.toml: nodes.a.tags[1]: must be a tag {NAME_RULE}, got "not ok"'],
+    ),
+    (
+        "tag of the wrong type",
+        "[roles.r]\ntags = [1]\n",
+        ["inventory.toml: roles.r.tags[0]: must be a string, got integer 1"],
+    ),
+    (
+        "system without an os",
+        "[defaults]\nsystem = 'x86_64'\n",
+        [
+            "inventory.toml: defaults.system: must be a system like x86_64-linux "
+            '([a-z0-9_]+-[a-z0-9_]+), got "x86_64"'
+        ],
+    ),
+    (
+        "empty module path",
+        "[roles.r]\nmodules = ['']\n",
+        [
+            "inventory.toml: roles.r.modules[0]: must be a non-empty path without NUL or "
+            'newline, got ""'
+        ],
+    ),
+    (
+        "module path with a newline",
+        '[roles.r]\nmodules = ["a\\nb"]\n',
+        [
+            "inventory.toml: roles.r.modules[0]: must be a non-empty path without NUL or "
+            'newline, got "a\\nb"'
+        ],
+    ),
+    (
+        "ssh option without a value",
+        "[nodes.a]\nssh_options = ['ProxyJump jump']\n",
+        [
+            "inventory.toml: nodes.a.ssh_options[0]: must be Key=Value (Key letters only, "
+            'no whitespace), got "ProxyJump jump"'
+        ],
+    ),
+    (
+        "ssh option weakening host-key checking",
+        "[defaults]\nssh_options = ['StrictHostKeyChecking=no']\n",
+        [
+            "inventory.toml: defaults.ssh_options[0]: StrictHostKeyChecking may not be set: "
+            "nixherd always verifies host keys"
+        ],
+    ),
+    (
+        "ssh_config outside defaults",
+        "[nodes.a]\nssh_config = 'x'\n",
+        ["inventory.toml: nodes.a.ssh_config: not allowed in [nodes.<name>] (only in [defaults])"],
+    ),
+    (
+        "ssh_config with whitespace",
+        "[defaults]\nssh_config = 'my ssh config'\n",
+        [
+            "inventory.toml: defaults.ssh_config: must be a path without whitespace, "
+            'got "my ssh config"'
+        ],
+    ),
+    (
+        "role in a role",
+        "[roles.r]\nrole = 'x'\n",
+        ["inventory.toml: roles.r.role: not allowed in [roles.<role>] (only in [nodes.<name>])"],
+    ),
+    (
+        "name in an explicit node",
+        "[nodes.a]\nname = 'b'\n",
+        [
+            "inventory.toml: nodes.a.name: not allowed in [nodes.<name>] "
+            "(only in [[roles.<role>.targets]])"
+        ],
+    ),
+    (
+        "target without a host",
+        "[[roles.r.targets]]\nname = 'a'\n",
+        ["inventory.toml: roles.r.targets[0]: host is required"],
+    ),
+    (
+        "targets that are not tables",
+        "[roles.r]\ntargets = ['10.0.0.1']\n",
+        [
+            "inventory.toml: roles.r.targets: must be an array of tables "
+            "([[roles.<role>.targets]]), got array"
+        ],
+    ),
+    (
+        "a name made from role and host that is too long",
+        "[[roles.r.targets]]\nhost = '" + "h" * 63 + "'\n",
+        [
+            'inventory.toml: roles.r.targets[0]: the node name made from role and host, "r-'
+            + "h" * 46
+            + '...", is not a valid name: set `name`'
+        ],
+    ),
+    (
+        "defaults not a table",
+        "defaults = 5\n",
+        ["inventory.toml: defaults: must be a table, got integer 5"],
+    ),
+    (
+        "a node not a table",
+        "[nodes]\na = 1\n",
+        ["inventory.toml: nodes.a: must be a table, got integer 1"],
+    ),
+    (
+        "integer beyond 64 bits in vars",
+        "[nodes.a]\nvars = { n = 99999999999999999999 }\n",
+        [
+            "inventory.toml: nodes.a.vars.n: integer out of the 64-bit range, "
+            "got 99999999999999999999"
+        ],
+    ),
+    (
+        "date-time in config, deep down",
+        "[nodes.a.config.x]\nwhen = 1979-05-27T07:32:00Z\n",
+        [
+            "inventory.toml: nodes.a.config.x.when: date-time values are not supported "
+            "(Nix cannot read them)"
+        ],
+    ),
+    (
+        "infinity in a list in vars",
+        "[roles.r]\nvars = { xs = [1.0, inf] }\n",
+        ["inventory.toml: roles.r.vars.xs[1]: must be a finite number, got inf"],
+    ),
+    (
+        "NUL in a vars string and key",
+        '[nodes.a]\nvars = { s = "a\\u0000b", "k\\u0000" = 1 }\n',
+        [
+            "inventory.toml: nodes.a.vars.s: strings may not contain NUL (Nix would cut them "
+            "short)",
+            'inventory.toml: nodes.a.vars."k\\u0000": keys may not contain NUL',
+        ],
+    ),
+    (
+        "nesting too deep",
+        "[nodes.a.vars" + ".x" * (MAX_DEPTH + 1) + "]\n",
+        [
+            "inventory.toml: nodes.a.vars" + ".x" * (MAX_DEPTH - 1) + ": nested deeper than "
+            f"{MAX_DEPTH} levels"
+        ],
+    ),
+    (
+        "not TOML at all",
+        "[nodes.a\n",
+        ["inventory.toml: line 1, column 9: invalid TOML: "],
+    ),
+    (
+        "duplicate keys are a TOML error",
+        "[nodes.a]\nport = 1\nport = 2\n",
+        ["inventory.toml: line 3, column 1: invalid TOML: "],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_problem_messages(text: str, expected: list[str]) -> None:
+    found = problems(text)
+    if expected[0].endswith("invalid TOML: "):
+        assert len(found) == 1
+        assert found[0].startswith(expected[0])
+        assert len(found[0]) > len(expected[0])  # the parser's own words follow
+    else:
+        assert found == expected
+
+
+def test_every_problem_is_listed_in_document_order() -> None:
+    text = """
+[defaults]
+port = 0
+colour = "red"
+
+[roles.web]
+tags = ["a b"]
+
+[[roles.web.targets]]
+host = "-x"
+
+[nodes.db]
+role = "nope"
+user = "a;b"
+port = 70000
+"""
+    found = problems(text)
+    assert [p.split(": ")[1] for p in found] == [
+        "defaults.port",
+        "defaults.colour",
+        "roles.web.tags[0]",
+        "roles.web.targets[0].host",
+        "nodes.db.user",
+        "nodes.db.port",
+        "nodes.db.role",
+    ]
+
+
+def test_junk_bytes_name_their_line_and_column() -> None:
+    assert problems(b"[nodes.a]\nhost = '\xff'\n") == [
+        "inventory.toml: line 2, column 9: not valid UTF-8 (byte 0xff)"
+    ]
+
+
+def test_file_name_is_the_one_given() -> None:
+    with pytest.raises(InventoryError) as caught:
+        loads("[nodes.a]\nport = 0\n", file="fleet/prod.toml")
+    assert str(caught.value) == "fleet/prod.toml: nodes.a.port: must be 1..65535, got 0"
+
+
+def test_hostile_values_are_quoted_back_escaped() -> None:
+    (found,) = problems('[nodes.a]\ntags = ["\\u202e\\u0007x"]\n')
+    assert "\u202e" not in found and "\x07" not in found
+    assert found.endswith('got "\\u202e\\u0007x"')
+
+
+def test_huge_values_are_quoted_back_short() -> None:
+    (found,) = problems('[nodes.a]\nmodules = ["\\n' + "x" * 100_000 + '"]\n')
+    assert found.endswith('got "\\n' + "x" * 47 + '..."')
+
+
+def test_problems_carry_file_path_and_message_apart() -> None:
+    with pytest.raises(InventoryError) as caught:
+        loads("[nodes.a]\nport = 0\n")
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.path, problem.message) == (
+        "inventory.toml",
+        "nodes.a.port",
+        "must be 1..65535, got 0",
+    )
+    assert caught.value.exit_code == 2
+
+
+VALID = [
+    ("IPv6 host", "[nodes.a]\nhost = '2001:db8::1'\n"),
+    ("IPv6 host with a zone", "[nodes.a]\nhost = 'fe80::1%eth0'\n"),
+    ("hostname with a trailing dot", "[nodes.a]\nhost = 'a.example.com.'\n"),
+    ("one host on two ports", "[nodes.a]\nhost = 'h'\n[nodes.b]\nhost = 'h'\nport = 2222\n"),
+    ("an empty inventory", ""),
+    ("a role without nodes", "[roles.idle]\nmodules = ['x.nix']\n"),
+    ("hostile strings are fine inside vars", "[nodes.a.vars]\ns = '-oProxyCommand=x; rm -rf /'\n"),
+    ("the largest 64-bit integers", "[nodes.a.vars]\nhi = 9223372036854775807\n"),
+    ("ssh options", "[defaults]\nssh_options = ['ProxyJump=jump.example.com', 'Port=22']\n"),
+]
+
+
+@pytest.mark.parametrize("text", [v[1] for v in VALID], ids=[v[0] for v in VALID])
+def test_valid_inventories_load(text: str) -> None:
+    loads(text)
