@@ -131,10 +131,10 @@ class _Evaluator:
             if len(names) == 1:
                 return {names[0]: NodeEval(names[0], error=message)}
             if self.diagnoses < 2:
-                together = f"evaluated together with {len(names) - 1} other nodes, one failed"
-                return {
-                    n: NodeEval(n, error=f"{together} (not isolated): {message}") for n in names
-                }
+                others = len(names) - 1
+                together = f"evaluated with {others} other node{'s' if others > 1 else ''}"
+                error = f"{together}, one failed (not narrowed down further): {message}"
+                return {n: NodeEval(n, error=error) for n in names}
             self.diagnoses -= 2
             middle = len(names) // 2
             return self.batch(names[:middle]) | self.batch(names[middle:])

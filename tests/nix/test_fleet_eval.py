@@ -168,5 +168,5 @@ def test_unisolated_batch_fails_as_a_whole(tmp_path: Path) -> None:
     results = fleet_mod.eval_nodes(fleet.ref, ["app-10-0-1-1", "db.1"], max_diagnoses=0)
     for result in results.values():
         assert result.error is not None
-        assert result.error.startswith("evaluated together with 1 other nodes, one failed")
+        assert result.error.startswith("evaluated with 1 other node, one failed (not narrowed")
         assert "attribute 'nope' missing" in result.error
