@@ -193,14 +193,19 @@ let
         else
           specialArgs;
 
-      # With nixpkgs, a real mkDefault. Without it (a custom mkSystem such as the lab's), a plain
-      # value placed before the node's `config`, so a later-wins merge lets `config` override it.
-      hostNameModule =
-        name:
+      # `networking.hostName` defaults to the node's name at mkDefault's priority. Without nixpkgs
+      # (a custom mkSystem such as the lab's) there is no lib to call, so the value mkDefault
+      # returns is written out: the module system (NixOS's, the lab's) reads it the same way.
+      mkDefault =
         if nixpkgs != null then
-          { networking.hostName = nixpkgs.lib.mkDefault name; }
+          nixpkgs.lib.mkDefault
         else
-          { networking.hostName = name; };
+          content: {
+            _type = "override";
+            priority = 1000;
+            inherit content;
+          };
+      hostNameModule = name: { networking.hostName = mkDefault name; };
 
       # The node's modules, in resolved order, then its hostName default, then its inline config.
       nodeModules =

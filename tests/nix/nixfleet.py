@@ -13,6 +13,7 @@ from nixherd import nix
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "nix" / "lib.nix"
+LAB = REPO / "nix" / "lab.nix"
 STUB_SYSTEM = Path(__file__).with_name("stub_system.nix")
 
 # `args` is spliced into the mkFleet call: the stand-in mkSystem, stub colmena/deploy-rs inputs...
@@ -52,6 +53,7 @@ class Fleet:
 
 
 STUB_MK_SYSTEM = "mkSystem = import ./nixherd/stub_system.nix;"
+LAB_MK_SYSTEM = "(import ./nixherd/lab.nix).mkSystem"
 
 
 def write_fleet(
@@ -62,6 +64,7 @@ def write_fleet(
     (root / "nixherd").mkdir(parents=True, exist_ok=True)
     shutil.copy(LIB, root / "nixherd" / "lib.nix")
     shutil.copy(STUB_SYSTEM, root / "nixherd" / "stub_system.nix")
+    shutil.copy(LAB, root / "nixherd" / "lab.nix")
     (root / "flake.nix").write_text(FLAKE % {"args": args or STUB_MK_SYSTEM})
     (root / "inventory.toml").write_text(inventory)
     for name, text in (files or {}).items():

@@ -5,12 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from nixfleet import LIB, STUB_MK_SYSTEM, STUB_SYSTEM, Fleet, write_fleet
+from nixfleet import LAB_MK_SYSTEM, LIB, STUB_MK_SYSTEM, STUB_SYSTEM, Fleet, write_fleet
 
+from nixherd import fleet as fleet_mod
 from nixherd import nix
 from nixherd.errors import CommandError
 
 pytestmark = pytest.mark.nix
+
+
+def mk_default(value: str) -> dict[str, object]:
+    """What `lib.mkDefault value` is: mkFleet writes it out when it has no nixpkgs to call."""
+    return {"_type": "override", "priority": 1000, "content": value}
 
 
 def make_fleet(
@@ -93,10 +99,12 @@ def test_system_gets_node_modules_hostname_then_config(tmp_path: Path) -> None:
     assert db["modules"][0].startswith("/nix/store/")
     assert db["modules"][0].endswith("-source/roles/web.nix")
     assert db["modules"][1:] == [
-        {"networking": {"hostName": "db"}},
+        {"networking": {"hostName": mk_default("db")}},
         {"networking": {"hostName": "database"}, "boot": {"isContainer": True}},
     ]
-    assert recorded["web-10-0-0-1"]["modules"][1] == {"networking": {"hostName": "web-10-0-0-1"}}
+    assert recorded["web-10-0-0-1"]["modules"][1] == {
+        "networking": {"hostName": mk_default("web-10-0-0-1")}
+    }
     config = fleet.eval(
         "nixosConfigurations", apply="builtins.mapAttrs (_: c: c.config.networking)"
     )
@@ -178,22 +186,51 @@ def test_nixpkgs_gives_mkdefault_and_colmena_nixpkgs(tmp_path: Path) -> None:
     # functions mkFleet uses; mkSystem left out so that nixpkgs.lib.nixosSystem is the default.
     nixpkgs = """nixpkgs = {
         outPath = ./stub-nixpkgs;
-        lib.mkDefault = content: { _type = "override"; priority = 1000; inherit content; };
+        lib.mkDefault = content: { fromNixpkgs = true; inherit content; };
         lib.nixosSystem = import ./nixherd/stub_system.nix;
       };"""
     files = {**MODULES, "stub-nixpkgs/default.nix": "{ system }: { pkgsFor = system; }"}
     fleet = make_fleet(tmp_path, INVENTORY, files, args=nixpkgs)
     modules = fleet.eval("nixosConfigurations.web-10-0-0-1.recorded.modules")
     assert modules[1] == {
-        "networking": {
-            "hostName": {"_type": "override", "priority": 1000, "content": "web-10-0-0-1"}
-        }
+        "networking": {"hostName": {"fromNixpkgs": True, "content": "web-10-0-0-1"}}
     }
     meta = fleet.eval("colmena.meta")
     assert meta["nixpkgs"] == {"pkgsFor": "x86_64-linux"}
     # Only the node of another system than the default gets its own nixpkgs.
     assert meta["nodeNixpkgs"] == {"db": {"pkgsFor": "aarch64-linux"}}
     assert "pkgs" not in fleet.eval("nixosConfigurations.db.recorded.specialArgs")
+
+
+def test_with_the_lab_mk_system(tmp_path: Path) -> None:
+    """The lab's module system sees the hostName default at mkDefault's priority."""
+    inventory = """
+[roles.web]
+modules = ["web.nix"]
+[[roles.web.targets]]
+host = "10.0.0.1"
+name = "plain"
+[[roles.web.targets]]
+host = "10.0.0.2"
+name = "inline"
+config = { networking.hostName = "from-config" }
+[nodes.named]
+modules = ["web.nix", "named.nix"]
+"""
+    files = {
+        "web.nix": '{ node, ... }: { lab.version = node.vars.version or "1"; }',
+        # An ordinary definition, earlier in the module list than the default: it still wins.
+        "named.nix": '{ ... }: { networking.hostName = "from-module"; }',
+    }
+    fleet = make_fleet(tmp_path, inventory, files, args=f"mkSystem = {LAB_MK_SYSTEM};")
+    names = fleet.eval(
+        "nixosConfigurations", apply="builtins.mapAttrs (_: c: c.config.networking.hostName)"
+    )
+    assert names == {"plain": "plain", "inline": "from-config", "named": "from-module"}
+    # Its toplevel is named after the host name it got.
+    for name, result in fleet_mod.eval_nodes(fleet.ref, sorted(names)).items():
+        assert result.out_path is not None, result
+        assert result.out_path.endswith(f"-nixos-system-{names[name]}-1")
 
 
 def test_without_nixpkgs_or_mk_system_is_a_clear_error(tmp_path: Path) -> None:
