@@ -48,6 +48,8 @@ class Node:
     # (nixherd.secrets) and runtime data files (nixherd.data), by entry name.
     keys: Mapping[str, Any] = field(default_factory=dict, hash=False)
     data: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # Deployer-side only too: health checks (nixherd.deploy.checks), by name.
+    checks: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # The key path of the node's own table (`nodes.web-1`, `roles.vps.targets[2]`), for messages.
     source: str = field(default="", compare=False)
     # The tables the node was merged from, kept so that origins are computed only when asked for.

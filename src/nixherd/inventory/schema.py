@@ -557,6 +557,13 @@ def _data(value: Any) -> list[Issue] | None:
     return issues
 
 
+def _health_check(value: Any) -> list[Issue] | None:
+    """One `checks.<name>` entry; the check kinds are declared with the checks themselves."""
+    from nixherd.deploy.checks import validate  # loaded only for inventories that have checks
+
+    return validate(value)
+
+
 NODE_LAYERS: Final = Where.TARGET | Where.NODE
 
 FIELDS: tuple[Field, ...] = (
@@ -659,6 +666,17 @@ FIELDS: tuple[Field, ...] = (
         Merge.NAMED,
         EVERY_LAYER,
         "runtime data files rendered from vars and pushed without a rebuild (not in the Nix data)",
+        default={},
+        nix=False,
+    ),
+    Field(
+        "checks",
+        "table of named health checks (`checks.<name>`: command|http|tcp, status, body, "
+        "timeout, retries, interval)",
+        named_table(_health_check),
+        Merge.NAMED,
+        EVERY_LAYER,
+        "health checks run after activation, before the confirmation (not in the Nix data)",
         default={},
         nix=False,
     ),

@@ -60,6 +60,7 @@ def test_text(capsys: pytest.CaptureFixture[str], inventory: str) -> None:
         "ssh_options  ProxyJump=jump               target\n"
         "keys         {}\n"
         "data         {}\n"
+        "checks       {}\n"
     )
 
 

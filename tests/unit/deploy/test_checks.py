@@ -7,6 +7,7 @@ import shlex
 import socket
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,3 +260,65 @@ def test_run_checks_runs_all_and_reports(web: int) -> None:
     assert isinstance(events[0], StageStarted) and events[0].stage is Stage.CHECK
     assert isinstance(events[-1], StageFinished) and events[-1].stage is Stage.CHECK
     assert run_checks(conn(), [], emit=events.append) == ()
+
+
+# --- the inventory field ----------------------------------------------------------------------
+
+
+def test_inventory_checks_merge_by_name(tmp_path: Path) -> None:
+    from nixherd.inventory import load
+
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        """
+[defaults.checks.ssh]
+tcp = "{host}:22"
+[defaults.checks.site]
+http = "http://{host}/"
+
+[roles.web.checks.site]
+http = "http://{host}:8080/health"
+retries = 5
+
+[[roles.web.targets]]
+host = "10.0.0.1"
+
+[nodes.db]
+role = "web"
+[nodes.db.checks.ssh]
+command = ["true"]
+"""
+    )
+    inventory = load(str(path))
+    web = checks_of("web-10-0-0-1", inventory.nodes["web-10-0-0-1"].checks)
+    assert [(c.name, c.kind, c.url or c.address) for c in web] == [
+        ("ssh", CheckKind.TCP, "{host}:22"),
+        ("site", CheckKind.HTTP, "http://{host}:8080/health"),
+    ]
+    assert web[1].retries == 5
+    db = {c.name: c for c in checks_of("db", inventory.nodes["db"].checks)}
+    assert db["ssh"].command == ("true",)
+    # Deployer-side: Nix never sees the checks.
+    assert "checks" not in inventory.nodes["db"].to_data()
+
+
+def test_inventory_refuses_bad_checks_naming_the_key(tmp_path: Path) -> None:
+    from nixherd.errors import InventoryError
+    from nixherd.inventory import load
+
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        """
+[nodes.a.checks.web]
+http = "http://{host}/"
+retries = -1
+[nodes.a.checks.both]
+tcp = "x:1"
+command = ["true"]
+"""
+    )
+    with pytest.raises(InventoryError) as info:
+        load(str(path))
+    messages = [f"{p.path}: {p.message}" for p in info.value.problems]
+    assert "nodes.a.checks.web.retries: must be 0..1000, got -1" in messages
+    assert "nodes.a.checks.both: exactly one of command, http, tcp is required" in messages
