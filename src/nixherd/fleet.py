@@ -60,8 +60,17 @@ class FlakeError(NixherdError):
 
 
 def flake_for(inventory: str) -> str:
-    """The flake that holds an inventory: the directory the inventory file lives in."""
-    return os.path.dirname(os.path.abspath(inventory))
+    """The flake that holds an inventory: the directory the inventory file lives in.
+
+    Raises FlakeError when it has no flake.nix (nix would look further up, for another flake).
+    """
+    directory = os.path.dirname(os.path.abspath(inventory))
+    if not os.path.isfile(os.path.join(directory, "flake.nix")):
+        raise FlakeError(
+            f"no flake.nix next to the inventory in {directory}: Nix evaluates the nodes through "
+            "the flake beside it (see docs/nix-library.md)"
+        )
+    return directory
 
 
 def eval_nodes(

@@ -7,7 +7,6 @@ tests/nix/test_fleet_eval.py.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,7 +135,11 @@ def test_error_message(output: str, message: str) -> None:
 def test_flake_for_is_the_inventory_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "flake.nix").write_text("{ outputs = _: { }; }")
     monkeypatch.chdir(tmp_path)
     assert fleet.flake_for("inventory.toml") == str(tmp_path)
-    assert fleet.flake_for("/srv/fleet/inventory.toml") == "/srv/fleet"
-    assert os.path.isabs(fleet.flake_for("sub/inv.toml"))
+    assert fleet.flake_for(str(tmp_path / "inventory.toml")) == str(tmp_path)
+    # Without a flake.nix beside it, nix would go looking for one further up: refuse.
+    with pytest.raises(fleet.FlakeError, match=r"no flake.nix next to the inventory in /"):
+        fleet.flake_for("sub/inventory.toml")
