@@ -193,7 +193,7 @@ WRITERS: dict[str, Callable[[Any], str]] = {"rtoml": rtoml.dumps, "tomlkit": tom
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(
-    documents=st.lists(inventories(), min_size=1, max_size=12),
+    documents=st.lists(inventories(), min_size=2, max_size=14),
     writer=st.sampled_from(sorted(WRITERS)),
 )
 def test_resolvers_agree(documents: list[dict[str, Any]], writer: str) -> None:
