@@ -13,9 +13,11 @@ let
     concatMap
     concatStringsSep
     elem
+    elemAt
     filter
     foldl'
     fromTOML
+    genList
     isAttrs
     isPath
     length
@@ -87,8 +89,8 @@ let
 
   parseInventory = inventory: if isAttrs inventory then inventory else fromTOML (readFile inventory);
 
-  # Every node of the inventory as `{ name; origin; value; }` (origin only for messages), in
-  # inventory order: the fanned-out targets role by role, then the explicit nodes.
+  # Every node of the inventory as `{ name; origin; value; }` (origin, the key path of its table,
+  # only for messages): the fanned-out targets role by role, then the explicit nodes.
   nodeEntries =
     inv:
     let
@@ -99,23 +101,25 @@ let
         roleName:
         let
           role = roles.${roleName};
+          targets = role.targets or [ ];
         in
-        map (
-          target:
+        genList (
+          index:
           let
-            host = target.host or (throw "nixherd: a target of roles.${roleName} has no host");
+            target = elemAt targets index;
+            origin = "roles.${roleName}.targets[${toString index}]";
+            host = target.host or (throw "nixherd: ${origin} has no host");
             name = target.name or (fanOutName roleName host);
           in
           {
-            inherit name;
-            origin = "a target of roles.${roleName}";
+            inherit name origin;
             value = resolveNode name roleName [
               defaults
               role
               target
             ];
           }
-        ) (role.targets or [ ]);
+        ) (length targets);
       explicitNode =
         name:
         let

@@ -267,7 +267,7 @@ def test_target_without_host_is_named(tmp_path: Path) -> None:
     fleet = make_fleet(tmp_path, "[roles.web]\n[[roles.web.targets]]\nport = 2222\n")
     with pytest.raises(CommandError) as info:
         fleet.eval("nixherd.nodes")
-    assert "nixherd: a target of roles.web has no host" in info.value.output
+    assert "nixherd: roles.web.targets[0] has no host" in info.value.output
 
 
 def test_duplicate_name_names_node_and_origins(tmp_path: Path) -> None:
@@ -286,7 +286,7 @@ host = "10.0.0.3"
         fleet.eval("nixosConfigurations", apply="builtins.attrNames")
     message = info.value.output
     assert "duplicate node name 'web-10-0-0-1'" in message
-    assert "a target of roles.web, a target of roles.web, nodes.web-10-0-0-1" in message
+    assert "roles.web.targets[0], roles.web.targets[1], nodes.web-10-0-0-1" in message
 
 
 def test_pkgs_in_special_args_is_refused(tmp_path: Path) -> None:
