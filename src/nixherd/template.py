@@ -34,11 +34,16 @@ def _placeholder(expr: str) -> list[str] | None:
         return None
     head, dot, rest = text.partition(".")
     if head != "vars" or not dot:
-        raise ValueError(f"bad placeholder {{{expr}}}: use {{vars.a.b}} or {{name}}")
+        raise ValueError(_bad(expr))
     try:
         return var_path(rest)
     except ValueError:
-        raise ValueError(f"bad placeholder {{{expr}}}: use {{vars.a.b}} or {{name}}") from None
+        raise ValueError(_bad(expr)) from None
+
+
+def _bad(expr: str) -> str:
+    # repr: the text may hold newlines or escape sequences, and it is shown back to the user.
+    return f"bad placeholder {'{' + expr + '}'!r}: use {{vars.a.b}} or {{name}}"
 
 
 def check(template: str) -> None:
