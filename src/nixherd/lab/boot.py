@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import json
 import os
+import pwd
 import signal
 import socket
 import sys
@@ -371,6 +372,11 @@ class Init:
         socket.sethostname(self.name)
         for path, mode in (("/run/sshd", 0o755), ("/run/lab", 0o755), ("/nix/var/lab", 0o755)):
             os.makedirs(path, mode=mode, exist_ok=True)
+        # Home directories of the host's own users (in passwd below /nix/var/lab/home).
+        for user in pwd.getpwall():
+            if user.pw_dir.startswith("/nix/var/lab/home/") and not os.path.isdir(user.pw_dir):
+                os.makedirs(user.pw_dir, mode=0o755)
+                os.chown(user.pw_dir, user.pw_uid, user.pw_gid)
 
     def boot_system(self) -> str | None:
         """The system to activate at boot: the boot loader's choice, else the system profile."""
@@ -435,19 +441,15 @@ class Init:
         self.activate_at_boot()
         self.start_daemon("sshd")
         while True:
-            if self.restarts:
-                # A restart is due: poll, so orphans are reaped while it waits.
-                pid, status = os.waitpid(-1, os.WNOHANG)
-                if pid == 0:
-                    time.sleep(0.05)
-            else:
-                try:
-                    pid, status = os.wait()
-                except ChildProcessError:
-                    time.sleep(1)
-                    continue
+            try:
+                # With a restart due, poll, so orphans are still reaped while it waits.
+                pid, status = os.waitpid(-1, os.WNOHANG if self.restarts else 0)
+            except ChildProcessError:  # no child at all right now
+                pid, status = 0, 0
             if pid:
                 self.reaped(pid, status)
+            else:
+                time.sleep(0.05 if self.restarts else 0.5)
             now = time.monotonic()
             for name, due in list(self.restarts.items()):
                 if due <= now:

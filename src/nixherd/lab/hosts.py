@@ -8,7 +8,7 @@ Layout of a lab directory (DIR):
     DIR/bin/                        reboot, poweroff: on every host's PATH
     DIR/hosts/lab-N/                one host: host.json, sshd_config, host key, authorized_keys,
                                     etc/ (its passwd, group, shadow, sudoers, hosts), nix/ (its
-                                    /nix), home/deploy, log/, supervisor.pid and state.json
+                                    /nix), log/, supervisor.pid and state.json
 
 A host is its supervisor (`boot.py supervise`, tracked by pid and start time) and the namespaces
 it runs; everything else is plain files, kept across `down` so the next `up` finds the same keys
@@ -342,7 +342,7 @@ class Lab:
 
     def _prepare(self, host: HostFiles, index: int, ids: tuple[int, int]) -> None:
         """Write the host's files (keys are made once and kept)."""
-        for sub in ("etc", "nix", "log", "home"):
+        for sub in ("etc", "nix", "log"):
             os.makedirs(os.path.join(host.dir, sub), exist_ok=True)
         _write(
             os.path.join(host.dir, "host.json"),
@@ -356,10 +356,7 @@ class Lab:
         _write(os.path.join(host.dir, "sshd_config"), render.sshd_config(host, self.bin_dir))
         public = Path(self.identity + ".pub").read_text()
         _write(host.authorized_keys, render.authorized_keys(public))
-        home = os.path.join(host.dir, "home", render.DEPLOY_USER)
-        os.makedirs(home, exist_ok=True)
-        os.chown(home, *ids)
-        user = Account(uid=ids[0], gid=ids[1], home=home)
+        user = Account(uid=ids[0], gid=ids[1])
         etc = os.path.join(host.dir, "etc")
         machine = {name: Path("/etc", name).read_text() for name in ("passwd", "group", "hosts")}
         _write(os.path.join(etc, "passwd"), render.passwd(machine["passwd"], user))

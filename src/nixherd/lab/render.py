@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 # The login user every lab host has besides root, with passwordless sudo.
 DEPLOY_USER = "deploy"
+# Its home, in the host's own /nix (reachable whatever the permissions above the lab directory).
+DEPLOY_HOME = "/nix/var/lab/home/deploy"
 
 # Lab paths end up in ssh_config, sshd_config, passwd and NIX_SSHOPTS: none of them can carry
 # whitespace (nix splits NIX_SSHOPTS on it), `:` (passwd's separator), quotes or `#`.
@@ -58,7 +60,11 @@ def sshd_config(host: HostFiles, bin_dir: str) -> str:
             f"Port {host.port}",
             "ListenAddress 127.0.0.1",
             f"HostKey {host.host_key}",
-            f"AuthorizedKeysFile {host.authorized_keys}",
+            # Read as root: the lab directory may sit below a directory only root can enter,
+            # and sshd reads an AuthorizedKeysFile as the user logging in.
+            "AuthorizedKeysFile none",
+            f"AuthorizedKeysCommand /bin/cat {host.authorized_keys}",
+            "AuthorizedKeysCommandUser root",
             "PermitRootLogin prohibit-password",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
@@ -118,11 +124,11 @@ def known_hosts(entries: Sequence[tuple[HostFiles, str]]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """The deploy user's numeric ids and home, chosen once per lab."""
+    """The deploy user's numeric ids, chosen once per lab, and its home."""
 
     uid: int
     gid: int
-    home: str
+    home: str = DEPLOY_HOME
 
 
 def free_id(passwd: str, group: str, start: int = 2000) -> int:
