@@ -172,7 +172,7 @@ def build(
     failures: dict[str, ErrorInfo] = {}
     drvs = list(dict.fromkeys(systems[n].drv_path for n in names))
     try:
-        nix.realise(drvs, on_line=lambda line: emit(LogLine(RUN_WIDE, line)))
+        nix.realise(drvs, on_line=lambda line: _build_line(line, emit))
     except CommandError as exc:
         missing = nix.invalid_paths([systems[n].out_path for n in names])
         info = ErrorInfo.from_exception(exc)
@@ -192,6 +192,14 @@ def build(
     for name in names:
         emit(StageFinished(name, Stage.BUILD, seconds))
     return failures, seconds
+
+
+def _build_line(line: str, emit: EventSink) -> None:
+    # The realised paths (stdout, merged here) are reported per node; nix-store's hint about
+    # GC roots is noise for a deploy, which keeps roots only with --keep-result.
+    if line.startswith("/nix/store/") or "did not specify '--add-root'" in line:
+        return
+    emit(LogLine(RUN_WIDE, line))
 
 
 def deploy(
