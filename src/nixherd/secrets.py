@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any, Literal, Protocol
 
 from nixherd import process, transfer
-from nixherd.errors import CommandError, NixherdError
+from nixherd.errors import CommandError, NixherdError, UsageError
 from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
 from nixherd.ssh import Connection
 
@@ -238,6 +238,77 @@ def upload_keys(
         prepared = prepare_keys(node, base_dir=base_dir)
     upload = Upload(when) if isinstance(when, str) else when
     return upload_prepared(conn, prepared, upload, emit=emit)
+
+
+def _flake_root(flake: str, cwd: str) -> tuple[str, bool] | None:
+    """(directory Nix copies into the store, whether it copies only git-tracked files) for a
+    local flake reference; None for a remote one (github:, a registry name, ...)."""
+    ref = flake.split("?", 1)[0].split("#", 1)[0]
+    if ref.startswith("path:"):
+        return os.path.join(cwd, ref.removeprefix("path:")), False
+    if ref.startswith("git+file:"):
+        return os.path.join(cwd, ref.removeprefix("git+file:").removeprefix("//")), True
+    if ":" in ref or not (ref.startswith((".", "/")) or os.path.isdir(os.path.join(cwd, ref))):
+        return None
+    directory = os.path.join(cwd, ref)
+    # A plain path inside a git work tree is a git flake: Nix copies the tracked files only.
+    top = process.run(
+        ["git", "-C", directory, "rev-parse", "--show-toplevel"], check=False, timeout=30
+    )
+    if top.ok and top.stdout.strip():
+        return top.stdout.strip(), True
+    return directory, False
+
+
+def store_exposed(
+    nodes: Sequence[KeyedNode], *, base_dir: str, flake: str, cwd: str = "."
+) -> list[str]:
+    """Key `file` sources that Nix would copy into the (world-readable) store when it evaluates
+    `flake`: a file inside a `path:` flake, or tracked in a git flake. One message per key."""
+    found = _flake_root(flake, os.path.abspath(cwd))
+    if found is None:
+        return []
+    root, git_only = os.path.realpath(found[0]), found[1]
+    inside: list[tuple[str, KeySpec, str]] = []
+    for node in nodes:
+        for spec in key_specs(node, base_dir=base_dir):
+            if spec.kind is not SourceKind.FILE:
+                continue
+            real = os.path.realpath(spec.source[0])
+            if os.path.commonpath([root, real]) == root:
+                inside.append((node.name, spec, real))
+    if git_only and inside:
+        listed = process.run(
+            [
+                "git",
+                "-C",
+                root,
+                "ls-files",
+                "-z",
+                "--",
+                *(os.path.relpath(r, root) for *_, r in inside),
+            ],
+            check=False,
+            timeout=60,
+        )
+        tracked = {os.path.join(root, p) for p in listed.stdout.split("\0") if p}
+        inside = [entry for entry in inside if entry[2] in tracked]
+    how = "tracked in the git flake" if git_only else "inside the path: flake"
+    return [
+        f"{name}: key {spec.name!r}: {spec.source[0]} is {how} {root}: evaluating it would copy "
+        "the secret into the world-readable Nix store (keep the file outside the flake, or "
+        "use a command source such as sops -d)"
+        for name, spec, _ in inside
+    ]
+
+
+def refuse_store_exposed(
+    nodes: Sequence[KeyedNode], *, base_dir: str, flake: str, cwd: str = "."
+) -> None:
+    """Raise UsageError (before anything is evaluated) if `store_exposed` finds a key."""
+    problems = store_exposed(nodes, base_dir=base_dir, flake=flake, cwd=cwd)
+    if problems:
+        raise UsageError("\n".join(problems))
 
 
 def summary(results: Sequence[KeysResult]) -> tuple[int, int]:

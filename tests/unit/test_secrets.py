@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from nixherd import process, transfer
+from nixherd.errors import UsageError
 from nixherd.events import Event, LogLine
 from nixherd.process import LineCallback, Result
 from nixherd.secrets import (
@@ -26,6 +27,8 @@ from nixherd.secrets import (
     Upload,
     prepare_keys,
     read_source,
+    refuse_store_exposed,
+    store_exposed,
     upload_keys,
 )
 from nixherd.ssh import Connection, Target
@@ -293,3 +296,42 @@ def _uid(user: str) -> int:
     import pwd
 
     return pwd.getpwnam(user).pw_uid
+
+
+def _git(repo: Path, *args: str) -> None:
+    process.run(["git", "-C", str(repo), *args], timeout=30)
+
+
+def test_key_files_nix_would_copy_into_the_store_are_refused(tmp_path: Path) -> None:
+    flake = tmp_path / "fleet"
+    (flake / "secrets").mkdir(parents=True)
+    (flake / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    for name in ("tracked", "ignored", "untracked"):
+        (flake / "secrets" / name).write_text("s")
+    (tmp_path / "outside").write_text("s")
+    node = FakeNode(
+        "n1",
+        {name: {"file": f"secrets/{name}"} for name in ("tracked", "ignored", "untracked")}
+        | {"outside": {"file": "../outside"}, "cmd": {"command": ["sops", "-d", "x"]}},
+    )
+    base = str(flake)
+
+    def exposed(ref: str, cwd: str = base) -> list[str]:
+        found = store_exposed([node], base_dir=base, flake=ref, cwd=cwd)
+        return sorted(message.split("'")[1] for message in found)
+
+    # Not a git tree: a plain path is a path flake, and Nix copies all of it.
+    assert exposed(".") == ["ignored", "tracked", "untracked"]
+    assert exposed(f"path:{flake}?dir=.") == ["ignored", "tracked", "untracked"]
+    assert exposed("github:owner/repo") == []
+    # A git flake copies what git tracks (staged included), nothing else.
+    _git(flake, "init", "-q")
+    (flake / ".gitignore").write_text("secrets/ignored\n")
+    _git(flake, "add", "flake.nix", ".gitignore", "secrets/tracked")
+    assert exposed(".") == ["tracked"]
+    assert exposed(str(flake), cwd="/") == ["tracked"]
+    assert exposed(f"git+file://{flake}") == ["tracked"]
+    # ... unless it is asked for as a path: flake.
+    assert exposed(f"path:{flake}") == ["ignored", "tracked", "untracked"]
+    with pytest.raises(UsageError, match=r"n1: key 'tracked': .* world-readable Nix store"):
+        refuse_store_exposed([node], base_dir=base, flake=".", cwd=base)

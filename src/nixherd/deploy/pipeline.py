@@ -230,6 +230,9 @@ def deploy(
     run_stages: dict[str, float] = {}
     ctx = Context(options, ssh_config, base_dir, emit, cancel, delivery_for(options))
     interrupted = False
+    # Before Nix copies the flake into the store: a plaintext key file inside it would go along.
+    keyed = [cast(secrets.KeyedNode, n) for n in nodes if getattr(n, "keys", None)]
+    secrets.refuse_store_exposed(keyed, base_dir=base_dir, flake=options.flake)
 
     def fail(name: str, stage: Stage, error: ErrorInfo, seconds: float) -> None:
         node = _Node(name, emit)
