@@ -58,7 +58,10 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `only`, a parser holding just that command, which is
+    all that running it needs (importing and configuring every command module costs more than
+    `nixherd nodes` spends on its own work)."""
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="nixherd",
@@ -68,11 +71,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nixherd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         module = _load(module_name)
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
         module.configure(cmd)
         cmd.set_defaults(_run=module.run)
     return parser
+
+
+# The common options that take a value (the word after them is never the command).
+_VALUE_OPTIONS = frozenset({"-i", "--inventory"})
+
+
+def requested_command(args: Sequence[str]) -> str | None:
+    """The command named on the command line; None when the full parser is needed (no command
+    yet, --help or --version first, or a word that is no command, for argparse to report)."""
+    skip = False
+    for token in args:
+        if skip:
+            skip = False
+        elif token in ("-h", "--help", "--version", "--"):
+            return None
+        elif token.startswith("-"):
+            skip = token in _VALUE_OPTIONS
+        else:
+            return token if token in COMMANDS else None
+    return None
 
 
 def inventory_path(args: argparse.Namespace) -> str:
@@ -87,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from nixherd.errors import NixherdError
 
     try:
-        args = build_parser().parse_args(args_list)
+        args = build_parser(requested_command(args_list)).parse_args(args_list)
         code: int = args._run(args)
         return code
     except NixherdError as exc:
