@@ -17,6 +17,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import gc
+
+    # A short-lived process that frees nothing until it exits: the cyclic collector would only
+    # walk the whole loaded inventory (a full pass costs as much as selecting and printing).
+    gc.disable()
     from nixherd.cli import inventory_path, render
     from nixherd.inventory import Selection, load, select
 

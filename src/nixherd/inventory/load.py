@@ -3,6 +3,7 @@ and parse errors become InventoryError naming the file and the line."""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from pathlib import Path
@@ -45,7 +46,16 @@ def loads(
     """Validate and resolve an inventory given as TOML text; `file` names it in messages and
     `path` (default: `file`, made absolute) anchors relative paths such as ssh_config."""
     text = data if isinstance(data, str) else decode(data, file)
-    return resolve(parse(text, file), file=file, path=path or Path(file).absolute())
+    # Parsing and resolving allocate a dozen containers per node and free none of them: the
+    # cyclic collector would walk the growing heap again and again for nothing (a third of the
+    # time for 10,000 nodes). Reference counting still frees everything as usual.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return resolve(parse(text, file), file=file, path=path or Path(file).absolute())
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def decode(data: bytes, file: str) -> str:

@@ -26,6 +26,7 @@ from nixherd.inventory.schema import (
     check_node_name,
     check_role_name,
     got,
+    is_name,
     join,
     shown,
     unknown_field_message,
@@ -80,12 +81,21 @@ _MERGE_BY_FIELD: dict[str, Callable[[Any, Any], Any]] = {
 }
 _REPLACED = frozenset(f.name for f in NODE_FIELDS if f.merge is Merge.REPLACE)
 BUILTIN: Values = {f.name: f.default for f in NODE_FIELDS if f.default is not NODE_NAME}
+# Every key a node's storage ends up with, so that the per-node copy is made at its final size;
+# `add` fills in the placeholders (None, "", ()).
+_SKELETON: Values = {
+    "name": None,
+    "role": None,
+    **BUILTIN,
+    "host": None,
+    "source": "",
+    "layers": (),
+}
 
 
 def apply_layer(values: Values, layer: Mapping[str, Any]) -> Values:
     """`values` with one more (valid) layer merged on top; keys that are not node fields are
-    skipped (targets, name, role, ssh_config). `host` is the one field missing from `values`
-    until a node's layer sets it, and it is a replaced field."""
+    skipped (targets, name, role, ssh_config)."""
     out = values.copy()
     for key, value in layer.items():
         if key in _REPLACED:
@@ -94,6 +104,41 @@ def apply_layer(values: Values, layer: Mapping[str, Any]) -> Values:
             merge = _MERGE_BY_FIELD.get(key)
             if merge is not None:
                 out[key] = merge(out[key], value)
+    return out
+
+
+# Per table kind, each allowed key's validator and how it merges: `_replace`, a merge function,
+# or None for the keys that describe the table rather than the node (name, role, targets, ...).
+Plan = dict[str, tuple[Callable[[Any], Any], Callable[[Any, Any], Any] | None]]
+
+
+def _plan(schema: TableSchema) -> Plan:
+    merges = {f.name: MERGERS[f.merge] for f in NODE_FIELDS}
+    return {key: (check, merges.get(key)) for key, check in schema.checks.items()}
+
+
+_TARGET_PLAN = _plan(TARGET_TABLE)
+_NODE_PLAN = _plan(NODE_TABLE)
+
+
+def merge_checked(values: Values, table: Mapping[str, Any], plan: Plan) -> Values | None:
+    """`values` with `table` merged on top, validating as it goes; None at the first key that is
+    unknown or invalid (the caller then takes the slow path that reports every problem).
+
+    This is the path of every node of a valid inventory: one pass over the node's own keys.
+    """
+    out = values.copy()
+    for key, value in table.items():
+        step = plan.get(key)
+        if step is None:
+            return None
+        check, merge = step
+        if check(value) is not None:
+            return None
+        if merge is _replace:
+            out[key] = value
+        elif merge is not None:
+            out[key] = merge(out[key], value)
     return out
 
 
@@ -136,7 +181,7 @@ class _Resolver:
 
         defaults = self.table(doc.get("defaults", {}), "defaults") or {}
         defaults = self.layer(defaults, DEFAULTS_TABLE, "defaults")
-        base = apply_layer(BUILTIN, defaults)
+        base = apply_layer(_SKELETON, defaults)
         base_layers: tuple[Layer, ...] = ((Origin.DEFAULTS, defaults),) if defaults else ()
 
         roles = self.table(doc.get("roles", {}), "roles") or {}
@@ -155,24 +200,27 @@ class _Resolver:
             role = self.layer(role, ROLE_TABLE, role_path)
             values = role_values[role_name] = apply_layer(base, role)
             layers = role_layers[role_name] = (*base_layers, (Origin.ROLE, role))
-            for index, raw_target in enumerate(role.get("targets", ())):
+            prefix = role_name + "-"
+            for index, target in enumerate(role.get("targets", ())):
                 target_path = f"{role_path}.targets[{index}]"
-                target = self.layer(raw_target, TARGET_TABLE, target_path)
+                fields = merge_checked(values, target, _TARGET_PLAN)
+                if fields is None or fields["host"] is None:
+                    target = self.layer(target, TARGET_TABLE, target_path)
+                    fields = apply_layer(values, target)
                 name: str | None = target.get("name")
                 if name is None:
-                    host = target.get("host")
+                    host = fields["host"]
                     if host is None:
                         continue
-                    name = fanout_name(role_name, host)
-                    if name_ok and check_node_name(name) is not None:
+                    # fanout_name(), inlined: this loop runs once per target.
+                    name = prefix + host.replace(".", "-").replace(":", "-")
+                    if name_ok and not is_name(name):
                         self.report(
                             target_path,
                             f"the node name made from role and host, {shown(name)}, is not a valid "
                             "name: set `name`",
                         )
-                self.add(
-                    name, role_name, target, target_path, values, (*layers, (Origin.TARGET, target))
-                )
+                self.add(name, role_name, fields, target_path, (*layers, (Origin.TARGET, target)))
 
         for node_name, raw_node in nodes.items():
             node_path = join("nodes", node_name)
@@ -180,17 +228,27 @@ class _Resolver:
             node = self.table(raw_node, node_path)
             if node is None:
                 continue
-            node = self.layer(node, NODE_TABLE, node_path)
-            node_role: str | None = node.get("role")
+            node_role: Any = node.get("role")
+            fields = None
             if node_role is None:
                 values, layers = base, base_layers
-            elif node_role in role_values:
+                fields = merge_checked(values, node, _NODE_PLAN)
+            elif type(node_role) is str and node_role in role_values:
                 values, layers = role_values[node_role], role_layers[node_role]
-            else:
-                if node_role not in roles:
-                    self.report(join(node_path, "role"), unknown_role(node_role, roles))
-                values, layers = base, base_layers
-            self.add(node_name, node_role, node, node_path, values, (*layers, (Origin.NODE, node)))
+                fields = merge_checked(values, node, _NODE_PLAN)
+            if fields is None:
+                node = self.layer(node, NODE_TABLE, node_path)
+                node_role = node.get("role")
+                if node_role is None:
+                    values, layers = base, base_layers
+                elif node_role in role_values:
+                    values, layers = role_values[node_role], role_layers[node_role]
+                else:
+                    if node_role not in roles:
+                        self.report(join(node_path, "role"), unknown_role(node_role, roles))
+                    values, layers = base, base_layers
+                fields = apply_layer(values, node)
+            self.add(node_name, node_role, fields, node_path, (*layers, (Origin.NODE, node)))
 
         if self.problems:
             raise InventoryError(self.problems)
@@ -214,20 +272,18 @@ class _Resolver:
         self,
         name: str,
         role: str | None,
-        own: Mapping[str, Any],
+        fields: Values,
         source: str,
-        values: Values,
         layers: tuple[Layer, ...],
     ) -> None:
-        """Merge a node's own layer over its role's values and build it, after the checks that
-        span nodes: duplicate names, two nodes on one host and port."""
+        """Build a node from its merged fields, after the checks that span nodes: duplicate
+        names, two nodes on one host and port."""
         first = self.sources.get(name)
         if first is not None:
             self.report(source, f"node name {shown(name)} is already used by {first}")
             return
         self.sources[name] = source
-        fields = apply_layer(values, own)
-        if "host" not in fields:
+        if fields["host"] is None:
             fields["host"] = name
         endpoint = (fields["host"].lower(), fields["port"])
         other = self.endpoints.get(endpoint)

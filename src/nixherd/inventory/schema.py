@@ -724,6 +724,12 @@ ALLOWED: Final[dict[Where, dict[str, Field]]] = {
     where: {f.name: f for f in FIELDS if where in f.where} for where in WHERE_NAMES
 }
 
+
+def is_name(value: str) -> bool:
+    """Whether a string is a valid node, role or tag name (the quick yes/no, no message)."""
+    return len(value) <= MAX_NAME and _NAME(value) is not None
+
+
 check_node_name: Final = name_check("a node name")
 check_role_name: Final = name_check("a role name")
 

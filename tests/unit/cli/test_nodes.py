@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from nixherd import process
-from nixherd.cli import main
+from nixherd.cli import COMMANDS, build_parser, main, requested_command
 
 ROOT = Path(__file__).resolve().parents[3]
 SEED = ROOT / "examples" / "seed-fleet" / "inventory.toml"
@@ -174,3 +174,30 @@ def test_rich_table_on_a_terminal(
         ["nixos-ws", "nixos-ws", "192.168.234.194", "luck", "22", "workstation"],
     ]
     assert os.environ["NO_COLOR"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["nodes"], "nodes"),
+        (["-i", "x.toml", "nodes", "--json"], "nodes"),
+        (["--inventory", "nodes", "show", "a"], "show"),  # an inventory file named `nodes`
+        (["--inventory=x.toml", "check"], "check"),
+        (["--debug", "show", "--help"], "show"),
+        (["--help", "nodes"], None),
+        (["--version"], None),
+        (["bogus", "nodes"], None),
+        ([], None),
+    ],
+)
+def test_only_the_requested_command_is_loaded(argv: list[str], command: str | None) -> None:
+    assert requested_command(argv) == command
+
+
+def test_a_parser_for_one_command_or_for_all(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser("nodes").parse_args(["-i", "x.toml", "nodes", "--on", "@a"])
+    assert (args.inventory, args.on, args.json) == ("x.toml", "@a", False)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in COMMANDS)
