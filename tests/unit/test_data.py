@@ -28,8 +28,11 @@ from nixherd.data import (
     diff_node,
     push_node,
     render,
+    render_node,
 )
+from nixherd.errors import InventoryError
 from nixherd.events import Event, LogLine
+from nixherd.inventory import loads
 from nixherd.process import LineCallback, Result
 from nixherd.ssh import Connection, Target
 from nixherd.template import check as template_errors
@@ -281,3 +284,62 @@ def test_diff_shows_what_would_change(tmp_path: Path, conn: LocalConnection) -> 
     assert mode.ownership == "root:root 0644 -> root:root 0600"
     # A diff never writes.
     assert reload_count(tmp_path) == 1
+
+
+def _problems(toml: str) -> list[str]:
+    with pytest.raises(InventoryError) as caught:
+        loads(toml)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_inventory_data_is_validated_with_file_and_key_path() -> None:
+    assert _problems(
+        """
+[nodes.web]
+data.a = { format = "yaml", source = "a..b", reload = [""] }
+data.b = { path = "/etc/b", format = "text" }
+data.c = { path = "/etc/c", format = "text", source = "x", template = "{vars.x} {os.system}" }
+data.d = { path = "/etc/d/", template = "x", mode = "0644", user = "a;b" }
+"""
+    ) == [
+        'inventory.toml: nodes.web.data.a.format: must be "json" or "toml" or "text", '
+        'got string "yaml"',
+        "inventory.toml: nodes.web.data.a.source: must be a dotted var path like a.b "
+        '(letters, digits, _, -), got "a..b"',
+        'inventory.toml: nodes.web.data.a.reload[0]: must be a string without NUL, got ""',
+        "inventory.toml: nodes.web.data.a: path is required",
+        'inventory.toml: nodes.web.data.b: format = "text" needs a template',
+        "inventory.toml: nodes.web.data.c.template: bad placeholder '{os.system}': "
+        "use {vars.a.b} or {name}",
+        'inventory.toml: nodes.web.data.c.source: only for format "json" or "toml" '
+        "(text uses template)",
+        "inventory.toml: nodes.web.data.d.path: must be an absolute file path without NUL or "
+        'newline, got "/etc/d/"',
+        "inventory.toml: nodes.web.data.d.user: must be a user or group name, or a numeric id, "
+        'got "a;b"',
+        'inventory.toml: nodes.web.data.d.template: only for format = "text"',
+    ]
+
+
+def test_inventory_data_merges_by_name_and_renders_per_node() -> None:
+    inventory = loads(
+        """
+[roles.web]
+vars = { domains = { "a.example" = "10.0.0.1:80" } }
+data.backends = { path = "/etc/app/backends.json", source = "domains" }
+[[roles.web.targets]]
+host = "10.0.0.1"
+[[roles.web.targets]]
+host = "10.0.0.2"
+vars = { domains = { "b.example" = "10.0.0.9:80" } }
+data.motd = { path = "/etc/motd", format = "text", template = "{name}" }
+"""
+    )
+    one, two = inventory.nodes["web-10-0-0-1"], inventory.nodes["web-10-0-0-2"]
+    assert sorted(one.data) == ["backends"] and sorted(two.data) == ["backends", "motd"]
+    assert "data" not in one.to_data()
+    (rendered,) = render_node(one)
+    assert json.loads(rendered.content) == {"a.example": "10.0.0.1:80"}
+    backends, motd = render_node(two)
+    assert json.loads(backends.content) == {"a.example": "10.0.0.1:80", "b.example": "10.0.0.9:80"}
+    assert motd.content == b"web-10-0-0-2"

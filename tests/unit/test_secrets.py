@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from nixherd import process, transfer
-from nixherd.errors import UsageError
+from nixherd.errors import InventoryError, UsageError
 from nixherd.events import Event, LogLine
+from nixherd.inventory import loads
 from nixherd.process import LineCallback, Result
 from nixherd.secrets import (
     KeySourceError,
@@ -335,3 +336,55 @@ def test_key_files_nix_would_copy_into_the_store_are_refused(tmp_path: Path) -> 
     assert exposed(f"path:{flake}") == ["ignored", "tracked", "untracked"]
     with pytest.raises(UsageError, match=r"n1: key 'tracked': .* world-readable Nix store"):
         refuse_store_exposed([node], base_dir=base, flake=".", cwd=base)
+
+
+def _problems(toml: str) -> list[str]:
+    with pytest.raises(InventoryError) as caught:
+        loads(toml)
+    return [str(p) for p in caught.value.problems]
+
+
+def test_inventory_keys_are_validated_with_file_and_key_path() -> None:
+    assert _problems(
+        """
+[nodes.web]
+keys.a = { file = "x", env = "Y" }
+keys.b = { command = [] }
+keys.c = { env = "A B", dest = "run/keys/c", mode = "644x", user = "-oX", upload = "later" }
+keys.d = { env = "A", colour = "red" }
+"""
+    ) == [
+        "inventory.toml: nodes.web.keys.a: needs exactly one source: file, command or env "
+        "(got file and env)",
+        "inventory.toml: nodes.web.keys.b.command: must be a non-empty array of strings (an argv), "
+        "got array",
+        'inventory.toml: nodes.web.keys.c.env: must be an environment variable name, got "A B"',
+        "inventory.toml: nodes.web.keys.c.dest: must be an absolute file path without NUL or "
+        'newline, got "run/keys/c"',
+        'inventory.toml: nodes.web.keys.c.mode: must be an octal mode string like "0400", '
+        'got "644x"',
+        "inventory.toml: nodes.web.keys.c.user: must be a user or group name, or a numeric id, "
+        'got "-oX"',
+        'inventory.toml: nodes.web.keys.c.upload: must be "pre-activation" or '
+        '"post-activation", got string "later"',
+        "inventory.toml: nodes.web.keys.d.colour: unknown field",
+    ]
+
+
+def test_inventory_keys_merge_by_name_and_stay_out_of_the_nix_data() -> None:
+    inventory = loads(
+        """
+[defaults]
+keys.shared = { env = "A" }
+keys.token = { env = "OLD", mode = "0440" }
+[roles.web]
+keys.token = { file = "t" }
+[nodes.n1]
+role = "web"
+"""
+    )
+    node = inventory.nodes["n1"]
+    # A later layer replaces a key of the same name whole (no field of the old entry remains).
+    assert node.keys == {"shared": {"env": "A"}, "token": {"file": "t"}}
+    assert "keys" not in node.to_data()
+    assert node.to_data(deployer=True)["keys"] == node.keys
