@@ -375,7 +375,9 @@ def run_node(
     options = ctx.options
     goal = options.goal
     try:
-        prepared = _prepare_keys(ctx, node, track) if goal.activates else None
+        # dry-activate changes nothing on the node: no keys either.
+        uploads = goal.activates and goal is not Goal.DRY_ACTIVATE
+        prepared = _prepare_keys(ctx, node, track) if uploads else None
         with Connection(target_of(node, ctx.ssh_config)) as conn:
             with track.stage(Stage.PROBE):
                 state = probe(conn, system.out_path)
