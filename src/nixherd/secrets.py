@@ -193,7 +193,6 @@ def upload_prepared(
     when: Upload | None,
     *,
     emit: EventSink,
-    force: bool = False,
 ) -> KeysResult:
     """Write the node's keys for `when` (None: all of them) that differ on the node."""
     keys = prepared.keys if when is None else prepared.when(when)
@@ -206,7 +205,7 @@ def upload_prepared(
     sent: list[str] = []
     unchanged: list[str] = []
     for key, remote in zip(keys, current, strict=True):
-        if not force and remote is not None and remote.matches(key.digest, key.spec.ownership):
+        if remote is not None and remote.matches(key.digest, key.spec.ownership):
             unchanged.append(key.spec.name)
             continue
         transfer.write(conn, key.spec.dest, key.content, key.spec.ownership)

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.errors import NixherdError
     from nixherd.events import Outcome
     from nixherd.fleetops import connect, on_nodes
-    from nixherd.secrets import KeysResult, upload_keys
+    from nixherd.secrets import KeysResult, summary, upload_keys
 
     inventory, names = load_selection(args)
     base_dir = str(inventory.path.parent)
@@ -119,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = "ok" if r.sent else "up to date"
         return {"outcome": outcome, "sent": list(r.sent), "unchanged": list(r.unchanged)}
 
-    done = [r for r in results.values() if isinstance(r, KeysResult)]
-    sent = sum(len(r.sent) for r in done)
-    same = sum(len(r.unchanged) for r in done)
+    sent, same = summary([r for r in results.values() if isinstance(r, KeysResult)])
     skipped = len(names) - len(with_keys)
     totals = f"{sent} keys sent, {same} unchanged on {len(with_keys)} nodes"
     if skipped:
