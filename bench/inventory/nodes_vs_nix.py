@@ -1,7 +1,7 @@
 """Benchmark: `nixherd nodes --on @TAG --json` on a large inventory, as a whole process, against
 the same listing computed by Nix alone (`nix-instantiate --eval` over `builtins.fromTOML`).
 
-    .venv/bin/python bench/inventory/run.py [--nodes 10000] [--runs 20] [--tag dc-1]
+    bench/inventory/run.sh [--nodes 10000] [--runs 20] [--tag dc-1]
 
 Generates the inventory (bench/inventory/gen.py), checks that both listings are identical,
 times both with hyperfine (results in bench/out/), prints the medians and their ratio, and exits
