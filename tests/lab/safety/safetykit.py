@@ -1,0 +1,189 @@
+"""Helpers for the safety tests: a pool of fresh lab hosts, generated fleets whose nodes can
+misbehave on purpose (lab.fail.*), running nixherd as a separate process, watching a host."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rtoml
+from labkit import REPO, LabHosts, free_ports
+
+from nixherd import process
+from nixherd.errors import LabError
+from nixherd.process import Result
+
+NODE_MODULE = """{ node, ... }: {
+  lab.version = node.vars.version;
+  lab.files."app/version" = node.vars.version;
+  lab.service = node.vars.service or null;
+  lab.fail = node.vars.fail or { };
+  lab.payload = node.vars.payload or { };
+}
+"""
+
+
+@dataclass
+class HostPool:
+    """Lab hosts handed out to tests: every call gives hosts no earlier test used."""
+
+    lab: LabHosts
+    base: int
+    limit: int
+
+    def take(self, n: int) -> list[str]:
+        first = len(self.lab.names) + 1
+        total = first + n - 1
+        if total > self.limit:
+            raise LabError(f"the safety lab has room for {self.limit} hosts")
+        self.lab.lab.up(total, base_port=self.base)
+        names = [f"lab-{i}" for i in range(first, total + 1)]
+        self.lab.names.extend(names)
+        return names
+
+
+@dataclass
+class Fleet:
+    """A generated fleet (a `path:` flake) whose nodes are lab hosts, and nixherd run over it."""
+
+    dir: Path
+    lab: LabHosts
+    # node name -> lab host name
+    hosts: dict[str, str] = field(default_factory=dict)
+    service_ports: dict[str, int] = field(default_factory=dict)
+    runs: int = 0
+
+    @property
+    def flake(self) -> str:
+        return f"path:{self.dir}"
+
+    @property
+    def inventory(self) -> Path:
+        return self.dir / "inventory.toml"
+
+    def port(self, node: str) -> int:
+        """The node's service port (free on the machine: lab hosts share its network)."""
+        if node not in self.service_ports:
+            self.service_ports[node] = free_ports(1)[0]
+        return self.service_ports[node]
+
+    def write(self, nodes: Mapping[str, Mapping[str, Any]]) -> None:
+        """The inventory: node -> {"vars": ..., "checks": ...}; every node is a lab host."""
+        table: dict[str, Any] = {}
+        for name, spec in nodes.items():
+            host = self.hosts[name]
+            table[name] = {"host": "127.0.0.1", "port": self.lab.port(host), **spec}
+        data = {
+            "defaults": {
+                "ssh_config": self.lab.ssh_config,
+                "modules": ["node.nix"],
+                "vars": {"version": "1"},
+            },
+            "nodes": table,
+        }
+        self.inventory.write_text(rtoml.dumps(data))
+
+    def argv(self, *args: str) -> list[str]:
+        argv = [sys.executable, "-m", "nixherd", "-i", str(self.inventory), *args]
+        if args and args[0] in ("apply", "diff"):
+            argv += ["--flake", self.flake]
+        return argv
+
+    def nixherd(self, *args: str, timeout: float = 600) -> Result:
+        return process.run(self.argv(*args), cwd=str(self.dir), check=False, timeout=timeout)
+
+    def report_path(self) -> Path:
+        self.runs += 1
+        return self.dir / f"report-{self.runs}.json"
+
+    def apply(self, *args: str) -> tuple[Result, dict[str, Any]]:
+        """`nixherd apply ARGS --json FILE`: the process's result and the report."""
+        report = self.report_path()
+        result = self.nixherd("apply", *args, "--json", str(report))
+        data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
+        return result, data
+
+    def current(self, node: str) -> str | None:
+        """What the node's host runs, read through its pid 1's root (no ssh involved)."""
+        system: str | None = self.lab.status(self.hosts[node]).system
+        return system
+
+    def profile(self, node: str) -> str:
+        result = self.lab.ssh(
+            self.hosts[node], "readlink", "-f", "/nix/var/nix/profiles/system", check=False
+        )
+        return result.stdout.strip()
+
+
+def make_fleet(root: Path, lab: LabHosts, hosts: Mapping[str, str]) -> Fleet:
+    (root / "nixherd").mkdir(parents=True)
+    for name in ("default.nix", "lib.nix", "lab.nix"):
+        shutil.copy(REPO / "nix" / name, root / "nixherd" / name)
+    (root / "flake.nix").write_text(
+        "{ outputs = { self }: let nh = import ./nixherd; in nh.mkFleet {\n"
+        "  inventory = ./inventory.toml; root = ./.; inherit (nh.lab) mkSystem; }; }\n"
+    )
+    (root / "node.nix").write_text(NODE_MODULE)
+    return Fleet(root, lab, dict(hosts))
+
+
+def by_node(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["node"]: n for n in report["nodes"]}
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (from /proc)."""
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may hold spaces: the ppid follows it.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children(todo.pop()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def wait_for(
+    predicate: Any, timeout: float, interval: float = 0.02, what: str = "condition"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def versions(paths: Sequence[str | None]) -> list[str | None]:
+    """The version part of lab system paths (nixos-system-<node>-<version>)."""
+    return [p.rsplit("-", 1)[1] if p else None for p in paths]
