@@ -52,6 +52,8 @@ class Call:
             return words[5]
         if words[0] == "sh" and words[1].endswith("/watchdog.sh"):
             return words[3]
+        if words[:2] == ["sh", "-s"]:
+            return words[4]
         return words[0]
 
     @property
@@ -59,7 +61,7 @@ class Call:
         return "ControlPath=none" in self.argv
 
 
-Reply = tuple[int, str] | Exception
+Reply = tuple[int, str] | BaseException
 
 
 @dataclass
@@ -88,7 +90,7 @@ class FakeNode:
         self.calls.append(call)
         queue = self.replies[call.mode]
         reply = queue.pop(0) if len(queue) > 1 else queue[0]
-        if isinstance(reply, Exception):
+        if isinstance(reply, BaseException):
             raise reply
         code, out = reply
         if on_line is not None:
@@ -409,3 +411,72 @@ def test_watchdog_is_valid_posix_sh(shell: str) -> None:
 def test_identity_is_safe_for_the_lock() -> None:
     identity = activation.deployer_identity()
     assert identity and all(c.isalnum() or c in "@._-" for c in identity)
+
+
+def test_parse_generations_and_the_previous_one() -> None:
+    gens = activation.parse_generations(
+        f"current={TOP}\nprofile=7\n"
+        f"generation=5 {PREV}\ngeneration=7 {TOP}\ngeneration=6 {PREV}\n"
+        "generation=x /nowhere\n"
+    )
+    assert gens.current == TOP
+    assert gens.profile == 7
+    assert gens.systems == {5: PREV, 6: PREV, 7: TOP}
+    assert gens.previous() == 6
+    assert activation.parse_generations("current=\nprofile=\n").previous() is None
+    only = activation.parse_generations(f"current={TOP}\nprofile=1\ngeneration=1 {TOP}\n")
+    assert only.previous() is None
+
+
+def test_rollback_switches_the_profile_to_the_previous_generation(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    info = f"current={TOP}\nprofile=7\ngeneration=6 {PREV}\ngeneration=7 {TOP}\n"
+    node = fake(
+        {
+            "info": [(0, info)],
+            "start": [started(TOP)],
+            "wait": [(0, marker("waiting"))],
+            "confirm": [(0, "@nixherd status=confirmed\n")],
+        }
+    )
+    gens, result = activation.rollback(connection(), node="web-1", emit=ignore)
+    assert result.status == "confirmed"
+    assert gens.previous() == 6
+    info_call, start = node.calls[0], node.calls[1]
+    assert info_call.words == ["sh", "-s", "--", "-", "info"]
+    assert info_call.input == activation.watchdog_script()
+    # switch to PREV by moving the profile to generation 6, with magic rollback.
+    assert start.words[6:10] == ["switch", PREV, "gen:6", "1"]
+
+
+def test_rollback_without_a_previous_generation(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    node = fake({"info": [(0, f"current={TOP}\nprofile=1\ngeneration=1 {TOP}\n")]})
+    with pytest.raises(ActivationError, match="no previous generation"):
+        activation.rollback(connection(), node="web-1", emit=ignore)
+    assert node.modes() == ["info"]
+
+
+def test_ctrl_c_during_activation_finishes_the_node_then_reraises(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    node = fake(
+        {
+            "start": [started()],
+            "wait": [KeyboardInterrupt(), (0, marker("waiting"))],
+            "confirm": [(0, "@nixherd status=confirmed\n")],
+        }
+    )
+    with pytest.raises(KeyboardInterrupt):
+        activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+    # Interrupted while waiting: it waited again and confirmed before giving up the thread.
+    assert node.modes() == ["start", "wait", "wait", "confirm"]
+
+
+def test_a_second_ctrl_c_stops_waiting(fake: Callable[[dict[str, list[Reply]]], FakeNode]) -> None:
+    node = fake({"start": [started()], "wait": [KeyboardInterrupt()]})
+    with pytest.raises(KeyboardInterrupt):
+        activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+    assert node.modes() == ["start", "wait", "wait"]
