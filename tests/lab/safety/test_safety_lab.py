@@ -382,3 +382,21 @@ def test_rollback_returns_each_node_to_its_previous_generation(
     assert "no previous generation" in nodes["bravo"]["error"]["message"]
     bravo = fleet.current("bravo")
     assert bravo is not None and bravo.endswith("-bravo-1")
+
+
+def test_non_root_user_activates_and_confirms_through_sudo(hosts: HostPool, tmp_path: Path) -> None:
+    (a,) = hosts.take(1)
+    fleet = make_fleet(tmp_path, hosts.lab, {"alpha": a})
+    fleet.write({"alpha": {"user": "deploy", "vars": {"version": "1"}}})
+    result, _ = fleet.apply("switch")
+    assert result.ok, out(result)
+    fleet.write(
+        {"alpha": {"user": "deploy", "vars": {"version": "2", "fail": {"activation": True}}}}
+    )
+    result, data = fleet.apply("switch")
+    assert by_node(data)["alpha"]["result"] == "rolled back", out(result)
+    now = fleet.current("alpha")
+    assert now is not None and now.endswith("-alpha-1")
+    # The watchdog's state is root's alone.
+    mode = hosts.lab.ssh(a, "stat", "-c", "%U %a", "/run/nixherd").stdout.split()
+    assert mode == ["root", "700"]
