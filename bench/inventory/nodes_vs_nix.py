@@ -4,8 +4,12 @@ the same listing computed by Nix alone (`nix-instantiate --eval` over `builtins.
     bench/inventory/run.sh [--nodes 10000] [--runs 20] [--tag dc-1]
 
 Generates the inventory (bench/inventory/gen.py), checks that both listings are identical,
-times both with hyperfine (results in bench/out/), prints the medians and their ratio, and exits
+times them with hyperfine (results in bench/out/), prints the medians and their ratio, and exits
 1 when a target is missed: nixherd's median under 0.2 s and at least 3x faster than Nix.
+
+nixherd is timed twice: as users run it (the parsed document comes from the parse cache, which
+the warm-up runs fill) and with NIXHERD_NO_CACHE=1 (every run parses, as the first listing after
+an edit does). The targets are checked on the first; both are printed.
 """
 
 from __future__ import annotations
@@ -31,10 +35,14 @@ sys.path.insert(0, str(HERE))
 from gen import generate  # noqa: E402 (a sibling script, not a package)
 
 
-def nixherd_command(inventory: Path, tag: str) -> list[str]:
+def nixherd_command(inventory: Path, tag: str, *, cache: bool = True) -> list[str]:
     script = Path(sys.executable).parent / "nixherd"
     start = [str(script)] if script.exists() else [sys.executable, "-m", "nixherd"]
-    return [*start, "-i", str(inventory), "nodes", "--on", f"@{tag}", "--json"]
+    # The same `env` in front of both variants, so that they differ by the cache alone.
+    env = ["env", f"NIXHERD_CACHE_DIR={OUT / 'cache'}"]
+    if not cache:
+        env.append("NIXHERD_NO_CACHE=1")
+    return [*env, *start, "-i", str(inventory), "nodes", "--on", f"@{tag}", "--json"]
 
 
 def nix_command(inventory: Path, tag: str) -> list[str]:
@@ -68,7 +76,7 @@ def main() -> int:
     parser.add_argument("--tag", default="dc-1")
     args = parser.parse_args()
     if shutil.which("hyperfine") is None:
-        print("run.py: needs hyperfine (apt-get install hyperfine)", file=sys.stderr)
+        print("nodes_vs_nix: needs hyperfine (apt-get install hyperfine)", file=sys.stderr)
         return 2
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -79,7 +87,11 @@ def main() -> int:
     compileall.compile_dir(ROOT / "src" / "nixherd", quiet=1)
 
     ours, theirs = nixherd_command(inventory, args.tag), nix_command(inventory, args.tag)
+    uncached = nixherd_command(inventory, args.tag, cache=False)
     mine, nixes = listing(ours), listing(theirs)
+    if listing(uncached) != mine:
+        print("nodes_vs_nix: the listing differs with and without the parse cache", file=sys.stderr)
+        return 1
     same_names = [n["name"] for n in mine] == [n["name"] for n in nixes]
     print(
         f"inventory: {inventory.stat().st_size / 1024:.0f} KB, {args.nodes} nodes; "
@@ -106,6 +118,9 @@ def main() -> int:
             "nixherd nodes",
             shlex.join(ours),
             "--command-name",
+            "nixherd nodes (no parse cache)",
+            shlex.join(uncached),
+            "--command-name",
             "nix-instantiate",
             shlex.join(theirs),
         ],
@@ -113,11 +128,15 @@ def main() -> int:
         what="hyperfine",
     )
     results = json.loads(report.read_text())["results"]
-    ours_median, theirs_median = results[0]["median"], results[1]["median"]
+    ours_median, cold_median, theirs_median = (r["median"] for r in results)
     ratio = theirs_median / ours_median
-    print(f"nixherd nodes --on @{args.tag} --json  median {ours_median * 1000:7.1f} ms")
-    print(f"nix-instantiate (same listing)       median {theirs_median * 1000:7.1f} ms")
-    print(f"ratio: nixherd is {ratio:.1f}x faster")
+    for result in results:
+        cpu = (result["user"] + result["system"]) * 1000
+        print(
+            f"{result['command']:32s} median {result['median'] * 1000:6.1f} ms  "
+            f"min {result['min'] * 1000:6.1f} ms  cpu {cpu:6.1f} ms"
+        )
+    print(f"ratio: nixherd is {ratio:.1f}x faster ({theirs_median / cold_median:.1f}x uncached)")
     ok = ours_median < TARGET_MEDIAN and ratio >= TARGET_RATIO
     print(
         f"targets (median < {TARGET_MEDIAN * 1000:.0f} ms, >= {TARGET_RATIO:.0f}x): "

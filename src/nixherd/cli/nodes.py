@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     # A malformed --on is reported before the inventory is even read.
     selection = None if args.on is None else Selection.parse(args.on)
-    nodes = select(load(inventory_path(args)), selection)
+    nodes = select(load(inventory_path(args), cache=True), selection)
     if args.json:
         render.print_json([node.summary() for node in nodes])
         return 0

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.cli import inventory_path, render
     from nixherd.inventory import load
 
-    node = find(load(inventory_path(args)), args.node)
+    node = find(load(inventory_path(args), cache=True), args.node)
     data = node.to_data(deployer=True)
     origins = node.origins(deployer=True)
     if args.json:

@@ -8,6 +8,7 @@ import io
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,14 @@ from inventory_strategies import broken, encoded
 
 ROOT = Path(__file__).resolve().parents[3]
 SEED = ROOT / "examples" / "seed-fleet" / "inventory.toml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_parse_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The commands' parse cache goes to a temporary directory, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NIXHERD_CACHE_DIR", str(tmp_path_factory.mktemp("parse-cache")))
+        yield
 
 
 def test_clean(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,14 @@ from nixherd.cli import COMMANDS, build_parser, main, requested_command
 
 ROOT = Path(__file__).resolve().parents[3]
 SEED = ROOT / "examples" / "seed-fleet" / "inventory.toml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_parse_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The commands' parse cache goes to a temporary directory, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NIXHERD_CACHE_DIR", str(tmp_path_factory.mktemp("parse-cache")))
+        yield
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,14 @@ ssh_options = ["ProxyJump=jump"]
 
 [nodes.solo]
 """
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_parse_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The commands' parse cache goes to a temporary directory, not the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NIXHERD_CACHE_DIR", str(tmp_path_factory.mktemp("parse-cache")))
+        yield
 
 
 @pytest.fixture
