@@ -270,6 +270,10 @@ observe() {
         "$id "*) owner_alive "$held" || s="lost $s" ;;
         *) s="lost $s" ;;
         esac
+        # The watchdog may have settled and released the lock between the two reads above.
+        case $s in
+        lost*) settled "$(get status)" && s=$(get status) ;;
+        esac
     fi
 }
 
