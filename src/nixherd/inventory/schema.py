@@ -255,6 +255,22 @@ def list_of(item: Check) -> Check:
     return check
 
 
+def list_of_names(what: str) -> Check:
+    """An array of names (tags); the usual valid array is checked without a call per element."""
+    slow = list_of(name_check(what))
+
+    def check(value: Any) -> list[Issue] | None:
+        if type(value) is list:
+            for element in value:
+                if type(element) is not str or len(element) > MAX_NAME or _NAME(element) is None:
+                    break
+            else:
+                return None
+        return slow(value)
+
+    return check
+
+
 def _value_issues(value: Any, depth: int, issues: list[Issue], suffix: str) -> None:
     """Collect what Nix's `builtins.fromTOML` could not represent faithfully."""
     kind = type(value)
@@ -366,8 +382,12 @@ def unknown_field_message(key: str, known: Mapping[str, object] | Sequence[str])
 
 
 def _host(value: Any) -> list[Issue] | None:
-    if type(value) is str and len(value) <= MAX_HOST and _host_ok(value):
-        return None
+    if type(value) is str and len(value) <= MAX_HOST:
+        # A hostname or IPv4 address, the usual case, without a further call.
+        if ":" not in value and _HOSTNAME(value) is not None:
+            return None
+        if _host_ok(value):
+            return None
     if not isinstance(value, str):
         return _one(f"must be a string, {got(value)}")
     if len(value) > MAX_HOST:
@@ -607,7 +627,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "tags",
         "array of names",
-        list_of(name_check("a tag")),
+        list_of_names("a tag"),
         Merge.UNION,
         EVERY_LAYER,
         "labels for selection (`--on @tag`)",
