@@ -19,9 +19,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import gc
 
-    # A short-lived process that frees nothing until it exits: the cyclic collector would only
-    # walk the whole loaded inventory (a full pass costs as much as selecting and printing).
+    # The inventory is allocated and never freed before the listing is printed: the cyclic
+    # collector would only walk it, over and over (as long as the rest of the work together).
+    enabled = gc.isenabled()
     gc.disable()
+    try:
+        return _list(args)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _list(args: argparse.Namespace) -> int:
     from nixherd.cli import inventory_path, render
     from nixherd.inventory import Selection, load, select
 

@@ -210,3 +210,13 @@ def test_a_parser_for_one_command_or_for_all(capsys: pytest.CaptureFixture[str])
         build_parser().parse_args(["--help"])
     listed = capsys.readouterr().out
     assert all(name in listed for name in COMMANDS)
+
+
+def test_the_collector_is_left_as_it_was(capsys: pytest.CaptureFixture[str]) -> None:
+    import gc
+
+    assert gc.isenabled()
+    assert main(["-i", str(SEED), "nodes"]) == 0
+    assert main(["-i", str(SEED), "nodes", "--on", "nothing"]) == 2
+    capsys.readouterr()
+    assert gc.isenabled()
