@@ -162,8 +162,11 @@ def got(value: object) -> str:
 
 
 def key_segment(key: str) -> str:
-    """A key as it appears in a key path: bare when TOML allows it, quoted otherwise."""
-    return key if _BARE_KEY(key) else json.dumps(key)
+    """A key as it appears in a key path: bare when TOML allows it, quoted otherwise; a key too
+    long to read is cut (quoted, ending in ...) so that no message line grows without bound."""
+    if len(key) <= MAX_SHOWN and _BARE_KEY(key):
+        return key
+    return shown(key)
 
 
 def join(path: str, key: str) -> str:

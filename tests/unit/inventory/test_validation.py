@@ -448,3 +448,12 @@ VALID = [
 @pytest.mark.parametrize("text", [v[1] for v in VALID], ids=[v[0] for v in VALID])
 def test_valid_inventories_load(text: str) -> None:
     loads(text)
+
+
+def test_huge_keys_are_cut_in_key_paths() -> None:
+    (found,) = problems("[nodes.a.vars]\n" + "k" * 10_000 + " = inf\n")
+    assert found == (
+        'inventory.toml: nodes.a.vars."' + "k" * 48 + '...": must be a finite number, got inf'
+    )
+    found_all = problems("[nodes.'" + "n " * 5_000 + "']\n")
+    assert all(len(line) < 300 for line in found_all)
