@@ -236,7 +236,7 @@ def deploy(
 
     def fail(name: str, stage: Stage, error: ErrorInfo, seconds: float) -> None:
         node = _Node(name, emit)
-        node.stages = {s.value: seconds for s in (Stage.EVAL, Stage.BUILD) if s.value in run_stages}
+        node.stages = dict(run_stages)
         node.stages[stage.value] = seconds
         results[name] = node.finish(Outcome.FAILED, error=error)
 

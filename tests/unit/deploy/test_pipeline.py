@@ -318,6 +318,7 @@ def test_build_failure_fails_that_node_only(fake: Fake, acts: Activations) -> No
     assert results["b"].outcome is Outcome.FAILED
     assert results["b"].error.command.startswith("nix-store --realise --keep-going")
     assert "builder for" in (results["b"].error.output or "")
+    assert set(results["b"].stages) == {"eval", "build"}
     assert [n for n, _, _ in acts.calls] == ["a", "c"]
     assert results["_report"].failed == (results["b"],)
 
