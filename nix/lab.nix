@@ -282,16 +282,17 @@ let
     fi
 
     status=0
-    # The service runs in its own session: stopping it stops all it started.
+    # The service runs in its own session: stopping it (its process group, `-PGID`; dash's
+    # kill takes no `--`) stops all it started.
     if [ -r /run/lab/service.pid ]; then
       old=$(cat /run/lab/service.pid)
-      kill -TERM -- "-$old" 2>/dev/null
+      kill -TERM "-$old" 2>/dev/null
       i=0
-      while kill -0 -- "-$old" 2>/dev/null && [ "$i" -lt 50 ]; do
+      while kill -0 "-$old" 2>/dev/null && [ "$i" -lt 50 ]; do
         sleep 0.1
         i=$((i + 1))
       done
-      kill -KILL -- "-$old" 2>/dev/null
+      kill -KILL "-$old" 2>/dev/null
       rm -f /run/lab/service.pid
     fi
     if [ -r "$out/lab/service-command" ]; then
@@ -301,17 +302,26 @@ let
         setsid sh -c "$(cat "$out/lab/service-command")" </dev/null >>"$state/service.log" 2>&1 &
       echo "$!" >/run/lab/service.pid
       if [ -n "$port" ]; then
+        # Wait until it listens; give up at once if it died, else after 10 s.
         if ! python3 -c '
     import socket, sys, time
+    port, pid = int(sys.argv[1]), sys.argv[2]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
             sys.exit(0)
         except OSError:
-            time.sleep(0.05)
+            pass
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    sys.exit(1)
+        except OSError:
+            sys.exit(1)
+        time.sleep(0.05)
     sys.exit(1)
-    ' "$port"; then
+    ' "$port" "$(cat /run/lab/service.pid)"; then
           echo "lab: the service does not listen on port $port (see $state/service.log)" >&2
           status=4
         fi

@@ -3,6 +3,7 @@ ports, HTTP from the machine to a host's service. The `lab_hosts` fixture is in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shlex
@@ -53,15 +54,26 @@ class LabHosts:
     def status(self, name: str) -> HostStatus:
         return next(s for s in self.lab.status() if s.name == name)
 
-    def ssh_argv(self, name: str, argv: list[str], user: str = "root") -> list[str]:
+    @property
+    def control_path(self) -> str:
+        """Where this lab's multiplexed connections live (short: socket paths are limited)."""
+        digest = hashlib.sha1(self.dir.encode()).hexdigest()[:10]
+        return f"/tmp/nhl-{digest}-%C"
+
+    def ssh_argv(
+        self, name: str, argv: list[str], user: str = "root", multiplex: bool = True
+    ) -> list[str]:
+        # One connection per host and user, reused by every command: a handshake costs far
+        # more than the commands tests run. A dropped master (reboot, kill) is replaced.
+        # Not for commands that may time out: the master keeps the client's output pipes open
+        # while the remote command runs, so a killed client's output never ends.
+        mux = ["ControlMaster=auto", f"ControlPath={self.control_path}", "ControlPersist=30"]
+        options = ["BatchMode=yes", "ConnectTimeout=10", *(mux if multiplex else [])]
         return [
             "ssh",
             "-F",
             self.ssh_config,
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=10",
+            *(word for option in options for word in ("-o", option)),
             f"{user}@{name}",
             "--",
             shlex.join(argv),
@@ -75,10 +87,11 @@ class LabHosts:
         check: bool = True,
         timeout: float = 60,
         input: str | None = None,
+        multiplex: bool = True,
     ) -> Result:
         """Run argv on a host over ssh (its words quoted here, once)."""
         return process.run(
-            self.ssh_argv(name, list(argv), user),
+            self.ssh_argv(name, list(argv), user, multiplex),
             check=check,
             timeout=timeout,
             input=input,
@@ -123,7 +136,7 @@ class LabHosts:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.ssh(name, "true", timeout=10)
+                self.ssh(name, "true", timeout=10, multiplex=False)
                 return
             except CommandError:
                 if time.monotonic() > deadline:

@@ -138,18 +138,15 @@ def start(hostdirs: Sequence[str]) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_file)
         pid = os.fork()
-        if pid == 0:  # the supervisor
-            code = 1
+        if pid == 0:  # the supervisor: its own session, its own command line (for `ps`)
             try:
                 os.setsid()
                 _redirect(os.path.join(hostdir, "log", "supervisor.log"))
-                code = supervise(hostdir)
+                os.execv(sys.executable, [sys.executable, "-I", SCRIPT, "supervise", hostdir])
             except BaseException:
                 traceback.print_exc()
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+                os._exit(127)
         children[hostdir] = pid
     deadline = time.monotonic() + 10
     failed = []
@@ -347,7 +344,7 @@ class Init:
         self.log_dir = os.path.join(hostdir, "log")
         self.env = {
             "PATH": f"/run/current-system/sw/bin:{self.bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": "/root",
+            "HOME": "/nix/var/lab/home/root",
             "USER": "root",
             "LOGNAME": "root",
             "LANG": "C.UTF-8",
@@ -375,7 +372,7 @@ class Init:
         # Home directories of the host's own users (in passwd below /nix/var/lab/home).
         for user in pwd.getpwall():
             if user.pw_dir.startswith("/nix/var/lab/home/") and not os.path.isdir(user.pw_dir):
-                os.makedirs(user.pw_dir, mode=0o755)
+                os.makedirs(user.pw_dir, mode=0o700 if user.pw_uid == 0 else 0o755)
                 os.chown(user.pw_dir, user.pw_uid, user.pw_gid)
 
     def boot_system(self) -> str | None:
@@ -478,10 +475,10 @@ def init(hostdir: str) -> int:
 # -- reboot / poweroff: inside a host -----------------------------------------------------------
 
 
-def in_lab_host() -> bool:
+def in_lab_host(cmdline: str = "/proc/1/cmdline") -> bool:
     """True when pid 1 (as this process sees it) is a lab host's init: never the machine's."""
     try:
-        with open("/proc/1/cmdline", "rb") as f:
+        with open(cmdline, "rb") as f:
             words = f.read().split(b"\0")
     except OSError:
         return False

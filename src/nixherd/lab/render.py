@@ -12,6 +12,7 @@ from dataclasses import dataclass
 DEPLOY_USER = "deploy"
 # Its home, in the host's own /nix (reachable whatever the permissions above the lab directory).
 DEPLOY_HOME = "/nix/var/lab/home/deploy"
+ROOT_HOME = "/nix/var/lab/home/root"
 
 # Lab paths end up in ssh_config, sshd_config, passwd and NIX_SSHOPTS: none of them can carry
 # whitespace (nix splits NIX_SSHOPTS on it), `:` (passwd's separator), quotes or `#`.
@@ -150,8 +151,17 @@ def _without(text: str, name: str) -> list[str]:
 
 
 def passwd(machine: str, account: Account) -> str:
-    """The machine's passwd plus the deploy user (an existing `deploy` entry is replaced)."""
-    lines = _without(machine, DEPLOY_USER)
+    """The machine's passwd plus the deploy user (an existing `deploy` entry is replaced).
+
+    Root's home moves to the host's own ROOT_HOME: a login on a lab host starts clean (no
+    profile from the machine's /root) and nothing it writes under ~ reaches the machine.
+    """
+    lines = []
+    for line in _without(machine, DEPLOY_USER):
+        fields = line.split(":")
+        if fields[0] == "root" and len(fields) == 7:
+            fields[5] = ROOT_HOME
+        lines.append(":".join(fields))
     lines.append(
         f"{DEPLOY_USER}:x:{account.uid}:{account.gid}:nixherd lab deploy user:"
         f"{account.home}:/bin/sh"

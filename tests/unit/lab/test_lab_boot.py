@@ -1,0 +1,112 @@
+"""The lab hosts' own programs and process bookkeeping: what a host's end means, the reboot
+guard, pid + start time identity, and the checks `up` makes before starting anything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nixherd import process
+from nixherd.errors import LabError
+from nixherd.lab import Lab, boot, hosts
+
+
+def wait_status(*, exit_code: int | None = None, sig: int | None = None) -> int:
+    """A raw wait status as waitpid(2) reports it."""
+    if sig is not None:
+        return sig
+    assert exit_code is not None
+    return exit_code << 8
+
+
+def test_what_the_end_of_a_host_means() -> None:
+    # reboot(2) inside a PID namespace: its init dies of SIGHUP (restart) or SIGINT (power off).
+    assert boot.boot_outcome(wait_status(sig=signal.SIGHUP)) == "reboot"
+    assert boot.boot_outcome(wait_status(sig=signal.SIGINT)) == "poweroff"
+    assert boot.boot_outcome(wait_status(sig=signal.SIGKILL)) == "killed by SIGKILL"
+    assert boot.boot_outcome(wait_status(exit_code=1)) == "exited with 1"
+
+
+def test_a_real_reboot_status_from_a_child_killed_by_sighup() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os.kill(os.getpid(), signal.SIGHUP)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert boot.boot_outcome(status) == "reboot"
+
+
+def test_reboot_refuses_outside_a_lab_host(tmp_path: Path) -> None:
+    # The machine's own pid 1 is never a lab init: reboot(2) is not even tried.
+    assert not boot.in_lab_host()
+    inside = tmp_path / "cmdline"
+    inside.write_bytes(b"\0".join([sys.executable.encode(), b"-I", boot.SCRIPT.encode(), b"init"]))
+    assert boot.in_lab_host(str(inside))
+    other = tmp_path / "other"
+    other.write_bytes(b"/sbin/init\0splash\0")
+    assert not boot.in_lab_host(str(other))
+    assert not boot.in_lab_host(str(tmp_path / "missing"))
+    refused = process.run([sys.executable, "-I", boot.SCRIPT, "reboot"], check=False)
+    assert refused.returncode == 1
+    assert "not inside a nixherd lab host" in refused.stderr
+
+
+def test_usage_errors() -> None:
+    assert boot.main([]) == 2
+    assert boot.main(["bogus"]) == 2
+    assert boot.main(["supervise"]) == 2
+
+
+def test_a_process_is_its_pid_and_start_time() -> None:
+    me = os.getpid()
+    begun = hosts.starttime(me)
+    assert begun is not None
+    assert begun == boot.starttime(me)
+    assert hosts.alive((me, begun))
+    assert not hosts.alive((me, begun + 1))  # same pid, another process
+    assert not hosts.alive(None)
+    assert boot.parent_of(me) == os.getppid()
+
+
+def test_a_zombie_is_not_alive() -> None:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while hosts.starttime(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        # Exited but not reaped yet: only its zombie is left, which runs nothing.
+        assert Path(f"/proc/{pid}").exists()
+        assert hosts.starttime(pid) is None
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_mounts_under() -> None:
+    assert hosts.mounts_under("/") != []
+    assert hosts.mounts_under("/nonexistent-nixherd-lab") == []
+
+
+def test_lab_directory_must_be_writable_bare_into_configs(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="use a path of"):
+        Lab(tmp_path / "with space")
+    assert Lab(tmp_path / "ok").dir == str(tmp_path / "ok")
+
+
+def test_up_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(LabError, match="needs root"):
+        Lab(tmp_path / "lab").up(1)
+    assert not (tmp_path / "lab").exists()
+
+
+def test_status_of_an_empty_lab(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "none")
+    assert lab.status() == []
+    assert lab.down() == []
