@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -59,6 +60,15 @@ def test_deploy_user_copies_into_the_store_and_has_sudo(
         env=lab.nix_env,
     )
     assert lab.ssh("lab-2", "test", "-e", other, check=False).returncode == 0
+    # The daemon's socket lives in the host's memory, never in the lab directory (a socket
+    # file there would break copying a tree that holds the lab, e.g. a `path:` flake).
+    sockets = [
+        os.path.join(top, name)
+        for top, _, names in os.walk(lab.dir)
+        for name in names
+        if stat.S_ISSOCK(os.lstat(os.path.join(top, name)).st_mode)
+    ]
+    assert sockets == []
     # The user exists inside the hosts only: the machine's /etc is untouched.
     inside = lab.ssh("lab-2", "getent", "passwd", "deploy").stdout
     assert "nixherd lab deploy user" in inside

@@ -27,6 +27,7 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import sys
 import time
 import traceback
@@ -45,6 +46,8 @@ MS_BIND = 0x1000
 ETC_FILES = ("passwd", "group", "shadow", "sudoers", "hosts")
 # Login records sshd appends to: per-host copies, when the machine has the file at all.
 LOG_FILES = ("wtmp", "btmp", "lastlog")
+# Where nix-daemon and the garbage collector put their sockets.
+SOCKET_DIRS = ("/nix/var/nix/daemon-socket", "/nix/var/nix/gc-socket")
 
 BOOT_ACTIVATION_TIMEOUT = 60.0
 RESTART_DELAY = 0.3
@@ -358,6 +361,14 @@ class Init:
         """Mounts (all private to this mount namespace), hostname, the directories of a boot."""
         mount(os.path.join(self.hostdir, "nix"), "/nix", None, MS_BIND, None)
         mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        # Nix's sockets go to tmpfs: a socket file in the lab directory would break anything
+        # that copies a tree holding it (a flake `path:` of a repository with the lab inside).
+        for path in SOCKET_DIRS:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            for entry in os.scandir(path):  # left on disk by an older lab
+                if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+                    os.unlink(entry.path)
+            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
         for name in ETC_FILES:
             mount(os.path.join(self.hostdir, "etc", name), f"/etc/{name}", None, MS_BIND, None)
         for name in LOG_FILES:
