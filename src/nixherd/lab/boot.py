@@ -49,7 +49,8 @@ LOG_FILES = ("wtmp", "btmp", "lastlog")
 # Where nix-daemon and the garbage collector put their sockets.
 SOCKET_DIRS = ("/nix/var/nix/daemon-socket", "/nix/var/nix/gc-socket")
 
-BOOT_ACTIVATION_TIMEOUT = 60.0
+# A hanging activation (lab.fail.hang) must not keep a host from booting forever.
+BOOT_ACTIVATION_TIMEOUT = 30.0
 RESTART_DELAY = 0.3
 
 
@@ -145,6 +146,7 @@ def start(hostdirs: Sequence[str]) -> int:
             try:
                 os.setsid()
                 _redirect(os.path.join(hostdir, "log", "supervisor.log"))
+                os.chdir("/")  # hold no directory of the caller's
                 os.execv(sys.executable, [sys.executable, "-I", SCRIPT, "supervise", hostdir])
             except BaseException:
                 traceback.print_exc()
@@ -517,7 +519,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     command, rest = argv[0], list(argv[1:])
     if command == "start" and rest:
-        return start(rest)
+        return start([os.path.abspath(hostdir) for hostdir in rest])
     if command == "supervise" and len(rest) == 1:
         return supervise(rest[0])
     if command == "init" and len(rest) == 1:
