@@ -244,6 +244,7 @@ class Progress:
     # --- the live view ---
 
     def _render(self) -> Any:
+        from rich.console import Group
         from rich.table import Table
         from rich.text import Text
 
@@ -252,14 +253,20 @@ class Progress:
             names = list(self.names)
             rows = {name: dataclasses.replace(self.rows[name]) for name in names}
             run_line = self.run_line
+        columns, height = self._size()
+        name_width = min(self.width, 30)
+        # What is left of the line for each node's last output (stage and time take ~20 chars).
+        last_width = max(columns - name_width - 2 - 11 - 2 - 6 - 2 - 1, 10)
         table = Table.grid(padding=(0, 2))
-        table.add_column(no_wrap=True)
-        table.add_column(no_wrap=True)
-        table.add_column(justify="right", no_wrap=True)
-        table.add_column(no_wrap=True, overflow="ellipsis", max_width=80)
+        table.add_column(no_wrap=True, width=name_width, overflow="ellipsis")
+        table.add_column(no_wrap=True, width=11, overflow="ellipsis")
+        table.add_column(justify="right", no_wrap=True, width=6)
+        table.add_column(no_wrap=True, width=last_width, overflow="ellipsis")
         done = sum(1 for r in rows.values() if r.finished is not None)
-        head = f"{self.title}: {done}/{len(names)} done, {now - self.started:.0f} s"
-        table.add_row(Text(head, style="bold"), "", "", Text(run_line, style="dim"))
+        head = Text(f"{self.title}: {done}/{len(names)} done, {now - self.started:.0f} s", "bold")
+        if run_line:
+            head.append(f"  {run_line}", style="dim")
+        head.no_wrap, head.overflow = True, "ellipsis"
         # Nodes at work first, then failures, then the rest: what needs eyes stays visible.
         ranked = sorted(
             names,
@@ -268,7 +275,7 @@ class Progress:
                 rows[n].finished is not None,
             ),
         )
-        shown = ranked[: self._height()]
+        shown = ranked[:height]
         for name in shown:
             row = rows[name]
             end = row.finished if row.finished is not None else now
@@ -287,14 +294,15 @@ class Progress:
             )
         if len(ranked) > len(shown):
             table.add_row(Text(f"... {len(ranked) - len(shown)} more", style="dim"), "", "", "")
-        return table
+        return Group(head, table)
 
-    def _height(self) -> int:
+    def _size(self) -> tuple[int, int]:
+        """Columns, and rows for nodes (the terminal's, minus the header and some slack)."""
         try:
-            lines = os.get_terminal_size(self.stream.fileno()).lines
+            size = os.get_terminal_size(self.stream.fileno())
         except (OSError, ValueError, AttributeError):
-            return MAX_ROWS_FALLBACK
-        return max(lines - 4, 3)
+            return 100, MAX_ROWS_FALLBACK
+        return size.columns, max(size.lines - 4, 3)
 
 
 # --- the summary ---
