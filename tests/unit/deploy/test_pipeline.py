@@ -427,3 +427,32 @@ def test_declined_confirmation_touches_no_node(fake: Fake, acts: Activations) ->
     assert [(r.outcome, r.detail) for r in report.nodes] == [
         (Outcome.NOT_ATTEMPTED, "declined")
     ] * 2
+
+
+def test_real_evaluator_makes_one_nix_process_for_all_nodes(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Through fleet.eval_nodes itself: one `nix eval` whatever the number of nodes.
+    evals: list[tuple[str, ...]] = []
+    plain = Fake.__call__
+
+    def answer(self: Fake, argv: Sequence[str], **kw: Any) -> Result:
+        args = tuple(argv)
+        if args[:1] == ("nix",) and "eval" in args:
+            evals.append(args)
+            # Both spellings of the keys, so this test does not pin fleet's private protocol.
+            data = {
+                n: {"drv": drv(n), "out": out(n), "drvPath": drv(n), "outPath": out(n)}
+                for n in ("a", "b", "c")
+            }
+            return Result(args, 0, json.dumps(data), "")
+        return plain(self, argv, **kw)
+
+    monkeypatch.setattr(Fake, "__call__", answer)
+    fake.nodes.update(a=Remote(), b=Remote(), c=Remote())
+    report = pipeline.deploy(
+        [FakeNode(n) for n in "abc"], DeployOptions(flake=FLAKE, goal=Goal.BUILD)
+    )
+    (argv,) = evals
+    assert argv[:6] == ("nix", *EXP, "eval", "--json", f"{FLAKE}#nixosConfigurations")
+    assert [r.store_path for r in report.nodes] == [out("a"), out("b"), out("c")]
