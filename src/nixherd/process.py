@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
@@ -79,8 +82,7 @@ def run(
             try:
                 out, err = proc.communicate(data, timeout=timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
+                out, err = _abandon(proc)
                 raise CommandError(
                     args, None, _text(out) + _text(err), what=what, node=node
                 ) from None
@@ -90,7 +92,7 @@ def run(
     except KeyboardInterrupt:
         # Only the main thread sees Ctrl-C: nobody will read this command's result, and in its
         # own session it would otherwise outlive nixherd (a `nix eval` or build left running).
-        proc.kill()
+        _kill_group(proc)
         proc.wait()
         raise
     if check and not result.ok:
@@ -112,34 +114,71 @@ def _run_streaming(
     if data is not None and proc.stdin is not None:
         writer = threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True)
         writer.start()
-    timer: threading.Timer | None = None
-    timed_out = threading.Event()
-    if timeout is not None:
-
-        def expire() -> None:
-            timed_out.set()
-            proc.kill()
-
-        timer = threading.Timer(timeout, expire)
-        timer.daemon = True
-        timer.start()
-    lines: list[str] = []
     assert proc.stdout is not None
-    try:
-        for raw in proc.stdout:
-            line = _text(raw).rstrip("\n")
-            lines.append(line)
-            on_line(line)
-        proc.wait()
-    finally:
-        if timer is not None:
-            timer.cancel()
-        proc.stdout.close()
-        proc.wait()
+    fd = proc.stdout.fileno()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    timed_out = False
+    lines: list[str] = []
+    pending = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while True:
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                if timed_out:
+                    break  # killed, and the pipe still open after the grace period: give up
+                timed_out = True
+                _kill_group(proc)
+                deadline = time.monotonic() + _DRAIN_SECONDS
+                continue
+            if not selector.select(wait):
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                line = _text(raw)
+                lines.append(line)
+                on_line(line)
+    if pending:
+        lines.append(_text(pending))
+        on_line(lines[-1])
+    proc.stdout.close()
+    proc.wait()
     output = "\n".join(lines) + ("\n" if lines else "")
-    if timed_out.is_set():
+    if timed_out:
         raise CommandError(args, None, output, what=what, node=node)
     return Result(args, proc.returncode, output, "")
+
+
+# After a kill, how long to wait for the pipes to close. A multiplexed ssh has handed our pipe to
+# its ControlMaster, which holds it open while the remote command runs: past this, stop reading.
+_DRAIN_SECONDS = 5.0
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the child and everything in its session (it was started in a session of its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+
+
+def _abandon(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """Kill a command that ran out of time and collect what it printed, without hanging."""
+    _kill_group(proc)
+    try:
+        out, err = proc.communicate(timeout=_DRAIN_SECONDS)
+    except subprocess.TimeoutExpired:
+        for stream in (proc.stdout, proc.stderr, proc.stdin):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        proc.wait()
+        return b"", b""
+    return out or b"", err or b""
 
 
 def _feed(stream: IO[bytes], data: bytes) -> None:
@@ -193,8 +232,7 @@ def run_bytes(
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
+        _, err = _abandon(proc)
         raise CommandError(args, None, _text(err), what=what, node=node) from None
     return BytesResult(args, proc.returncode, out, _text(err))
 

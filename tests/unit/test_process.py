@@ -84,3 +84,25 @@ def test_children_run_in_their_own_session() -> None:
 
     result = process.run([PY, "-c", "import os; print(os.getsid(0))"])
     assert int(result.stdout) != os.getsid(0)
+
+
+def test_timeout_does_not_wait_for_a_pipe_held_open_elsewhere() -> None:
+    # Like a multiplexed ssh: the command dies but another process (here a detached grandchild,
+    # in its own session so the group kill misses it) keeps our pipe open. run() must still return.
+    import time
+
+    script = (
+        "import os, subprocess, time\n"
+        "subprocess.Popen(['sleep', '30'], start_new_session=True)\n"
+        "time.sleep(30)\n"
+    )
+    for streaming in (False, True):
+        start = time.monotonic()
+        with pytest.raises(CommandError) as info:
+            process.run(
+                [PY, "-c", script],
+                timeout=0.5,
+                on_line=(lambda _: None) if streaming else None,
+            )
+        assert info.value.returncode is None
+        assert time.monotonic() - start < 10
