@@ -13,8 +13,9 @@ lab's payload knob; the version changes before each run so every node gets a new
    over the same ssh_config. Target: faster.
 4. The deployer's peak memory (max RSS of the nixherd process) deploying to MEM_HOSTS hosts.
 
-Lab hosts live on 127.0.0.1:BASE_PORT.. in DIR/lab and are stopped at the end (by pid, `lab
-down`) unless --keep-lab. Results go to DIR/results.json and are printed with their ratios.
+Lab hosts live on 127.0.0.1:BASE_PORT.. in DIR/lab (outside the repository: a lab directory
+holds sockets and 100 stores) and are stopped at the end (by pid, `lab down`) unless
+--keep-lab. Results go to bench/out/deploy-results.json and are printed with their ratios.
 """
 
 from __future__ import annotations
@@ -298,7 +299,8 @@ class Bench:
                 f"{mem['max_rss_mib']:.1f} MiB "
                 f"({mem['seconds']:.1f} s; no-op {mem['noop_s']:.2f} s)"
             )
-        out = self.dir / "results.json"
+        out = REPO / "bench" / "out" / "deploy-results.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(self.results, indent=2) + "\n")
         print(f"  results: {out}")
 
@@ -319,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         help="seconds each switch waits for its service to start (repeatable; default 0 and 3)",
     )
-    parser.add_argument("--dir", default=str(REPO / "bench" / "out" / "deploy"))
+    parser.add_argument("--dir", default="/tmp/nixherd-bench-deploy")
     parser.add_argument("--keep-lab", action="store_true")
     parser.add_argument("--only", choices=("deploy", "exec", "memory"), action="append")
     args = parser.parse_args(argv)
