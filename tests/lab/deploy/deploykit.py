@@ -54,6 +54,12 @@ class Fleet:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
+    def work(self) -> Path:
+        """Where nixherd runs (its logs and results go there): beside the flake, not in it, so
+        they are not copied into the store with the `path:` flake's source."""
+        return self.dir.parent
+
+    @property
     def flake(self) -> str:
         return f"path:{self.dir}"
 
@@ -105,15 +111,15 @@ class Fleet:
         return self.version
 
     def nixherd(self, *args: str, check: bool = False, timeout: float = 600) -> Result:
-        """`nixherd ARGS --flake THIS` as a separate process, from the fleet's directory."""
+        """`nixherd ARGS --flake THIS` as a separate process, from the work directory."""
         argv = [sys.executable, "-m", "nixherd", "-i", str(self.inventory), *args]
         if args and args[0] in ("apply", "build", "eval", "status"):
             argv += ["--flake", self.flake]
-        return process.run(argv, cwd=str(self.dir), check=check, timeout=timeout)
+        return process.run(argv, cwd=str(self.work), check=check, timeout=timeout)
 
     def apply(self, *args: str, check: bool = False) -> tuple[Result, dict[str, Any]]:
         """`nixherd apply ARGS --json report`; the result and the report."""
-        report = self.dir / f"report-{next(_versions)}.json"
+        report = self.work / f"report-{next(_versions)}.json"
         result = self.nixherd("apply", *args, "--json", str(report), check=check)
         data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
         return result, data

@@ -66,7 +66,7 @@ def test_switch_gives_every_node_its_own_system(fleet: Fleet) -> None:
     assert answer["node"] == "lab-2" and answer["version"] == fleet.version
     assert report["ok"] is True and report["goal"] == "switch"
     # The log directory holds one file per node, and its path is printed at the end.
-    log_dir = fleet.dir / report["log_dir"]
+    log_dir = fleet.work / report["log_dir"]
     assert "> copy" in (log_dir / "lab-3.log").read_text()
     assert f"logs: {report['log_dir']}" in result.stdout
 
@@ -193,7 +193,7 @@ def test_keep_result_keeps_a_gc_root_per_node(fleet: Fleet) -> None:
     result = fleet.nixherd("build", "--keep-result", check=True)
     built = dict(line.split() for line in result.stdout.splitlines())
     for name in ("lab-1", "lab-2"):
-        root = fleet.dir / ".nixherd" / "results" / name
+        root = fleet.work / ".nixherd" / "results" / name
         assert root.is_symlink() and str(root.resolve()) == built[name]
 
 
@@ -244,11 +244,11 @@ def test_ctrl_c_finishes_the_node_in_flight_and_starts_no_other(fleet: Fleet) ->
     names = ["lab-1", "lab-2", "lab-3"]
     fleet.write(names)
     before = {n: fleet.current(n) for n in names}
-    log = fleet.dir / "apply.log"
-    report_path = fleet.dir / "interrupted.json"
+    log = fleet.work / "apply.log"
+    report_path = fleet.work / "interrupted.json"
     argv = [sys.executable, "-m", "nixherd", "-i", str(fleet.inventory), "apply"]
     argv += ["--parallel", "1", "--flake", fleet.flake, "--json", str(report_path)]
-    proc = process.spawn(argv, cwd=str(fleet.dir), log_path=str(log))
+    proc = process.spawn(argv, cwd=str(fleet.work), log_path=str(log))
     try:
         deadline = time.monotonic() + 120
         while "lab-1 | activate" not in log.read_text():
