@@ -10,6 +10,7 @@ result is a `RunReport`.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import threading
 import time
@@ -26,7 +27,7 @@ from nixherd.deploy.diff import ClosureDiff, node_diff
 from nixherd.deploy.fanout import fan_out
 from nixherd.deploy.goal import Goal
 from nixherd.deploy.plan import DeployNode, DeployOptions
-from nixherd.deploy.probe import probe
+from nixherd.deploy.probe import NodeState, probe
 from nixherd.deploy.report import TAIL_LINES, ErrorInfo, NodeResult, RunReport, order
 from nixherd.deploy.rollout import WaveKind
 from nixherd.errors import CommandError, NixherdError
@@ -60,6 +61,7 @@ class Context:
     cancel: threading.Event
     delivery: Delivery
     systems: dict[str, System] = field(default_factory=dict)
+    early: EarlyProbes | None = None
 
 
 def delivery_for(options: DeployOptions) -> Delivery:
@@ -78,6 +80,62 @@ def target_of(node: DeployNode, ssh_config: str | None) -> Target:
         ssh_config=ssh_config,
         options=tuple(node.ssh_options),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """A node connected to and probed while the build ran."""
+
+    conn: Connection
+    state: NodeState | None
+    error: Exception | None
+    seconds: float
+
+
+class EarlyProbes:
+    """Connect to and probe the first nodes while the deployer builds (one core builds, with
+    Nix's default max-jobs): their ssh logins and round trips overlap the build instead of
+    following it. Read-only: a probe touches nothing on the node."""
+
+    def __init__(self, ctx: Context, nodes: Mapping[str, DeployNode]) -> None:
+        self.ctx = ctx
+        self.nodes = nodes
+        self.futures: dict[str, cf.Future[Probed]] = {}
+
+    def start(self, wanted: Mapping[str, str]) -> None:
+        """Probe each node of `wanted` (name -> the store path it should get), all at once."""
+        if not wanted:
+            return
+        pool = cf.ThreadPoolExecutor(max_workers=len(wanted), thread_name_prefix="nixherd-probe")
+        for name, toplevel in wanted.items():
+            self.futures[name] = pool.submit(self._probe, name, toplevel)
+        pool.shutdown(wait=False)
+
+    def _probe(self, name: str, toplevel: str) -> Probed:
+        conn = Connection(target_of(self.nodes[name], self.ctx.ssh_config))
+        self.ctx.emit(StageStarted(name, Stage.PROBE))
+        started = time.monotonic()
+        state: NodeState | None = None
+        error: Exception | None = None
+        try:
+            state = probe(conn, toplevel)
+        except Exception as exc:  # reported by the node's pipeline, as its own probe would be
+            error = exc
+        seconds = time.monotonic() - started
+        self.ctx.emit(StageFinished(name, Stage.PROBE, seconds))
+        return Probed(conn, state, error, seconds)
+
+    def take(self, name: str) -> Probed | None:
+        """The node's early probe (waiting for it if still running), once; None if it had none."""
+        future = self.futures.pop(name, None)
+        return None if future is None else future.result()
+
+    def close(self) -> None:
+        """Close the connections of probes no pipeline took (failed build, stopped rollout)."""
+        for name in list(self.futures):
+            probed = self.take(name)
+            if probed is not None:
+                probed.conn.close()
 
 
 class _Node:
@@ -249,6 +307,10 @@ def deploy(
             else:
                 message = f"evaluation failed: {ev.error or 'no system'}"
                 fail(name, Stage.EVAL, ErrorInfo(message), run_stages["eval"])
+        # Not before a confirmation: until it is given, no node is contacted by the deploy.
+        if options.goal is not Goal.BUILD and ctx.delivery.builds_locally and confirm is None:
+            ctx.early = EarlyProbes(ctx, by_name)
+            ctx.early.start(_first_started(options, names, ctx.systems))
         if options.goal is Goal.BUILD or ctx.delivery.builds_locally:
             failures, run_stages["build"] = build(
                 ctx.systems,
@@ -285,6 +347,8 @@ def deploy(
             interrupted = True
             cancel.set()
 
+    if ctx.early is not None:
+        ctx.early.close()
     for name in names:
         if name not in results:
             node = _Node(name, emit)
@@ -308,6 +372,19 @@ def deploy(
         options=options.to_data(),
         stages=run_stages,
     )
+
+
+def _first_started(
+    options: DeployOptions, names: Sequence[str], systems: Mapping[str, System]
+) -> dict[str, str]:
+    """The nodes the rollout starts first (its first wave, up to --parallel): name -> system."""
+    waves = options.rollout.waves([n for n in names if n in systems])
+    if not waves:
+        return {}
+    first = list(waves[0].nodes)
+    if options.parallel > 0:
+        first = first[: options.parallel]
+    return {name: systems[name].out_path for name in first}
 
 
 def _roll_out(
@@ -375,12 +452,21 @@ def run_node(
     options = ctx.options
     goal = options.goal
     try:
-        # dry-activate changes nothing on the node: no keys either.
-        uploads = goal.activates and goal is not Goal.DRY_ACTIVATE
-        prepared = _prepare_keys(ctx, node, track) if uploads else None
-        with Connection(target_of(node, ctx.ssh_config)) as conn:
-            with track.stage(Stage.PROBE):
-                state = probe(conn, system.out_path)
+        early = ctx.early.take(node.name) if ctx.early is not None else None
+        conn = early.conn if early is not None else Connection(target_of(node, ctx.ssh_config))
+        with conn:
+            # dry-activate changes nothing on the node: no keys either.
+            uploads = goal.activates and goal is not Goal.DRY_ACTIVATE
+            prepared = _prepare_keys(ctx, node, track) if uploads else None
+            if early is not None:
+                track.stages[Stage.PROBE.value] = early.seconds
+                if early.error is not None:
+                    raise early.error
+                assert early.state is not None
+                state = early.state
+            else:
+                with track.stage(Stage.PROBE):
+                    state = probe(conn, system.out_path)
             track.previous = state.current
             if state.up_to_date(goal, system.out_path):
                 if prepared is not None:

@@ -25,6 +25,7 @@ from nixherd.errors import CommandError
 from nixherd.events import Event, NodeFinished, Outcome, Stage, StageFinished
 from nixherd.fleet import NodeEval
 from nixherd.process import Result
+from nixherd.ssh import Connection
 
 FLAKE = "path:/srv/fleet"
 EXP = ("--extra-experimental-features", "nix-command flakes")
@@ -175,7 +176,7 @@ def run(
 ) -> dict[str, Any]:
     for name in names:
         fake.nodes.setdefault(name, Remote())
-    opts = DeployOptions(flake=FLAKE, parallel=1, **options)
+    opts = DeployOptions(flake=FLAKE, **({"parallel": 1} | options))
     sink: list[Event] = events if events is not None else []
     report = pipeline.deploy(
         nodes or [FakeNode(n) for n in names],
@@ -456,3 +457,32 @@ def test_real_evaluator_makes_one_nix_process_for_all_nodes(
     (argv,) = evals
     assert argv[:6] == ("nix", *EXP, "eval", "--json", f"{FLAKE}#nixosConfigurations")
     assert [r.store_path for r in report.nodes] == [out("a"), out("b"), out("c")]
+
+
+def test_first_nodes_are_probed_while_the_build_runs(fake: Fake) -> None:
+    probed = threading.Semaphore(0)
+
+    def hook(args: tuple[str, ...]) -> None:
+        if args[0] == "ssh" and SCRIPT in shlex.split(args[-1]):
+            probed.release()
+        if args[:2] == ("nix-store", "--realise") and "--add-root" not in args:
+            # The build waits for the probes of the first wave (up to --parallel): they overlap.
+            assert probed.acquire(timeout=5) and probed.acquire(timeout=5)
+
+    fake.hook = hook
+    results = run(fake, ["a", "b", "c"], rollout=Rollout(canary=2), parallel=0)
+    assert [results[n].outcome for n in "abc"] == [Outcome.OK] * 3
+    probes = [w for w in fake.remote_words() if w[:3] == ["sh", "-c", SCRIPT]]
+    assert len(probes) == 3  # one per node, early or not
+    assert all("probe" in results[n].stages for n in "abc")
+
+
+def test_early_probe_of_a_node_whose_build_failed_is_closed(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    monkeypatch.setattr(Connection, "close", lambda self: closed.append(self.target.node))
+    fake.build_fails.add("b")
+    results = run(fake, ["a", "b"], parallel=0)
+    assert results["b"].outcome is Outcome.FAILED
+    assert sorted(closed) == ["a", "b"]
