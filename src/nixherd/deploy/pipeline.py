@@ -282,96 +282,122 @@ def deploy(
     """
     cancel = cancel or threading.Event()
     started_at = time.time()
-    names = [n.name for n in nodes]
-    by_name = {n.name: n for n in nodes}
-    results: dict[str, NodeResult] = {}
-    run_stages: dict[str, float] = {}
-    ctx = Context(options, ssh_config, base_dir, emit, cancel, delivery_for(options))
-    interrupted = False
     # Before Nix copies the flake into the store: a plaintext key file inside it would go along.
     keyed = [cast(secrets.KeyedNode, n) for n in nodes if getattr(n, "keys", None)]
     secrets.refuse_store_exposed(keyed, base_dir=base_dir, flake=options.flake)
-
-    def fail(name: str, stage: Stage, error: ErrorInfo, seconds: float) -> None:
-        node = _Node(name, emit)
-        node.stages = dict(run_stages)
-        node.stages[stage.value] = seconds
-        results[name] = node.finish(Outcome.FAILED, error=error)
-
+    ctx = Context(options, ssh_config, base_dir, emit, cancel, delivery_for(options))
+    run = _Run(ctx, nodes, evaluator)
     try:
-        evals, run_stages["eval"] = evaluate(names, options.flake, emit=emit, evaluator=evaluator)
-        for name in names:
-            ev = evals[name]
-            if ev.ok and ev.drv_path and ev.out_path:
-                ctx.systems[name] = System(ev.drv_path, ev.out_path)
-            else:
-                message = f"evaluation failed: {ev.error or 'no system'}"
-                fail(name, Stage.EVAL, ErrorInfo(message), run_stages["eval"])
-        # Not before a confirmation: until it is given, no node is contacted by the deploy.
-        if options.goal is not Goal.BUILD and ctx.delivery.builds_locally and confirm is None:
-            ctx.early = EarlyProbes(ctx, by_name)
-            ctx.early.start(_first_started(options, names, ctx.systems))
-        if options.goal is Goal.BUILD or ctx.delivery.builds_locally:
-            failures, run_stages["build"] = build(
-                ctx.systems,
-                emit=emit,
-                keep_result=options.keep_result,
-                results_dir=options.results_dir,
-            )
-            for name, error in failures.items():
-                fail(name, Stage.BUILD, error, run_stages["build"])
-                del ctx.systems[name]
-    except KeyboardInterrupt:
-        interrupted = True
-        cancel.set()
-
-    declined = False
-    if not interrupted and confirm is not None and options.goal.copies and ctx.systems:
-        try:
-            declined = not confirm(dict(ctx.systems))
-        except KeyboardInterrupt:
-            interrupted = True
-            cancel.set()
-    if interrupted or declined:
-        pass  # stopped before the nodes' pipelines: no node was touched
-    elif options.goal is Goal.BUILD:
-        for name, system in ctx.systems.items():
-            node = _Node(name, emit)
-            node.store_path = system.out_path
-            node.stages = dict(run_stages)
-            results[name] = node.finish(Outcome.OK, detail="built")
-    else:
-        try:
-            interrupted = _roll_out(ctx, names, by_name, results, run_stages)
-        except KeyboardInterrupt:  # between two waves: no node is running
-            interrupted = True
-            cancel.set()
-
-    if ctx.early is not None:
-        ctx.early.close()
-    for name in names:
-        if name not in results:
-            node = _Node(name, emit)
-            if name in ctx.systems:
-                node.store_path = ctx.systems[name].out_path
-            if declined:
-                reason = "declined"
-            elif interrupted or cancel.is_set():
-                reason = "interrupted"
-            else:
-                reason = "rollout stopped"
-            results[name] = node.finish(Outcome.NOT_ATTEMPTED, detail=reason)
+        run.prepare(confirm)
+        run.go()
+    finally:
+        if ctx.early is not None:
+            ctx.early.close()
     return RunReport(
         command=command,
         goal=options.goal.value,
         flake=options.flake,
         started_at=started_at,
         finished_at=time.time(),
-        nodes=order(list(results.values()), names),
-        interrupted=interrupted or cancel.is_set(),
+        nodes=order(run.finish_rest(), run.names),
+        interrupted=run.interrupted or cancel.is_set(),
         options=options.to_data(),
-        stages=run_stages,
+        stages=run.stages,
     )
+
+
+class _Run:
+    """One deploy's state between its steps: what each node ended as, and why the rest did not
+    start (interrupted, declined, rollout stopped)."""
+
+    def __init__(self, ctx: Context, nodes: Sequence[DeployNode], evaluator: Evaluator) -> None:
+        self.ctx = ctx
+        self.evaluator = evaluator
+        self.names = [n.name for n in nodes]
+        self.by_name = {n.name: n for n in nodes}
+        self.results: dict[str, NodeResult] = {}
+        self.stages: dict[str, float] = {}
+        self.interrupted = False
+        self.declined = False
+
+    def fail(self, name: str, stage: Stage, error: ErrorInfo, seconds: float) -> None:
+        node = _Node(name, self.ctx.emit)
+        node.stages = dict(self.stages)
+        node.stages[stage.value] = seconds
+        self.results[name] = node.finish(Outcome.FAILED, error=error)
+
+    def stop(self) -> None:
+        self.interrupted = True
+        self.ctx.cancel.set()
+
+    def prepare(self, confirm: Confirm | None) -> None:
+        """Evaluate and build (one nix process each), then ask `confirm` if given."""
+        ctx, options = self.ctx, self.ctx.options
+        try:
+            evals, self.stages["eval"] = evaluate(
+                self.names, options.flake, emit=ctx.emit, evaluator=self.evaluator
+            )
+            for name in self.names:
+                ev = evals[name]
+                if ev.ok and ev.drv_path and ev.out_path:
+                    ctx.systems[name] = System(ev.drv_path, ev.out_path)
+                else:
+                    message = f"evaluation failed: {ev.error or 'no system'}"
+                    self.fail(name, Stage.EVAL, ErrorInfo(message), self.stages["eval"])
+            builds_here = options.goal is Goal.BUILD or ctx.delivery.builds_locally
+            # Not before a confirmation: until it is given, no node is contacted by the deploy.
+            if builds_here and options.goal is not Goal.BUILD and confirm is None:
+                ctx.early = EarlyProbes(ctx, self.by_name)
+                ctx.early.start(_first_started(options, self.names, ctx.systems))
+            if builds_here:
+                failures, self.stages["build"] = build(
+                    ctx.systems,
+                    emit=ctx.emit,
+                    keep_result=options.keep_result,
+                    results_dir=options.results_dir,
+                )
+                for name, error in failures.items():
+                    self.fail(name, Stage.BUILD, error, self.stages["build"])
+                    del ctx.systems[name]
+            if confirm is not None and options.goal.copies and ctx.systems:
+                self.declined = not confirm(dict(ctx.systems))
+        except KeyboardInterrupt:
+            self.stop()
+
+    def go(self) -> None:
+        """The nodes' pipelines (or, for the build goal, their results)."""
+        ctx = self.ctx
+        if self.interrupted or self.declined:
+            return  # stopped before the nodes' pipelines: no node was touched
+        if ctx.options.goal is Goal.BUILD:
+            for name, system in ctx.systems.items():
+                node = _Node(name, ctx.emit)
+                node.store_path = system.out_path
+                node.stages = dict(self.stages)
+                self.results[name] = node.finish(Outcome.OK, detail="built")
+            return
+        try:
+            if _roll_out(ctx, self.names, self.by_name, self.results, self.stages):
+                self.stop()
+        except KeyboardInterrupt:  # between two waves: no node is running
+            self.stop()
+
+    def finish_rest(self) -> list[NodeResult]:
+        """Every node's result, the ones never started included."""
+        for name in self.names:
+            if name in self.results:
+                continue
+            node = _Node(name, self.ctx.emit)
+            if name in self.ctx.systems:
+                node.store_path = self.ctx.systems[name].out_path
+            if self.declined:
+                reason = "declined"
+            elif self.interrupted or self.ctx.cancel.is_set():
+                reason = "interrupted"
+            else:
+                reason = "rollout stopped"
+            self.results[name] = node.finish(Outcome.NOT_ATTEMPTED, detail=reason)
+        return list(self.results.values())
 
 
 def _first_started(
