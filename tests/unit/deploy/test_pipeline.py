@@ -481,7 +481,13 @@ def test_early_probe_of_a_node_whose_build_failed_is_closed(
     fake: Fake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     closed: list[str] = []
-    monkeypatch.setattr(Connection, "close", lambda self: closed.append(self.target.node))
+    real_close = Connection.close
+
+    def close(self: Connection) -> None:
+        closed.append(self.target.node)
+        real_close(self)
+
+    monkeypatch.setattr(Connection, "close", close)
     fake.build_fails.add("b")
     results = run(fake, ["a", "b"], parallel=0)
     assert results["b"].outcome is Outcome.FAILED
