@@ -7,6 +7,7 @@ are always verified: nixherd never passes StrictHostKeyChecking=no.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -180,12 +181,12 @@ class Connection:
                 check=False,
                 timeout=10,
             )
-        try:
-            if os.path.exists(self.control_path):
-                os.unlink(self.control_path)
-            os.rmdir(self.control_dir)
-        except OSError:
-            pass  # a socket ssh still holds, or a shared dir: nothing worth failing over
+        # The exiting master may remove its socket between our check and our unlink: that must
+        # not leave the directory behind.
+        with contextlib.suppress(OSError):
+            os.unlink(self.control_path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.control_dir)  # a shared or non-empty dir stays: not worth failing over
 
     def __enter__(self) -> Connection:
         return self
