@@ -1,6 +1,6 @@
 """Activating a system on one node: lock, profile, detached switch, health checks, magic rollback.
 
-The work on the target is done by a small POSIX sh watchdog (`nixherd/data/watchdog.sh`), sent
+The work on the target is done by a small POSIX sh watchdog (`nixherd/resources/watchdog.sh`), sent
 on stdin with each activation: nothing is installed on the target. Per activation:
 
 1. `start` (over the node's ControlMaster) takes the node's lock (`/run/nixherd/lock`; a second
@@ -136,7 +136,7 @@ class LockHeldError(ActivationError):
 
 def watchdog_script() -> str:
     """The text of the watchdog sent to the target."""
-    return resources.files("nixherd").joinpath("data/watchdog.sh").read_text(encoding="utf-8")
+    return resources.files("nixherd").joinpath("resources/watchdog.sh").read_text(encoding="utf-8")
 
 
 def deployer_identity() -> str:
