@@ -9,47 +9,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from nixherd.deploy.fanout import fan_out
+from nixherd.deploy.plan import DeployNode, target_of
 from nixherd.errors import NixherdError
 from nixherd.events import EventSink, NodeFinished, Outcome
-from nixherd.ssh import Connection, Target
+from nixherd.ssh import Connection
 
 R = TypeVar("R")
 
 
-class Reachable(Protocol):
-    """The deployment fields of a resolved node."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def host(self) -> str: ...
-
-    @property
-    def user(self) -> str: ...
-
-    @property
-    def port(self) -> int: ...
-
-    @property
-    def ssh_options(self) -> tuple[str, ...]: ...
-
-
-def connect(node: Reachable, ssh_config: str | None) -> Connection:
+def connect(node: DeployNode, ssh_config: str | None) -> Connection:
     """A (lazily opened) ControlMaster connection to the node; close it when done."""
-    return Connection(
-        Target(
-            node=node.name,
-            host=node.host,
-            user=node.user,
-            port=node.port,
-            ssh_config=ssh_config,
-            options=tuple(node.ssh_options),
-        )
-    )
+    return Connection(target_of(node, ssh_config))
 
 
 def on_nodes(

@@ -655,7 +655,7 @@ def rollback_nodes(
     """`nixherd rollback`: every node back to its previous generation, in parallel, checked."""
     from nixherd.deploy.checks import checks_of
     from nixherd.deploy.fanout import fan_out
-    from nixherd.deploy.pipeline import target_of
+    from nixherd.deploy.plan import target_of
     from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport, order
 
     cancel = cancel or threading.Event()

@@ -357,7 +357,7 @@ def check_nodes(
     import threading
 
     from nixherd.deploy.fanout import fan_out
-    from nixherd.deploy.pipeline import target_of
+    from nixherd.deploy.plan import target_of
     from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport, order
     from nixherd.events import NodeFinished, Outcome
     from nixherd.ssh import Connection

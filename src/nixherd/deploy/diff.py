@@ -239,7 +239,7 @@ def diff_nodes(
 ) -> dict[str, ClosureDiff | NixherdError]:
     """Each node's diff against its built `toplevels[name]`, in parallel (the nodes' order)."""
     from nixherd.deploy.fanout import fan_out
-    from nixherd.deploy.pipeline import target_of
+    from nixherd.deploy.plan import target_of
 
     by_name = {n.name: n for n in nodes}
 

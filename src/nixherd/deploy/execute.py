@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from nixherd.deploy.fanout import fan_out
-from nixherd.deploy.plan import DeployNode
+from nixherd.deploy.plan import DeployNode, target_of
 from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport, order
 from nixherd.errors import CommandError, UsageError
 from nixherd.events import (
@@ -20,7 +20,7 @@ from nixherd.events import (
     StageStarted,
     discard,
 )
-from nixherd.ssh import Connection, Target
+from nixherd.ssh import Connection
 
 SSH_FAILED = 255
 
@@ -53,14 +53,7 @@ def exec_everywhere(
         started = time.monotonic()
         outcome, code, error = Outcome.FAILED, None, None
         try:
-            target = Target(
-                node=name,
-                host=node.host,
-                user=node.user,
-                port=node.port,
-                ssh_config=ssh_config,
-                options=tuple(node.ssh_options),
-            )
+            target = target_of(node, ssh_config)
             conn = Connection(target)
             try:
                 result = conn.run(

@@ -26,7 +26,7 @@ from nixherd.deploy.delivery import BuildOnTarget, Delivery, PushFromHere, Syste
 from nixherd.deploy.diff import ClosureDiff, node_diff
 from nixherd.deploy.fanout import fan_out
 from nixherd.deploy.goal import Goal
-from nixherd.deploy.plan import DeployNode, DeployOptions
+from nixherd.deploy.plan import DeployNode, DeployOptions, target_of
 from nixherd.deploy.probe import NodeState, probe
 from nixherd.deploy.report import TAIL_LINES, ErrorInfo, NodeResult, RunReport, order
 from nixherd.deploy.rollout import WaveKind
@@ -43,7 +43,7 @@ from nixherd.events import (
     StageStarted,
     discard,
 )
-from nixherd.ssh import Connection, Target
+from nixherd.ssh import Connection
 
 Evaluator = Callable[[str, Sequence[str]], Mapping[str, fleet.NodeEval]]
 # Asked once the systems are built, before any node is touched: go ahead?
@@ -69,17 +69,6 @@ def delivery_for(options: DeployOptions) -> Delivery:
     if options.build_on_target:
         return BuildOnTarget(substitute_on_destination=options.substitute_on_destination)
     return PushFromHere(substitute_on_destination=options.substitute_on_destination)
-
-
-def target_of(node: DeployNode, ssh_config: str | None) -> Target:
-    return Target(
-        node=node.name,
-        host=node.host,
-        user=node.user,
-        port=node.port,
-        ssh_config=ssh_config,
-        options=tuple(node.ssh_options),
-    )
 
 
 @dataclass(frozen=True, slots=True)

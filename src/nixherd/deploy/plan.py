@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from nixherd.deploy.goal import Goal
 from nixherd.deploy.rollout import Rollout, WaveKind
 from nixherd.errors import UsageError
+from nixherd.ssh import Target
 
 DEFAULT_PARALLEL = 10
 STATE_DIR = ".nixherd"
@@ -28,6 +29,18 @@ class DeployNode(Protocol):
     def port(self) -> int: ...
     @property
     def ssh_options(self) -> Sequence[str]: ...
+
+
+def target_of(node: DeployNode, ssh_config: str | None) -> Target:
+    """How to reach the node over ssh (validated at the ssh boundary)."""
+    return Target(
+        node=node.name,
+        host=node.host,
+        user=node.user,
+        port=node.port,
+        ssh_config=ssh_config,
+        options=tuple(node.ssh_options),
+    )
 
 
 @dataclass(frozen=True, slots=True)

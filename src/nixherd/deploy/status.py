@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nixherd.deploy.fanout import fan_out
-from nixherd.deploy.plan import DeployNode
+from nixherd.deploy.plan import DeployNode, target_of
 from nixherd.deploy.probe import NodeState, probe
 from nixherd.errors import NixherdError
 from nixherd.events import (
@@ -21,7 +21,7 @@ from nixherd.events import (
     StageStarted,
     discard,
 )
-from nixherd.ssh import Connection, Target
+from nixherd.ssh import Connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +73,7 @@ def node_status(
         node = by_name[name]
         emit(StageStarted(name, Stage.STATUS))
         started = time.monotonic()
-        target = Target(
-            node=name,
-            host=node.host,
-            user=node.user,
-            port=node.port,
-            ssh_config=ssh_config,
-            options=tuple(node.ssh_options),
-        )
+        target = target_of(node, ssh_config)
         conn = Connection(target)
         try:
             state = probe(conn, multiplex=False, timeout=30)
