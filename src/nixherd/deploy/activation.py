@@ -43,7 +43,6 @@ from nixherd.errors import CommandError, NixherdError
 from nixherd.events import (
     EventSink,
     LogLine,
-    NodeFinished,
     Outcome,
     Stage,
     StageFinished,
@@ -654,12 +653,10 @@ def rollback_nodes(
 ) -> RunReport:
     """`nixherd rollback`: every node back to its previous generation, in parallel, checked."""
     from nixherd.deploy.checks import checks_of
-    from nixherd.deploy.fanout import fan_out
+    from nixherd.deploy.fanout import report_per_node
     from nixherd.deploy.plan import target_of
-    from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport, order
+    from nixherd.deploy.report import ErrorInfo, NodeResult
 
-    cancel = cancel or threading.Event()
-    started_at = time.time()
     by_name = {n.name: n for n in nodes}
 
     def work(name: str) -> NodeResult:
@@ -692,7 +689,6 @@ def rollback_nodes(
         except NixherdError as exc:
             error = ErrorInfo.from_exception(exc)
         seconds = time.monotonic() - started
-        emit(NodeFinished(name, outcome, error.summary() if error else detail))
         return NodeResult(
             node=name,
             outcome=outcome,
@@ -705,19 +701,13 @@ def rollback_nodes(
             detail=detail,
         )
 
-    names = [n.name for n in nodes]
-    run = fan_out(names, work, parallel=parallel, cancel=cancel)
-    results = dict(run.results)
-    for name in run.not_started:
-        emit(NodeFinished(name, Outcome.NOT_ATTEMPTED, "interrupted"))
-        results[name] = NodeResult(name, Outcome.NOT_ATTEMPTED, detail="interrupted")
-    return RunReport(
+    return report_per_node(
+        [n.name for n in nodes],
+        work,
         command="rollback",
         goal=Goal.SWITCH.value,
-        flake=None,
-        started_at=started_at,
-        finished_at=time.time(),
-        nodes=order(list(results.values()), names),
-        interrupted=run.interrupted,
         options={"parallel": parallel, "confirm_timeout": confirm_timeout},
+        parallel=parallel,
+        emit=emit,
+        cancel=cancel,
     )

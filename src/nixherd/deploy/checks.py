@@ -354,16 +354,12 @@ def check_nodes(
 
     `nodes` are inventory nodes (name, host, user, port, ssh_options, checks).
     """
-    import threading
-
-    from nixherd.deploy.fanout import fan_out
+    from nixherd.deploy.fanout import report_per_node
     from nixherd.deploy.plan import target_of
-    from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport, order
-    from nixherd.events import NodeFinished, Outcome
+    from nixherd.deploy.report import ErrorInfo, NodeResult
+    from nixherd.events import Outcome
     from nixherd.ssh import Connection
 
-    cancel = cancel or threading.Event()
-    started_at = time.time()
     by_name = {n.name: n for n in nodes}
 
     def work(name: str) -> NodeResult:
@@ -386,7 +382,6 @@ def check_nodes(
         except NixherdError as exc:
             error = ErrorInfo.from_exception(exc)
         seconds = time.monotonic() - started
-        emit(NodeFinished(name, outcome, error.summary() if error else detail))
         return NodeResult(
             node=name,
             outcome=outcome,
@@ -395,19 +390,12 @@ def check_nodes(
             detail=detail,
         )
 
-    names = [n.name for n in nodes]
-    run = fan_out(names, work, parallel=parallel, cancel=cancel)
-    results = dict(run.results)
-    for name in run.not_started:
-        emit(NodeFinished(name, Outcome.NOT_ATTEMPTED, "interrupted"))
-        results[name] = NodeResult(name, Outcome.NOT_ATTEMPTED, detail="interrupted")
-    return RunReport(
+    return report_per_node(
+        [n.name for n in nodes],
+        work,
         command="check-health",
-        goal=None,
-        flake=None,
-        started_at=started_at,
-        finished_at=time.time(),
-        nodes=order(list(results.values()), names),
-        interrupted=run.interrupted,
         options={"parallel": parallel},
+        parallel=parallel,
+        emit=emit,
+        cancel=cancel,
     )

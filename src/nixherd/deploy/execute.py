@@ -6,14 +6,13 @@ import threading
 import time
 from collections.abc import Sequence
 
-from nixherd.deploy.fanout import fan_out
+from nixherd.deploy.fanout import report_per_node
 from nixherd.deploy.plan import DeployNode, target_of
-from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport, order
+from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport
 from nixherd.errors import CommandError, UsageError
 from nixherd.events import (
     EventSink,
     LogLine,
-    NodeFinished,
     Outcome,
     Stage,
     StageFinished,
@@ -42,8 +41,6 @@ def exec_everywhere(
     """
     if not argv:
         raise UsageError("exec: no command given (put it after --)")
-    cancel = cancel or threading.Event()
-    started_at = time.time()
     by_name = {n.name: n for n in nodes}
     command = tuple(argv)
 
@@ -79,7 +76,6 @@ def exec_everywhere(
         seconds = time.monotonic() - started
         emit(StageFinished(name, Stage.EXEC, seconds))
         detail = f"exit {code}" if code is not None else None
-        emit(NodeFinished(name, outcome, error.summary() if error else detail))
         return NodeResult(
             node=name,
             outcome=outcome,
@@ -89,19 +85,12 @@ def exec_everywhere(
             exit_code=code,
         )
 
-    names = [n.name for n in nodes]
-    run = fan_out(names, work, parallel=parallel, cancel=cancel)
-    results = dict(run.results)
-    for name in run.not_started:
-        emit(NodeFinished(name, Outcome.NOT_ATTEMPTED, "interrupted"))
-        results[name] = NodeResult(name, Outcome.NOT_ATTEMPTED, detail="interrupted")
-    return RunReport(
+    return report_per_node(
+        [n.name for n in nodes],
+        work,
         command="exec",
-        goal=None,
-        flake=None,
-        started_at=started_at,
-        finished_at=time.time(),
-        nodes=order(list(results.values()), names),
-        interrupted=run.interrupted,
         options={"argv": list(command), "parallel": parallel, "elevate": elevate},
+        parallel=parallel,
+        emit=emit,
+        cancel=cancel,
     )

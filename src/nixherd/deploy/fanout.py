@@ -12,10 +12,14 @@ import concurrent.futures as cf
 import contextlib
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from nixherd.deploy.report import NodeResult, RunReport, order
+from nixherd.events import EventSink, NodeFinished, Outcome
 
 R = TypeVar("R")
 
@@ -69,6 +73,47 @@ def fan_out(
                 if stop is not None and not stopped and stop(name, result):
                     stopped = True
     return FanOut(results, tuple(queue), cancel.is_set())
+
+
+def report_per_node(
+    names: Sequence[str],
+    work: Callable[[str], NodeResult],
+    *,
+    command: str,
+    goal: str | None = None,
+    options: Mapping[str, Any],
+    parallel: int,
+    emit: EventSink,
+    cancel: threading.Event | None = None,
+) -> RunReport:
+    """`work(name)` for each name (as `fan_out`), gathered into the run's report.
+
+    Each node's end is announced (NodeFinished) as its work returns; the nodes a Ctrl-C left
+    unstarted are reported "not attempted". Results follow the order of `names`.
+    """
+    started_at = time.time()
+
+    def announced(name: str) -> NodeResult:
+        result = work(name)
+        note = result.error.summary() if result.error else result.detail
+        emit(NodeFinished(name, result.outcome, note))
+        return result
+
+    run = fan_out(names, announced, parallel=parallel, cancel=cancel or threading.Event())
+    results = dict(run.results)
+    for name in run.not_started:
+        emit(NodeFinished(name, Outcome.NOT_ATTEMPTED, "interrupted"))
+        results[name] = NodeResult(name, Outcome.NOT_ATTEMPTED, detail="interrupted")
+    return RunReport(
+        command=command,
+        goal=goal,
+        flake=None,
+        started_at=started_at,
+        finished_at=time.time(),
+        nodes=order(list(results.values()), names),
+        interrupted=run.interrupted,
+        options=options,
+    )
 
 
 @contextlib.contextmanager
