@@ -10,16 +10,16 @@ import datetime
 import json
 import stat
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from connkit import LocalConnection
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nixherd import process
 from nixherd.data import (
     BACKUP_SUFFIX,
     DataError,
@@ -33,36 +33,7 @@ from nixherd.data import (
 from nixherd.errors import InventoryError
 from nixherd.events import Event, LogLine
 from nixherd.inventory import loads
-from nixherd.process import LineCallback, Result
-from nixherd.ssh import Connection, Target
 from nixherd.template import check as template_errors
-
-
-class LocalConnection(Connection):
-    """Runs the 'remote' argv on this machine and records every argv."""
-
-    def __init__(self, control_dir: str) -> None:
-        super().__init__(Target(node="n1", host="127.0.0.1"), control_dir=control_dir)
-        self.calls: list[list[str]] = []
-        self.modes: list[tuple[bool, bool]] = []
-
-    def run(
-        self,
-        remote: Sequence[str],
-        *,
-        elevate: bool = False,
-        multiplex: bool = True,
-        input: bytes | str | None = None,
-        timeout: float | None = None,
-        check: bool = True,
-        on_line: LineCallback | None = None,
-        what: str | None = None,
-    ) -> Result:
-        self.calls.append(list(remote))
-        self.modes.append((elevate, multiplex))
-        return process.run(
-            remote, input=input, timeout=timeout, check=check, on_line=on_line, what=what
-        )
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,18 @@ from __future__ import annotations
 import os
 import stat
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from connkit import LocalConnection
 
 from nixherd import process, transfer
 from nixherd.errors import InventoryError, UsageError
 from nixherd.events import Event, LogLine
 from nixherd.inventory import loads
-from nixherd.process import LineCallback, Result
 from nixherd.secrets import (
     KeySourceError,
     KeySpec,
@@ -32,37 +32,8 @@ from nixherd.secrets import (
     store_exposed,
     upload_keys,
 )
-from nixherd.ssh import Connection, Target
 
 SECRET = b"s3cr3t-\x00\xff-bytes\n"
-
-
-class LocalConnection(Connection):
-    """Runs the 'remote' argv on this machine and records every call (argv and stdin)."""
-
-    def __init__(self, control_dir: str) -> None:
-        super().__init__(Target(node="n1", host="127.0.0.1"), control_dir=control_dir)
-        self.calls: list[tuple[list[str], bytes | None]] = []
-        self.modes: list[tuple[bool, bool]] = []  # (elevate, multiplex) of each call
-
-    def run(
-        self,
-        remote: Sequence[str],
-        *,
-        elevate: bool = False,
-        multiplex: bool = True,
-        input: bytes | str | None = None,
-        timeout: float | None = None,
-        check: bool = True,
-        on_line: LineCallback | None = None,
-        what: str | None = None,
-    ) -> Result:
-        data = input.encode() if isinstance(input, str) else input
-        self.calls.append((list(remote), data))
-        self.modes.append((elevate, multiplex))
-        return process.run(
-            remote, input=input, timeout=timeout, check=check, on_line=on_line, what=what
-        )
 
 
 @dataclass(frozen=True)
