@@ -7,5 +7,10 @@ export PATH="$PWD/.venv/bin:$PATH"
 ruff check src tests bench
 ruff format --check src tests bench
 mypy
-# pytest exits 5 when it collected nothing: that is a failure here, never a silent pass.
+# The suite's in-process `nodes`/`show` runs keep their parse cache out of the user's ~/.cache.
+cache_dir=$(mktemp -d)
+trap 'rm -rf "$cache_dir"' EXIT
+export NIXHERD_CACHE_DIR="$cache_dir"
+# pytest exits 5 when it collected nothing: that is a failure here, never a silent pass
+# (set -e stops on any non-zero exit).
 pytest "$@"
