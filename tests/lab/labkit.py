@@ -1,10 +1,12 @@
 """Helpers for tests on real lab hosts: a handle on running hosts (ssh, nix copy, switch), free
-ports, HTTP from the machine to a host's service. The `lab_hosts` fixture is in conftest.py."""
+ports, HTTP from the machine to a host's service, generated fleet flakes, looking for leaked
+bytes. The `lab_hosts` fixture is in conftest.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shlex
 import shutil
@@ -209,8 +211,12 @@ def example_fleet(root: Path, service_ports: Mapping[str, int], lab: LabHosts | 
 
 def build(installables: Sequence[str]) -> list[str]:
     """`nix build` (offline: no substituters), returning the output paths in order."""
+    return _offline_build(list(installables))
+
+
+def _offline_build(args: Sequence[str]) -> list[str]:
     result = process.run(
-        nix.nix_argv("build", "--no-link", "--json", "--option", "substituters", "", *installables),
+        nix.nix_argv("build", "--no-link", "--json", "--option", "substituters", "", *args),
         timeout=600,
         what="nix build",
     )
@@ -239,20 +245,49 @@ def lab_system(*modules: str, system: str = "x86_64-linux") -> str:
         f"modules = [ {' '.join(f'({m})' for m in modules)} ]; }})"
         ".config.system.build.toplevel"
     )
-    result = process.run(
-        nix.nix_argv(
-            "build",
-            "--impure",
-            "--no-link",
-            "--json",
-            "--option",
-            "substituters",
-            "",
-            "--expr",
-            expr,
-        ),
-        timeout=600,
-        what="nix build",
+    return _offline_build(["--impure", "--expr", expr])[0]
+
+
+def fleet_flake(root: Path, modules: Mapping[str, str]) -> None:
+    """A `path:` fleet flake at `root` (created): a copy of the Nix library, a flake whose
+    `mkFleet` reads `root/inventory.toml` with the lab's mkSystem, and `modules` (file name ->
+    Nix text). The inventory is the test's to write."""
+    (root / "nixherd").mkdir(parents=True)
+    for name in ("default.nix", "lib.nix", "lab.nix"):
+        shutil.copy(REPO / "nix" / name, root / "nixherd" / name)
+    (root / "flake.nix").write_text(
+        "{ outputs = { self }: let nh = import ./nixherd; in nh.mkFleet {\n"
+        "  inventory = ./inventory.toml; root = ./.; inherit (nh.lab) mkSystem; }; }\n"
     )
-    path: str = json.loads(result.stdout)[0]["outputs"]["out"]
-    return path
+    for name, text in modules.items():
+        (root / name).write_text(text)
+
+
+def store_paths() -> set[str]:
+    """Every valid path of this machine's Nix store."""
+    return set(process.run(nix.nix_argv("path-info", "--all"), timeout=120).stdout.split())
+
+
+def new_store_paths(before: set[str]) -> list[str]:
+    """The store paths added since `before` (a `store_paths()` taken earlier)."""
+    return sorted(store_paths() - before)
+
+
+def files_holding(root: str, needle: bytes) -> list[str]:
+    """Every regular file under `root` (symlinks not followed) holding `needle`.
+
+    A file removed while the scan runs (a live host's store) holds nothing any more and is
+    skipped; any other read error fails the test.
+    """
+    found: list[str] = []
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            try:
+                if os.path.islink(path) or not os.path.isfile(path):
+                    continue
+                if needle in Path(path).read_bytes():
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+    return found

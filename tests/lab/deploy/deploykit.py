@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import rtoml
-from labkit import REPO, LabHosts
+from labkit import LabHosts, fleet_flake
 
 from nixherd import process
 from nixherd.process import Result
@@ -138,13 +137,5 @@ def by_node(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def make_fleet(root: Path, lab: LabHosts) -> Fleet:
     """A fleet directory at `root` (created) over the hosts of `lab`."""
-    (root / "nixherd").mkdir(parents=True)
-    for name in ("default.nix", "lib.nix", "lab.nix"):
-        shutil.copy(REPO / "nix" / name, root / "nixherd" / name)
-    (root / "flake.nix").write_text(
-        "{ outputs = { self }: let nh = import ./nixherd; in nh.mkFleet {\n"
-        "  inventory = ./inventory.toml; root = ./.; inherit (nh.lab) mkSystem; }; }\n"
-    )
-    (root / "app.nix").write_text(ROLE)
-    (root / "service.nix").write_text(SERVICE)
+    fleet_flake(root, {"app.nix": ROLE, "service.nix": SERVICE})
     return Fleet(root, lab)

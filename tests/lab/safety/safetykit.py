@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import rtoml
-from labkit import REPO, LabHosts, free_ports
+from labkit import LabHosts, fleet_flake, free_ports
 
 from nixherd import process
 from nixherd.errors import LabError
@@ -123,14 +122,7 @@ class Fleet:
 
 
 def make_fleet(root: Path, lab: LabHosts, hosts: Mapping[str, str]) -> Fleet:
-    (root / "nixherd").mkdir(parents=True)
-    for name in ("default.nix", "lib.nix", "lab.nix"):
-        shutil.copy(REPO / "nix" / name, root / "nixherd" / name)
-    (root / "flake.nix").write_text(
-        "{ outputs = { self }: let nh = import ./nixherd; in nh.mkFleet {\n"
-        "  inventory = ./inventory.toml; root = ./.; inherit (nh.lab) mkSystem; }; }\n"
-    )
-    (root / "node.nix").write_text(NODE_MODULE)
+    fleet_flake(root, {"node.nix": NODE_MODULE})
     return Fleet(root, lab, dict(hosts))
 
 

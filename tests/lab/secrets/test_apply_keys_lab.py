@@ -9,7 +9,6 @@ import itertools
 import json
 import os
 import secrets
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +17,9 @@ from typing import Any
 
 import pytest
 import rtoml
-from labkit import REPO, LabFactory, LabHosts
+from labkit import LabFactory, LabHosts, files_holding, fleet_flake, new_store_paths, store_paths
 
-from nixherd import nix, process
+from nixherd import process
 from nixherd.process import Result
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
@@ -104,38 +103,11 @@ class Fleet:
 @pytest.fixture
 def fleet(tmp_path: Path, lab: LabHosts) -> Iterator[Fleet]:
     root = tmp_path / "fleet"
-    (root / "nixherd").mkdir(parents=True)
-    for name in ("default.nix", "lib.nix", "lab.nix"):
-        shutil.copy(REPO / "nix" / name, root / "nixherd" / name)
-    (root / "flake.nix").write_text(
-        "{ outputs = { self }: let nh = import ./nixherd; in nh.mkFleet {\n"
-        "  inventory = ./inventory.toml; root = ./.; inherit (nh.lab) mkSystem; }; }\n"
-    )
-    (root / "app.nix").write_text(ROLE)
+    fleet_flake(root, {"app.nix": ROLE})
     f = Fleet(root, lab, f"/run/nh-h6-{secrets.token_hex(4)}")
     yield f
     for name in ("lab-1", "lab-2"):
         lab.ssh(name, "rm", "-rf", "--", f.area, check=False)
-
-
-def valid_paths() -> list[str]:
-    return process.run(nix.nix_argv("path-info", "--all"), timeout=120).stdout.split()
-
-
-def new_store_paths(before: set[str]) -> list[str]:
-    return sorted(set(valid_paths()) - before)
-
-
-def files_with(root: str, needle: bytes) -> list[str]:
-    """Regular files under `root` (symlinks not followed) holding `needle`."""
-    found = []
-    for directory, _dirs, files in os.walk(root):
-        for file in files:
-            path = os.path.join(directory, file)
-            readable = not os.path.islink(path) and os.path.isfile(path)
-            if readable and needle in Path(path).read_bytes():
-                found.append(path)
-    return found
 
 
 def outcome(report: dict[str, Any], name: str) -> str:
@@ -161,7 +133,7 @@ def test_apply_uploads_keys_around_activation(fleet: Fleet) -> None:
         "pre": {"file": "../secrets/pre", "dest": pre, "user": "nobody"},
         "post": {"file": "../secrets/post", "dest": post, "upload": "post-activation"},
     }
-    before = set(valid_paths())
+    before = store_paths()
     version = fleet.write({"lab-1": keys, "lab-2": keys})
     result, report = fleet.apply()
     assert result.returncode == 0, explain(result)
@@ -176,22 +148,22 @@ def test_apply_uploads_keys_around_activation(fleet: Fleet) -> None:
     # Not in the output, the report, the run's logs or anything the build put in the store.
     assert secret not in result.stdout + result.stderr
     assert secret not in json.dumps(report)
-    assert files_with(str(fleet.dir), secret.encode()) == []
+    assert files_holding(str(fleet.dir), secret.encode()) == []
     for path in new_store_paths(before):
-        assert files_with(path, secret.encode()) == [], path
+        assert files_holding(path, secret.encode()) == [], path
 
 
 def test_a_key_file_inside_a_path_flake_is_refused_before_evaluation(fleet: Fleet) -> None:
     secret = f"nh-secret-{secrets.token_hex(16)}"
     (fleet.dir / "token").write_text(secret)
-    before = set(valid_paths())
+    before = store_paths()
     fleet.write({"lab-1": {"token": {"file": "token", "dest": f"{fleet.area}/token"}}})
     result, _report = fleet.apply()
     assert result.returncode == 2, explain(result)
     assert "lab-1: key 'token'" in result.stderr and "world-readable Nix store" in result.stderr
     # Nothing was evaluated, so the flake (and the secret in it) never reached the store.
     for path in new_store_paths(before):
-        assert files_with(path, secret.encode()) == [], path
+        assert files_holding(path, secret.encode()) == [], path
     assert fleet.remote("lab-1", 'test -e "$1" && echo yes || echo no', fleet.area) == "no\n"
 
 

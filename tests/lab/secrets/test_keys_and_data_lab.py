@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 import tomlkit
-from labkit import LabFactory, LabHosts
+from labkit import LabFactory, LabHosts, files_holding, new_store_paths, store_paths
 
-from nixherd import nix, process
+from nixherd import process
 from nixherd.process import Result
 
 pytestmark = [pytest.mark.lab]
@@ -122,32 +122,6 @@ class ProcScanner(threading.Thread):
             self.scans += 1
 
 
-def new_store_paths(before: set[str]) -> list[str]:
-    return sorted(set(_valid_paths()) - before)
-
-
-def _valid_paths() -> list[str]:
-    result = process.run(nix.nix_argv("path-info", "--all"), timeout=120)
-    return result.stdout.split()
-
-
-def files_containing(root: str, needle: bytes) -> list[str]:
-    """Every regular file under `root` (symlinks not followed) holding `needle`."""
-    found: list[str] = []
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            try:
-                if os.path.islink(path) or not os.path.isfile(path):
-                    continue
-                with open(path, "rb") as handle:
-                    if needle in handle.read():
-                        found.append(path)
-            except OSError:
-                continue
-    return found
-
-
 def test_keys_arrive_with_owner_and_mode_and_leak_nowhere(fleet: Fleet) -> None:
     secret = f"nh-secret-{secrets.token_hex(16)}"
     second = f"nh-secret-{secrets.token_hex(16)}"
@@ -174,7 +148,7 @@ def test_keys_arrive_with_owner_and_mode_and_leak_nowhere(fleet: Fleet) -> None:
             },
         }
     )
-    before = set(_valid_paths())
+    before = store_paths()
     scanner = ProcScanner(secret.encode(), (b"sleep 1; cat secret.txt", token.encode()))
     scanner.start()
     try:
@@ -202,14 +176,14 @@ def test_keys_arrive_with_owner_and_mode_and_leak_nowhere(fleet: Fleet) -> None:
     lab_dir = fleet.lab.dir
     for host in NODES:
         logs = os.path.join(lab_dir, "hosts", host, "log")
-        assert files_containing(logs, secret.encode()) == []
+        assert files_holding(logs, secret.encode()) == []
         # Not in any host's Nix store (the whole private /nix of the host, DB included).
         nix_dir = os.path.join(lab_dir, "hosts", host, "nix")
-        assert files_containing(nix_dir, secret.encode()) == []
-        assert files_containing(nix_dir, second.encode()) == []
+        assert files_holding(nix_dir, secret.encode()) == []
+        assert files_holding(nix_dir, second.encode()) == []
     # Not in the deployer's store: nothing the run added to it holds the bytes.
     for path in new_store_paths(before):
-        assert files_containing(path, secret.encode()) == [], path
+        assert files_holding(path, secret.encode()) == [], path
 
 
 def test_unchanged_keys_are_not_sent_again(fleet: Fleet) -> None:
