@@ -20,29 +20,32 @@ from nixherd.ssh import Connection
 R = TypeVar("R")
 
 
-def connect(node: DeployNode, ssh_config: str | None) -> Connection:
-    """A (lazily opened) ControlMaster connection to the node; close it when done."""
-    return Connection(target_of(node, ssh_config))
+N = TypeVar("N", bound=DeployNode)
 
 
 def on_nodes(
-    names: Sequence[str],
-    work: Callable[[str], R],
+    nodes: Sequence[N],
+    work: Callable[[Connection, N], R],
     *,
+    ssh_config: str | None,
     outcome: Callable[[R], Outcome],
     emit: EventSink,
     parallel: int = 10,
     cancel: threading.Event | None = None,
 ) -> Mapping[str, R | NixherdError]:
-    """`work(name)` for every node, `parallel` at once; a failing node yields its error.
+    """`work(conn, node)` for every node, `parallel` at once; a failing node yields its error.
 
-    Nodes never started (Ctrl-C) are left out of the result; a KeyboardInterrupt is re-raised
-    once the nodes already running are done.
+    `conn` is the node's own ControlMaster connection, closed when its work is done. Nodes never
+    started (Ctrl-C) are left out of the result; a KeyboardInterrupt is re-raised once the nodes
+    already running are done.
     """
+    by_name = {node.name: node for node in nodes}
+    names = list(by_name)
 
     def guarded(name: str) -> R | NixherdError:
         try:
-            result = work(name)
+            with Connection(target_of(by_name[name], ssh_config)) as conn:
+                result = work(conn, by_name[name])
         except NixherdError as exc:
             emit(NodeFinished(name, Outcome.FAILED, exc.render()))
             return exc

@@ -27,38 +27,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nixherd import data
     from nixherd.events import Outcome
-    from nixherd.fleetops import connect, on_nodes
+    from nixherd.fleetops import on_nodes
 
     inventory, names = load_selection(args)
     with_data = [name for name in names if inventory.nodes[name].data]
     skipped = len(names) - len(with_data)
     note = f" ({skipped} selected nodes have no data files)" if skipped else ""
 
+    nodes = [inventory.nodes[name] for name in with_data]
     with progress(with_data, f"data {args.action}") as emit:
         if args.action == "diff":
-
-            def diff(name: str) -> list[FileDiff]:
-                node = inventory.nodes[name]
-                with connect(node, inventory.ssh_config) as conn:
-                    return data.diff_node(conn, node, emit=emit)
-
             diffs = on_nodes(
-                with_data,
-                diff,
+                nodes,
+                lambda conn, node: data.diff_node(conn, node, emit=emit),
+                ssh_config=inventory.ssh_config,
                 outcome=lambda r: Outcome.OK if any(d.changed for d in r) else Outcome.UP_TO_DATE,
                 emit=emit,
                 parallel=args.parallel,
             )
         else:
-
-            def push(name: str) -> DataResult:
-                node = inventory.nodes[name]
-                with connect(node, inventory.ssh_config) as conn:
-                    return data.push_node(conn, node, emit=emit)
-
             pushes = on_nodes(
-                with_data,
-                push,
+                nodes,
+                lambda conn, node: data.push_node(conn, node, emit=emit),
+                ssh_config=inventory.ssh_config,
                 outcome=lambda r: Outcome.OK if r.changed else Outcome.UP_TO_DATE,
                 emit=emit,
                 parallel=args.parallel,

@@ -86,7 +86,7 @@ def error_text(error: NixherdError) -> str:
 def run(args: argparse.Namespace) -> int:
     from nixherd.errors import NixherdError
     from nixherd.events import Outcome
-    from nixherd.fleetops import connect, on_nodes
+    from nixherd.fleetops import on_nodes
     from nixherd.secrets import KeysResult, summary, upload_keys
 
     inventory, names = load_selection(args)
@@ -94,15 +94,10 @@ def run(args: argparse.Namespace) -> int:
     with_keys = [name for name in names if inventory.nodes[name].keys]
 
     with progress(with_keys, "keys upload") as emit:
-
-        def work(name: str) -> KeysResult:
-            node = inventory.nodes[name]
-            with connect(node, inventory.ssh_config) as conn:
-                return upload_keys(conn, node, None, emit=emit, base_dir=base_dir)
-
         results = on_nodes(
-            with_keys,
-            work,
+            [inventory.nodes[name] for name in with_keys],
+            lambda conn, node: upload_keys(conn, node, None, emit=emit, base_dir=base_dir),
+            ssh_config=inventory.ssh_config,
             outcome=lambda r: Outcome.OK if r.sent else Outcome.UP_TO_DATE,
             emit=emit,
             parallel=args.parallel,
