@@ -23,7 +23,7 @@ from nixherd import fleet, nix, secrets
 from nixherd.deploy import reboot as reboot_mod
 from nixherd.deploy.checks import HealthCheck, parse_check
 from nixherd.deploy.delivery import BuildOnTarget, Delivery, PushFromHere, System
-from nixherd.deploy.diff import ClosureDiff, node_diff
+from nixherd.deploy.diff import ClosureDiff, diff_nodes
 from nixherd.deploy.fanout import fan_out
 from nixherd.deploy.goal import Goal
 from nixherd.deploy.plan import DeployNode, DeployOptions, target_of
@@ -619,17 +619,9 @@ def closure_diffs(
     parallel: int = 10,
 ) -> dict[str, ClosureDiff | NixherdError]:
     """Per node, what its new system changes against the one it runs (for `apply --confirm`)."""
-    by_name = {n.name: n for n in nodes}
-
-    def work(name: str) -> ClosureDiff | NixherdError:
-        try:
-            with Connection(target_of(by_name[name], ssh_config)) as conn:
-                return node_diff(conn, systems[name].out_path)
-        except NixherdError as exc:
-            return exc
-
-    names = [n for n in by_name if n in systems]
-    run = fan_out(names, work, parallel=parallel, cancel=threading.Event())
-    if run.interrupted:
+    cancel = threading.Event()
+    toplevels = {name: system.out_path for name, system in systems.items()}
+    diffs = diff_nodes(nodes, toplevels, ssh_config=ssh_config, parallel=parallel, cancel=cancel)
+    if cancel.is_set():
         raise KeyboardInterrupt
-    return {name: run.results[name] for name in names}
+    return diffs
