@@ -126,6 +126,16 @@ def make_fleet(root: Path, lab: LabHosts, hosts: Mapping[str, str]) -> Fleet:
     return Fleet(root, lab, dict(hosts))
 
 
+def deployed_pair(hosts: HostPool, root: Path) -> Fleet:
+    """Two fresh hosts as nodes alpha and bravo, both switched to version 1."""
+    a, b = hosts.take(2)
+    fleet = make_fleet(root, hosts.lab, {"alpha": a, "bravo": b})
+    fleet.write({"alpha": {"vars": {"version": "1"}}, "bravo": {"vars": {"version": "1"}}})
+    result, _ = fleet.apply("switch")
+    assert result.ok, result.stdout + result.stderr
+    return fleet
+
+
 def by_node(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {n["node"]: n for n in report["nodes"]}
 

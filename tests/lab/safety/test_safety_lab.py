@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 from labkit import LabHosts, free_base, http_get
-from safetykit import HostPool, by_node, cmdline, descendants, make_fleet, wait_for
+from safetykit import (
+    HostPool,
+    by_node,
+    cmdline,
+    deployed_pair,
+    descendants,
+    make_fleet,
+    wait_for,
+)
 
 from nixherd import process
 from nixherd.deploy.activation import ActivationOptions, activate
@@ -56,11 +64,7 @@ def ignore(_event: Event) -> None:
 def test_activation_that_cuts_ssh_is_rolled_back_within_the_timeout(
     hosts: HostPool, tmp_path: Path
 ) -> None:
-    a, b = hosts.take(2)
-    fleet = make_fleet(tmp_path, hosts.lab, {"alpha": a, "bravo": b})
-    fleet.write({"alpha": {"vars": {"version": "1"}}, "bravo": {"vars": {"version": "1"}}})
-    result, _ = fleet.apply("switch")
-    assert result.ok, out(result)
+    fleet = deployed_pair(hosts, tmp_path)
     v1 = fleet.current("alpha")
     assert v1 is not None and v1.endswith("-alpha-1")
 
@@ -185,11 +189,7 @@ def test_failing_health_check_rolls_back_and_passing_one_confirms(
 def test_failed_activation_restores_the_previous_system_and_spares_the_others(
     hosts: HostPool, tmp_path: Path
 ) -> None:
-    a, b = hosts.take(2)
-    fleet = make_fleet(tmp_path, hosts.lab, {"alpha": a, "bravo": b})
-    fleet.write({"alpha": {"vars": {"version": "1"}}, "bravo": {"vars": {"version": "1"}}})
-    result, _ = fleet.apply("switch")
-    assert result.ok, out(result)
+    fleet = deployed_pair(hosts, tmp_path)
     v1 = fleet.current("alpha")
 
     fleet.write(
@@ -212,7 +212,7 @@ def test_failed_activation_restores_the_previous_system_and_spares_the_others(
     bravo = fleet.current("bravo")
     assert bravo is not None and bravo.endswith("-bravo-2")
     # The failed generation is gone from the profile: a later `rollback` cannot land on it.
-    links = hosts.lab.ssh(a, "ls", "/nix/var/nix/profiles").stdout.split()
+    links = hosts.lab.ssh(fleet.hosts["alpha"], "ls", "/nix/var/nix/profiles").stdout.split()
     assert sorted(x for x in links if x.startswith("system-")) == ["system-1-link"]
 
 
@@ -323,11 +323,7 @@ def test_connection_killed_during_the_copy_fails_cleanly_and_the_next_deploy_wor
 
 
 def test_diff_shows_the_real_difference_between_two_builds(hosts: HostPool, tmp_path: Path) -> None:
-    a, b = hosts.take(2)
-    fleet = make_fleet(tmp_path, hosts.lab, {"alpha": a, "bravo": b})
-    fleet.write({"alpha": {"vars": {"version": "1"}}, "bravo": {"vars": {"version": "1"}}})
-    result, _ = fleet.apply("switch")
-    assert result.ok, out(result)
+    fleet = deployed_pair(hosts, tmp_path)
 
     # alpha: version bumped and a payload added; bravo unchanged.
     fleet.write(
@@ -360,11 +356,7 @@ def test_diff_shows_the_real_difference_between_two_builds(hosts: HostPool, tmp_
 def test_rollback_returns_each_node_to_its_previous_generation(
     hosts: HostPool, tmp_path: Path
 ) -> None:
-    a, b = hosts.take(2)
-    fleet = make_fleet(tmp_path, hosts.lab, {"alpha": a, "bravo": b})
-    fleet.write({"alpha": {"vars": {"version": "1"}}, "bravo": {"vars": {"version": "1"}}})
-    result, _ = fleet.apply("switch")
-    assert result.ok, out(result)
+    fleet = deployed_pair(hosts, tmp_path)
     v1 = fleet.current("alpha")
     fleet.write({"alpha": {"vars": {"version": "2"}}, "bravo": {"vars": {"version": "1"}}})
     result, _ = fleet.apply("switch", "--on", "alpha")
