@@ -115,7 +115,7 @@ def options_from(args: argparse.Namespace) -> DeployOptions:
     )
     return DeployOptions(
         goal=Goal(args.goal),
-        flake=args.flake,
+        flake=runs.flake_ref(args),
         parallel=args.parallel,
         keep_result=args.keep_result,
         substitute_on_destination=args.substitute_on_destination,

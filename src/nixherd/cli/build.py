@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.deploy.plan import DeployOptions
 
     inventory, nodes = runs.load_nodes(args)
-    options = DeployOptions(goal=Goal.BUILD, flake=args.flake, keep_result=args.keep_result)
+    options = DeployOptions(
+        goal=Goal.BUILD, flake=runs.flake_ref(args), keep_result=args.keep_result
+    )
     names = [n.name for n in nodes]
     with runs.progress(args, names, title="build") as view:
         report = pipeline.deploy(

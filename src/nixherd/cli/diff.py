@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     with Progress(names, title="diff", show_lines=False) as view:
         diffs = diff_fleet(
             nodes,
-            args.flake,
+            runs.flake_ref(args),
             ssh_config=inventory.ssh_config,
             parallel=args.parallel,
             emit=view,

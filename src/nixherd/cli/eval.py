@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     _, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
-    results = fleet.eval_nodes(args.flake, names)
+    results = fleet.eval_nodes(runs.flake_ref(args), names)
     failed = [r for r in results.values() if not r.ok]
     if args.json:
         sys.stdout.write(json.dumps([results[n].to_data() for n in names], indent=2) + "\n")

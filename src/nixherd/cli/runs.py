@@ -36,10 +36,25 @@ def add_parallel(parser: argparse.ArgumentParser, default: int = 10) -> None:
 def add_flake(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flake",
-        default=os.environ.get("NIXHERD_FLAKE", "."),
+        default=os.environ.get("NIXHERD_FLAKE"),
         metavar="REF",
-        help="the fleet's flake (default: $NIXHERD_FLAKE or the current directory)",
+        help="the fleet's flake (default: $NIXHERD_FLAKE, else the directory of the inventory)",
     )
+
+
+def flake_ref(args: argparse.Namespace) -> str:
+    """The flake to evaluate: --flake, $NIXHERD_FLAKE, or the one beside the inventory.
+
+    One rule for every command (`check --eval` included), so `-i other/inventory.toml` never
+    evaluates the flake of the current directory by accident.
+    """
+    given: str | None = getattr(args, "flake", None)
+    if given:
+        return given
+    from nixherd import fleet
+    from nixherd.cli import inventory_path
+
+    return fleet.flake_for(inventory_path(args))
 
 
 def add_output(parser: argparse.ArgumentParser, *, logs: bool = True) -> None:

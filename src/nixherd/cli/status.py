@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.eval:
         from nixherd import fleet
 
-        evals = fleet.eval_nodes(args.flake, names)
+        evals = fleet.eval_nodes(runs.flake_ref(args), names)
         expected = {name: evals[name].out_path for name in names}
         eval_errors = {n: e.error for n, e in evals.items() if e.error}
     rows = node_status(
