@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# Lab systems are built here from nothing: no binary cache has them, and asking an unreachable one
+# (offline machines) costs seconds of retries per build.
+export NIX_CONFIG="${NIX_CONFIG:-substituters =}"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
