@@ -90,6 +90,10 @@ MAX_NAME = 63
 MAX_HOST = 253
 MAX_USER = 32
 MAX_DEPTH = 32  # nesting inside vars/config/named tables
+# Attribute names Nix gives a meaning of its own: a set with `outPath` is printed as that string,
+# `__toString` and `__functor` make it a string or a function. The resolved node would not read
+# back as the data the inventory holds.
+NIX_SPECIAL_KEYS = frozenset({"outPath", "__toString", "__functor"})
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1  # Nix integers are 64-bit; fromTOML silently clamps anything larger
 MAX_SHOWN = 48  # characters of a bad value quoted back in an error message
@@ -297,6 +301,8 @@ def _value_issues(value: Any, depth: int, issues: list[Issue], suffix: str) -> N
                 sub = f"{suffix}.{key_segment(key)}"
                 if "\x00" in key:
                     issues.append((sub, "keys may not contain NUL"))
+                elif key in NIX_SPECIAL_KEYS:
+                    issues.append((sub, f"{key!r} is a key Nix treats specially: rename it"))
                 _value_issues(element, depth + 1, issues, sub)
         else:
             for index, element in enumerate(value):
@@ -314,7 +320,7 @@ def any_table(value: Any) -> list[Issue] | None:
     # The fast path for the usual flat table of strings, integers and booleans.
     for key, element in value.items():
         kind = type(element)
-        if "\x00" in key:
+        if "\x00" in key or key in NIX_SPECIAL_KEYS:
             break
         if kind is str:
             if "\x00" in element:

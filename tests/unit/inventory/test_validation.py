@@ -337,6 +337,18 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "keys Nix treats specially, at the top and deep down",
+        '[nodes.a]\nvars = { outPath = "x" }\nconfig = { s = { __toString = 1, __functor = 2 } }\n',
+        [
+            "inventory.toml: nodes.a.vars.outPath: 'outPath' is a key Nix treats specially: "
+            "rename it",
+            "inventory.toml: nodes.a.config.s.__toString: '__toString' is a key Nix treats "
+            "specially: rename it",
+            "inventory.toml: nodes.a.config.s.__functor: '__functor' is a key Nix treats "
+            "specially: rename it",
+        ],
+    ),
+    (
         "nesting too deep",
         "[nodes.a.vars" + ".x" * (MAX_DEPTH + 1) + "]\n",
         [
