@@ -19,9 +19,10 @@ from typing import Any, Literal, Protocol
 from nixherd import process, transfer
 from nixherd.errors import CommandError, NixherdError, UsageError
 from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
+from nixherd.inventory.schema import KEY_DIR
 from nixherd.ssh import Connection
 
-DEFAULT_DIR = "/run/keys"
+DEFAULT_DIR = KEY_DIR
 # A secret command (sops, pass, a vault CLI) that does not answer in this time is broken.
 SOURCE_TIMEOUT = 120.0
 

@@ -15,6 +15,7 @@ from nixherd.errors import InventoryError, Problem
 from nixherd.inventory.model import Inventory, Layer, Node, Origin
 from nixherd.inventory.schema import (
     DEFAULTS_TABLE,
+    KEY_DIR,
     NODE_FIELDS,
     NODE_NAME,
     NODE_TABLE,
@@ -295,6 +296,10 @@ class _Resolver:
             )
             return
         self.endpoints[endpoint] = name
+        clash = destination_clash(fields)
+        if clash is not None:
+            self.report(source, clash)
+            return
         if self.problems:
             return  # nothing will be returned: only keep looking for problems
         fields["name"] = name
@@ -302,6 +307,23 @@ class _Resolver:
         fields["source"] = source
         fields["layers"] = layers
         self.built[name] = Node.from_fields(fields)
+
+
+def destination_clash(fields: Values) -> str | None:
+    """Two keys or data files of one node that write the same file (the last would win silently)."""
+    seen: dict[str, str] = {}
+    for name, entry in (fields.get("keys") or {}).items():
+        dest = entry.get("dest", f"{KEY_DIR}/{name}")
+        if dest in seen:
+            return f"keys.{name} and {seen[dest]} both write {dest}"
+        seen[dest] = f"keys.{name}"
+    for name, entry in (fields.get("data") or {}).items():
+        path = entry.get("path")
+        if path in seen:
+            return f"data.{name} and {seen[path]} both write {path}"
+        if path is not None:
+            seen[path] = f"data.{name}"
+    return None
 
 
 def unknown_role(name: str, roles: Mapping[str, Any]) -> str:

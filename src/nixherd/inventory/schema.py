@@ -93,6 +93,7 @@ MAX_DEPTH = 32  # nesting inside vars/config/named tables
 # Attribute names Nix gives a meaning of its own: a set with `outPath` is printed as that string,
 # `__toString` and `__functor` make it a string or a function. The resolved node would not read
 # back as the data the inventory holds.
+KEY_DIR = "/run/keys"  # where a key goes on the node when its `dest` is not given
 NIX_SPECIAL_KEYS = frozenset({"outPath", "__toString", "__functor"})
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1  # Nix integers are 64-bit; fromTOML silently clamps anything larger

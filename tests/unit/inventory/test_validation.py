@@ -337,6 +337,18 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "two keys of one node writing one file (one by default dest), across layers",
+        '[roles.r.keys.token]\nenv = "T"\n'
+        '[nodes.a]\nrole = "r"\n[nodes.a.keys.other]\nenv = "O"\ndest = "/run/keys/token"\n',
+        ["inventory.toml: nodes.a: keys.other and keys.token both write /run/keys/token"],
+    ),
+    (
+        "a data file and a key writing one file",
+        '[nodes.a.keys.k]\nenv = "K"\ndest = "/etc/app/conf"\n'
+        '[nodes.a.data.d]\npath = "/etc/app/conf"\nformat = "json"\n',
+        ["inventory.toml: nodes.a: data.d and keys.k both write /etc/app/conf"],
+    ),
+    (
         "keys Nix treats specially, at the top and deep down",
         '[nodes.a]\nvars = { outPath = "x" }\nconfig = { s = { __toString = 1, __functor = 2 } }\n',
         [
