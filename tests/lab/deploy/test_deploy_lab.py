@@ -294,3 +294,67 @@ def test_status_tells_whether_nodes_match_the_flake(fleet: Fleet) -> None:
     assert result.returncode == 0
     rows = {r["node"]: r for r in json.loads(fleet.nixherd("status", "--json").stdout)}
     assert rows["lab-1"]["matches"] is True and rows["lab-2"]["matches"] is True
+
+
+def _apply_confirm_on_a_terminal(fleet: Fleet, answer: str) -> tuple[int, str]:
+    """`nixherd apply --confirm` on a real pseudo-terminal: its exit code and all it showed."""
+    import os
+    import pty
+    import select
+    import subprocess
+
+    leader, follower = pty.openpty()
+    argv = [sys.executable, "-m", "nixherd", "-i", str(fleet.inventory), "apply", "--confirm"]
+    argv += ["--flake", fleet.flake]
+    proc = subprocess.Popen(
+        argv, stdin=follower, stdout=follower, stderr=follower, cwd=str(fleet.work)
+    )
+    os.close(follower)
+    seen = b""
+    answered = False
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(leader, 65536)
+                except OSError:  # the terminal closed: nixherd has exited
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not answered and b"[y/N]" in seen:
+                os.write(leader, answer.encode() + b"\n")
+                answered = True
+            if proc.poll() is not None and not ready:
+                break
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    assert answered, seen.decode(errors="replace")
+    return code, seen.decode(errors="replace")
+
+
+def test_confirm_shows_the_plan_and_a_no_touches_nothing(fleet: Fleet) -> None:
+    fleet.write(["lab-1"])
+    result, _ = fleet.apply("switch")
+    assert result.returncode == 0, result.stdout
+    before = fleet.current("lab-1")
+
+    fleet.write(["lab-1"])  # a new version: the plan has a change to show
+    target = fleet.nixherd("build", "--on", "lab-1", check=True).stdout.split()[-1]
+    assert target != before
+    code, shown = _apply_confirm_on_a_terminal(fleet, "n")
+    assert code == 1, shown
+    plan = shown[: shown.index("[y/N]")]
+    assert "1 of 1 nodes change." in plan  # the diff came before the question
+    assert "not confirmed: no node was touched" in shown
+    assert fleet.current("lab-1") == before
+
+    code, shown = _apply_confirm_on_a_terminal(fleet, "y")
+    assert code == 0, shown
+    assert fleet.current("lab-1") == target
