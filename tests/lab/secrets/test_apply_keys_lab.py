@@ -180,7 +180,7 @@ def test_no_keys_sends_none_and_a_missing_source_fails_before_the_switch(fleet: 
         {
             "lab-1": {
                 "k": {"file": "../secrets/k", "dest": dest},
-                "gone": {"file": "../secrets/nope", "dest": dest},
+                "gone": {"file": "../secrets/nope", "dest": f"{fleet.area}/gone"},
             },
             "lab-2": {"k": {"file": "../secrets/k", "dest": dest}},
         }
