@@ -264,11 +264,13 @@ def push_node(conn: Connection, node: DataNode, *, emit: EventSink) -> DataResul
     name = node.name
     emit(StageStarted(name, Stage.DATA))
     started = time.monotonic()
-    current = transfer.fingerprints(conn, [item.spec.path for item in rendered])
+    same = transfer.unchanged(
+        conn, [(item.spec.path, item.digest, item.spec.ownership) for item in rendered]
+    )
     todo: list[Rendered] = []
     unchanged: list[str] = []
-    for item, remote in zip(rendered, current, strict=True):
-        if remote is not None and remote.matches(item.digest, item.spec.ownership):
+    for item, is_same in zip(rendered, same, strict=True):
+        if is_same:
             unchanged.append(item.spec.name)
         else:
             todo.append(item)

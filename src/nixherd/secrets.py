@@ -202,11 +202,11 @@ def upload_prepared(
         return KeysResult(node)
     emit(StageStarted(node, Stage.KEYS))
     started = time.monotonic()
-    current = transfer.fingerprints(conn, [key.spec.dest for key in keys])
+    same = transfer.unchanged(conn, [(k.spec.dest, k.digest, k.spec.ownership) for k in keys])
     sent: list[str] = []
     unchanged: list[str] = []
-    for key, remote in zip(keys, current, strict=True):
-        if remote is not None and remote.matches(key.digest, key.spec.ownership):
+    for key, is_same in zip(keys, same, strict=True):
+        if is_same:
             unchanged.append(key.spec.name)
             continue
         transfer.write(conn, key.spec.dest, key.content, key.spec.ownership)

@@ -19,6 +19,7 @@ from enum import Enum
 
 from nixherd import process
 from nixherd.errors import UsageError
+from nixherd.inventory.schema import FORBIDDEN_SSH_OPTIONS
 from nixherd.process import LineCallback, Result
 
 # Re-checked here although the inventory validates them: this is the boundary where a value
@@ -62,7 +63,7 @@ class Target:
         if not 1 <= self.port <= 65535:
             raise UsageError(f"{self.node}: port must be 1..65535, got {self.port}")
         for opt in self.options:
-            if not _OPTION.match(opt) or opt.split("=", 1)[0].lower() in _FORBIDDEN:
+            if not _OPTION.match(opt) or opt.split("=", 1)[0].lower() in FORBIDDEN_SSH_OPTIONS:
                 raise UsageError(f"{self.node}: unsafe ssh option {opt!r}")
         if self.ssh_config is not None and re.search(r"\s", self.ssh_config):
             # NIX_SSHOPTS is split on whitespace by nix: such a path cannot be passed on.
@@ -75,10 +76,6 @@ class Target:
     @property
     def elevation(self) -> Elevation:
         return Elevation.NONE if self.user == "root" else Elevation.SUDO
-
-
-# Options that would silently weaken host-key checking or hand control to a local command.
-_FORBIDDEN = frozenset({"stricthostkeychecking", "userknownhostsfile", "localcommand"})
 
 
 def _short_dir() -> str:

@@ -169,6 +169,18 @@ def fingerprints(conn: Connection, paths: Sequence[str]) -> list[RemoteFile | No
     return [_parse_fingerprint(line) for line in lines]
 
 
+def unchanged(conn: Connection, files: Sequence[tuple[str, str, Ownership]]) -> list[bool]:
+    """For each (path, sha256, ownership): whether the node already holds exactly that file.
+
+    One ssh round trip for all of them; what is not unchanged is what a write would change.
+    """
+    current = fingerprints(conn, [path for path, _, _ in files])
+    return [
+        remote is not None and remote.matches(digest, ownership)
+        for (_, digest, ownership), remote in zip(files, current, strict=True)
+    ]
+
+
 def _parse_fingerprint(line: str) -> RemoteFile | None:
     if line == "-":
         return None

@@ -256,6 +256,24 @@ def test_fingerprints_of_absent_and_present_files(tmp_path: Path, conn: LocalCon
     assert not state.matches(transfer.sha256(b"abc"), transfer.Ownership("root", "root", 0o600))
 
 
+def test_unchanged_compares_content_and_ownership_in_one_round_trip(
+    tmp_path: Path, conn: LocalConnection
+) -> None:
+    present = tmp_path / "p"
+    present.write_bytes(b"abc")
+    present.chmod(0o640)
+    own = transfer.Ownership("root", "root", 0o640)
+    files = [
+        (str(present), transfer.sha256(b"abc"), own),
+        (str(present), transfer.sha256(b"abd"), own),
+        (str(present), transfer.sha256(b"abc"), transfer.Ownership("root", "root", 0o600)),
+        (str(tmp_path / "absent"), transfer.sha256(b""), own),
+    ]
+    before = len(conn.calls)
+    assert transfer.unchanged(conn, files) == [True, False, False, False]
+    assert len(conn.calls) == before + 1
+
+
 def test_hostile_paths_are_data_not_code(tmp_path: Path, conn: LocalConnection) -> None:
     marker = tmp_path / "pwned"
     dest = tmp_path / f"k;touch {marker};$(touch {marker})"
