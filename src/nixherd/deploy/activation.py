@@ -48,6 +48,7 @@ from nixherd.events import (
     StageFinished,
     StageStarted,
 )
+from nixherd.process import Result
 from nixherd.ssh import Connection
 
 if TYPE_CHECKING:
@@ -191,6 +192,7 @@ def start_argv(
         _seconds(confirm_seconds),
         _seconds(options.timeout),
         by,
+        str(_WAIT_SLICE),
     ]
 
 
@@ -321,11 +323,12 @@ def _activate(
     follow = _Follow(conn, activation_id, emit)
 
     with _stage(emit, node, Stage.ACTIVATE):
-        previous = _start(conn, toplevel, options, activation_id, confirm_window, emit)
-        status = _guard(
-            interrupted,
-            lambda: follow.wait(time.monotonic() + options.timeout + 30),
-        )
+        previous, status = _start(conn, toplevel, options, activation_id, confirm_window, follow)
+        if status is None:
+            status = _guard(
+                interrupted,
+                lambda: follow.wait(time.monotonic() + options.timeout + 30),
+            )
     if status is None:
         if follow.last is None:
             message = (
@@ -398,38 +401,75 @@ def _start(
     options: ActivationOptions,
     activation_id: str,
     confirm_window: float,
-    emit: EventSink,
-) -> str | None:
+    follow: _Follow,
+) -> tuple[str | None, str | None]:
+    """Start the activation; the previous system, and the status if `start` streamed to one.
+
+    `start` goes on following the activation like `wait` does, which saves a round trip per
+    node; when its stream ends without a status (the connection dropped), `wait` takes over.
+    """
     node = options.node
     argv = start_argv(
         activation_id, toplevel, options, confirm_seconds=confirm_window, by=deployer_identity()
     )
-    result = conn.run(
-        argv,
-        elevate=True,
-        input=watchdog_script(),
-        check=False,
-        timeout=120,
-        what="activation start",
-    )
-    out = result.stdout.strip()
-    if result.returncode == LOCKED_EXIT and out.startswith("locked"):
-        fields = dict(w.split("=", 1) for w in out.split()[1:] if "=" in w)
+    values: dict[str, str] = {}
+    head: list[str] = []
+    markers: list[str] = []
+
+    def on_line(text: str) -> None:
+        if "prevgen" in values:
+            if text.startswith(_MARKER):
+                markers.append(text)
+            elif text:
+                follow.line(text)
+            return
+        key, sep, value = text.partition("=")
+        if sep and key in ("previous", "prevgen"):
+            values[key] = value
+            if key == "prevgen":
+                shown = values.get("previous") or "none"
+                follow.emit(LogLine(node, f"previous system: {shown}"))
+        else:
+            head.append(text)
+
+    try:
+        result: Result | None = conn.run(
+            argv,
+            elevate=True,
+            input=watchdog_script(),
+            check=False,
+            timeout=_WAIT_SLICE + 120,
+            on_line=on_line,
+            what="activation start",
+        )
+    except CommandError:
+        # Started, then cut off while following: `wait` takes over. Not started: an error.
+        if "prevgen" not in values:
+            raise
+        result = None
+    locked = next((line for line in head if line.startswith("locked ")), None)
+    if result is not None and result.returncode == LOCKED_EXIT and locked:
+        fields = dict(w.split("=", 1) for w in locked.split()[1:] if "=" in w)
         raise LockHeldError(
             node,
             f"another deploy holds the lock since {fields.get('since', '?')} "
             f"(pid {fields.get('pid', '?')}, by {fields.get('by', '?')})",
         )
-    if not result.ok:
+    if result is not None and "prevgen" not in values:
         raise ActivationError(
             node,
             f"could not start the activation (exit {result.returncode})",
             log=(result.stdout + result.stderr).strip().splitlines(),
         )
-    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     previous = values.get("previous") or None
-    emit(LogLine(node, f"previous system: {previous or 'none'}"))
-    return previous
+    if not markers:
+        return previous, None
+    status, offset = _parse_marker(markers[-1])
+    follow.offset = offset
+    follow.last = status
+    if status == "missing" or _settled(status) or status == "waiting":
+        return previous, status
+    return previous, None
 
 
 def _confirm(conn: Connection, activation_id: str, deadline: float, emit: EventSink) -> str | None:
@@ -480,7 +520,7 @@ def _abort(conn: Connection, activation_id: str, reason: str) -> str | None:
 def _marker_status(output: str) -> str | None:
     for line in reversed(output.splitlines()):
         if line.startswith(_MARKER):
-            return line[len(_MARKER) :].strip()
+            return _parse_marker(line)[0]
     return None
 
 

@@ -392,3 +392,40 @@ def test_non_root_user_activates_and_confirms_through_sudo(hosts: HostPool, tmp_
     # The watchdog's state is root's alone.
     mode = hosts.lab.ssh(a, "stat", "-c", "%U %a", "/run/nixherd").stdout.split()
     assert mode == ["root", "700"]
+
+
+def test_settled_activations_leave_no_process_behind_on_the_node(
+    hosts: HostPool, tmp_path: Path
+) -> None:
+    # The watchdog's timers (confirm window, activation timeout) and the followers' tickers are
+    # killed with their sleeps once the activation settles: nothing lingers on the node.
+    fleet = deployed_pair(hosts, tmp_path)
+    supervisor = hosts.lab.status(fleet.hosts["alpha"]).pid
+    assert supervisor is not None
+    lab_own = ("nix-daemon", "sshd", "boot.py", "unshare", "python")
+
+    def strays() -> list[str]:
+        found = []
+        for pid in descendants(supervisor):
+            argv = cmdline(pid)
+            if argv and not any(part in " ".join(argv[:3]) for part in lab_own):
+                found.append(" ".join(argv))
+        return found
+
+    def settled_clean() -> bool:
+        return not strays()
+
+    for version, fail in (("2", {}), ("3", {"activation": True})):
+        fleet.write(
+            {
+                "alpha": {"vars": {"version": version, "fail": fail}},
+                "bravo": {"vars": {"version": "1"}},
+            }
+        )
+        fleet.apply("switch", "--on", "alpha", "--confirm-timeout", "60")
+        try:
+            wait_for(settled_clean, timeout=3, what="no watchdog process left")
+        except AssertionError:
+            raise AssertionError(f"left on the node: {strays()}") from None
+    now = fleet.current("alpha")
+    assert now is not None and now.endswith("-alpha-2")

@@ -148,6 +148,7 @@ def test_start_argv_passes_every_value_as_its_own_word() -> None:
         "43",
         "600",
         "me@here",
+        "120",
     ]
 
 
@@ -480,3 +481,47 @@ def test_a_second_ctrl_c_stops_waiting(fake: Callable[[dict[str, list[Reply]]], 
     with pytest.raises(KeyboardInterrupt):
         activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
     assert node.modes() == ["start", "wait", "wait"]
+
+
+def test_start_that_streams_to_a_status_needs_no_wait(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    # `start` follows the activation itself: one round trip fewer per node.
+    streamed = (
+        0,
+        f"previous={PREV}\nprevgen=4\nnixherd: switch-to-configuration switch\n"
+        + marker("waiting", 40),
+    )
+    node = fake({"start": [streamed], "confirm": [(0, marker("confirmed", 40))]})
+    events: list[Event] = []
+    result = activate(
+        connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=events.append
+    )
+    assert result.status == "confirmed"
+    assert result.previous == PREV
+    assert node.modes() == ["start", "confirm"]
+    lines = [e.line for e in events if isinstance(e, LogLine)]
+    assert lines[:2] == [f"previous system: {PREV}", "nixherd: switch-to-configuration switch"]
+
+
+def test_start_cut_off_after_starting_hands_over_to_wait(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    cut = (255, f"previous={PREV}\nprevgen=4\nnixherd: setting the system profile\n")
+    node = fake({"start": [cut], "wait": [(0, marker("done"))]})
+    result = activate(connection(), TOP, ActivationOptions(Goal.BOOT, "web-1"), emit=ignore)
+    assert result.status == "done"
+    assert node.modes() == ["start", "wait"]
+
+
+def test_lock_held_is_found_behind_ssh_warnings(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    held = (
+        75,
+        "Warning: Permanently added 'x' to the list of known hosts.\n"
+        "locked since=2026-01-01T00:00:00Z pid=42 by=me@there\n",
+    )
+    fake({"start": [held]})
+    with pytest.raises(LockHeldError, match="pid 42, by me@there"):
+        activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
