@@ -257,13 +257,12 @@ class _Follow:
 
 
 def _parse_marker(line: str) -> tuple[str, int]:
-    # "@nixherd status=rolled-back timeout offset=123"
-    body = line[len(_MARKER) :]
-    status, _, rest = body.rpartition(" offset=")
-    try:
-        return status, int(rest)
-    except ValueError:
-        return body.strip(), 0
+    # "@nixherd status=rolled-back timeout offset=123" (offset=none: the log was not read)
+    body = line[len(_MARKER) :].strip()
+    status, sep, rest = body.rpartition(" offset=")
+    if not sep:
+        return body, 0
+    return status, int(rest) if rest.isdigit() else 0
 
 
 def _settled(status: str) -> bool:

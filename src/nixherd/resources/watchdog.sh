@@ -42,7 +42,6 @@ put() { printf '%s\n' "$2" >"$d/$1"; }
 # get VAR NAME: VAR is the file's first line, empty when there is none.
 get() { IFS= read -r "$1" <"$d/$2" 2>/dev/null || eval "$1="; }
 say() { printf 'nixherd: %s\n' "$*"; }
-now() { date +%s; }
 
 # The status is read while it changes: replaced atomically, then the followers are woken.
 set_status() {
@@ -56,6 +55,7 @@ later() {
     secs=$1
     shift
     (
+        exec 4>&-
         trap 'kill "$s" 2>/dev/null; exit 0' TERM
         sleep "$secs" &
         s=$!
@@ -67,6 +67,7 @@ later() {
 # A tick on `ev` every second, until `kill "$tick"`.
 ticker() {
     (
+        exec 5>&-
         trap 'kill "$s" 2>/dev/null; exit 0' TERM
         while :; do
             sleep 1 &
@@ -129,10 +130,11 @@ stc() {
         rc=127
         return
     fi
-    rm -f "$d/timedout"
+    [ -e "$d/timedout" ] && rm -f "$d/timedout"
     # A background child of a shell without job control is no process group leader, so setsid
-    # runs in it without forking: $! is the new session, and `wait` gets its exit code.
-    (exec setsid -w "$top/bin/switch-to-configuration" "$action") &
+    # runs in it without forking: $! is the new session, and `wait` gets its exit code. The
+    # FIFOs stay here: a service started by the switch must not hold them open.
+    (exec setsid -w "$top/bin/switch-to-configuration" "$action" 4>&- 5>&-) &
     pid=$!
     later "$limit" expire "$pid" "$action" "$limit"
     wait "$pid"
@@ -203,9 +205,9 @@ start() {
         rm -rf "$d"
         exit 75
     fi
-    # Old activations' state: keep the last few for inspection.
+    # Old activations' state: keep the last few for inspection (trimmed now and then).
     set -- "$base"/act-*
-    if [ $# -gt 10 ]; then
+    if [ $# -gt 20 ]; then
         ls -1dt "$base"/act-* 2>/dev/null | tail -n +11 | while read -r old; do rm -rf "$old"; done
     fi
     mkfifo "$d/ctl" "$d/ev" || {
@@ -224,6 +226,7 @@ start() {
     gen_of prevgen "$profile"
     put prevgen "$prevgen"
     put newgen ""
+    put holder "$since $by"
     : >"$d/log"
     set_status starting
     # Detached, so that an ssh drop or a network restart cannot kill a half-done switch.
@@ -235,33 +238,36 @@ start() {
             exit 1
         }
     else
-        setsid sh "$d/watchdog.sh" "$id" run </dev/null >>"$d/log" 2>&1 &
+        setsid sh "$d/watchdog.sh" "$id" run </dev/null >>"$d/log" 2>&1 4>&- &
     fi
     # Keep the lock until the watchdog has taken it over (it says so on `ev`).
-    ticker
-    end=$(($(now) + 20))
+    tick=
+    ticks=0
     while get s status && [ "$s" = starting ]; do
-        if [ "$(now)" -ge "$end" ]; then
+        if [ "$ticks" -ge 20 ]; then
             kill "$tick" 2>/dev/null
             release_lock
             echo "the watchdog did not start"
             exit 1
         fi
-        read -r _ <&4
+        [ -n "$tick" ] || ticker
+        read -r word <&4
+        [ "$word" = t ] && ticks=$((ticks + 1))
     done
-    kill "$tick" 2>/dev/null
+    [ -n "$tick" ] && kill "$tick" 2>/dev/null
     get prev previous
     echo "previous=$prev"
     echo "prevgen=$prevgen"
-    follow 0 "$slice" 0
+    # The watchdog was just seen taking the lock: no need to check that it lives.
+    follow 0 "$slice" 0 0
 }
 
 run() {
     exec </dev/null >>"$d/log" 2>&1
     exec 4<>"$d/ev" 5<>"$d/ctl"
     trap '' HUP INT PIPE
-    set -- $(readlink "$lock")
-    retake_lock "$id $$ ${3:-?} ${4:-?}"
+    get holder holder
+    retake_lock "$id $$ ${holder:-? ?}"
     set_status activating
     get goal goal
     get top toplevel
@@ -354,33 +360,42 @@ observe() {
     fi
 }
 
-# follow OFFSET MAX_SECS UNTIL_SETTLED: stream the log from OFFSET until the status settles
-# (or, unless UNTIL_SETTLED, reaches waiting), then print the status marker.
+# follow OFFSET MAX_SECS UNTIL_SETTLED [CHECK]: stream the log from OFFSET (none: no log) until
+# the status settles (or, unless UNTIL_SETTLED, reaches waiting), then print the status marker.
+# MAX_SECS is counted in ticks of the follower's own timer.
 follow() {
-    off=$1 limit=$2 until=$3
+    off=$1 limit=$2 until=$3 check=${4:-1}
     [ -p "$d/ev" ] && exec 4<>"$d/ev"
-    end=$(($(now) + limit))
-    check=1
+    ticks=0
     tick=
     while :; do
         # Status first, log second: everything logged before a status change is then printed.
         observe "$check"
-        n=$(($(wc -c <"$d/log" 2>/dev/null || echo 0)))
-        if [ "$n" -gt "$off" ]; then
-            tail -c +$((off + 1)) "$d/log" | head -c $((n - off))
-            off=$n
+        if [ "$off" != none ]; then
+            n=$(($(wc -c <"$d/log" 2>/dev/null || echo 0)))
+            if [ "$n" -gt "$off" ]; then
+                tail -c +$((off + 1)) "$d/log" | head -c $((n - off))
+                off=$n
+            fi
         fi
-        if [ -z "$s" ] || settled "$s" || [ "$(now)" -ge "$end" ]; then
+        if [ -z "$s" ] || settled "$s" || [ "$ticks" -ge "$limit" ]; then
             break
         fi
         [ "$s" = waiting ] && [ "$until" = 0 ] && break
         if [ ! -p "$d/ev" ]; then
             sleep 1
+            ticks=$((ticks + 1))
             continue
         fi
         [ -n "$tick" ] || ticker
         read -r word <&4 || word=t
-        case $word in n) check=0 ;; *) check=1 ;; esac
+        case $word in
+        n) check=0 ;;
+        *)
+            check=1
+            ticks=$((ticks + 1))
+            ;;
+        esac
     done
     [ -n "$tick" ] && kill "$tick" 2>/dev/null
     printf '\n@nixherd status=%s offset=%s\n' "${s:-missing}" "$off"
@@ -388,7 +403,7 @@ follow() {
 
 # After a confirm or abort: wait until the watchdog has acted on it.
 answer() {
-    follow "$(($(wc -c <"$d/log" 2>/dev/null || echo 0)))" "$1" 1
+    follow none "$1" 1
 }
 
 tell() {
