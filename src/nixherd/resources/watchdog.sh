@@ -25,6 +25,9 @@
 # 2-core machine running 20 activations, polling every 0.2 s cost more CPU than the switches.
 
 set -u
+# Byte offsets into the log are counted with ${#line}: bytes only in the C locale.
+LC_ALL=C
+export LC_ALL
 PATH=/run/current-system/sw/bin:/run/wrappers/bin:/nix/var/nix/profiles/default/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 umask 077
@@ -40,7 +43,7 @@ d=$base/act-$id
 # Values written once, before anyone reads them: a single write each.
 put() { printf '%s\n' "$2" >"$d/$1"; }
 # get VAR NAME: VAR is the file's first line, empty when there is none.
-get() { IFS= read -r "$1" <"$d/$2" 2>/dev/null || eval "$1="; }
+get() { { IFS= read -r "$1" <"$d/$2"; } 2>/dev/null || eval "$1="; }
 say() { printf 'nixherd: %s\n' "$*"; }
 
 # The status is read while it changes: replaced atomically, then the followers are woken.
@@ -122,6 +125,13 @@ release_lock() {
     esac
 }
 
+# The last word: the lock goes first, so whoever hears the settled status can deploy at once.
+finish() {
+    release_lock
+    set_status "$1"
+    exit 0
+}
+
 # Run switch-to-configuration in its own session, bounded by a timeout. Sets rc (124 on timeout).
 stc() {
     top=$1 action=$2 limit=$3
@@ -189,11 +199,10 @@ rollback() {
         good=0
     fi
     if [ "$good" = 1 ]; then
-        set_status "rolled-back $reason"
         say "rolled back to ${prev:-nothing}"
-    else
-        set_status "rollback-failed $reason"
+        finish "rolled-back $reason"
     fi
+    finish "rollback-failed $reason"
 }
 
 start() {
@@ -254,11 +263,11 @@ start() {
         read -r word <&4
         [ "$word" = t ] && ticks=$((ticks + 1))
     done
-    [ -n "$tick" ] && kill "$tick" 2>/dev/null
     get prev previous
     echo "previous=$prev"
     echo "prevgen=$prevgen"
-    # The watchdog was just seen taking the lock: no need to check that it lives.
+    # The watchdog was just seen taking the lock: no need to check that it lives. The ticker,
+    # if one was started, goes on serving `follow`.
     follow 0 "$slice" 0 0
 }
 
@@ -268,6 +277,7 @@ run() {
     trap '' HUP INT PIPE
     get holder holder
     retake_lock "$id $$ ${holder:-? ?}"
+    put pid "$$"
     set_status activating
     get goal goal
     get top toplevel
@@ -276,36 +286,23 @@ run() {
     case $pmode in
     set)
         say "setting the system profile to $top"
-        if ! nix-env -p "$profile" --set "$top"; then
-            set_status "failed profile"
-            release_lock
-            exit 0
-        fi
+        nix-env -p "$profile" --set "$top" || finish "failed profile"
         gen_of newgen "$profile"
         put newgen "$newgen"
         ;;
     gen:*)
         say "switching the system profile to generation ${pmode#gen:}"
-        if ! nix-env -p "$profile" --switch-generation "${pmode#gen:}"; then
-            set_status "failed profile"
-            release_lock
-            exit 0
-        fi
+        nix-env -p "$profile" --switch-generation "${pmode#gen:}" || finish "failed profile"
         ;;
     esac
     say "switch-to-configuration $goal"
     stc "$top" "$goal" "$tsecs"
     get rb rollback
     if [ "$rb" != 1 ]; then
-        if [ "$rc" = 0 ]; then set_status done; else set_status "failed activation-exit-$rc"; fi
-        release_lock
-        exit 0
+        [ "$rc" = 0 ] && finish done
+        finish "failed activation-exit-$rc"
     fi
-    if [ "$rc" != 0 ]; then
-        rollback "activation-exit-$rc"
-        release_lock
-        exit 0
-    fi
+    [ "$rc" = 0 ] || rollback "activation-exit-$rc"
     get window window
     later "$window" eval "printf 'timeout\n' >&5"
     timer=$tpid
@@ -314,22 +311,19 @@ run() {
         IFS= read -r word <&5 || word=
         case $word in
         confirm)
-            set_status confirmed
+            kill "$timer" 2>/dev/null
             say "confirmed"
-            break
+            finish confirmed
             ;;
         abort)
+            kill "$timer" 2>/dev/null
             rollback "aborted"
-            break
             ;;
         timeout)
             rollback "timeout"
-            break
             ;;
         esac
     done
-    kill "$timer" 2>/dev/null
-    release_lock
 }
 
 settled() {
@@ -345,12 +339,18 @@ observe() {
     get s status
     [ -e "$d" ] || s=
     if [ -n "$s" ] && ! settled "$s" && [ "${1:-1}" = 1 ]; then
-        held=$(readlink "$lock" 2>/dev/null) || held=
-        case $held in
-        "$id "*) owner_alive "$held" || s="lost $s" ;;
-        *) s="lost $s" ;;
-        esac
-        # The watchdog may have settled and released the lock between the two reads above.
+        # Until the detached watchdog has written its pid, `start` (the lock holder) stands in.
+        get wpid pid
+        if [ -n "$wpid" ]; then
+            owner_alive "$id $wpid" || s="lost $s"
+        else
+            held=$(readlink "$lock" 2>/dev/null) || held=
+            case $held in
+            "$id "*) owner_alive "$held" || s="lost $s" ;;
+            *) s="lost $s" ;;
+            esac
+        fi
+        # The watchdog may have settled (and exited) between the two reads above.
         case $s in
         lost*)
             get s2 status
@@ -360,24 +360,41 @@ observe() {
     fi
 }
 
+# Read the log from fd 6 and print its new complete lines; pos counts the bytes printed, so the
+# marker's offset is always at a line's end. A line still being written waits in `carry`.
+stream() {
+    while IFS= read -r line <&6; do
+        line=$carry$line
+        carry=
+        printf '%s\n' "$line"
+        pos=$((pos + ${#line} + 1))
+    done
+    carry=$carry$line
+}
+
 # follow OFFSET MAX_SECS UNTIL_SETTLED [CHECK]: stream the log from OFFSET (none: no log) until
 # the status settles (or, unless UNTIL_SETTLED, reaches waiting), then print the status marker.
-# MAX_SECS is counted in ticks of the follower's own timer.
+# MAX_SECS is counted in ticks of the follower's timer (started here unless `tick` runs).
 follow() {
     off=$1 limit=$2 until=$3 check=${4:-1}
     [ -p "$d/ev" ] && exec 4<>"$d/ev"
     ticks=0
-    tick=
+    tick=${tick:-}
+    pos=0
+    carry=
+    if [ "$off" != none ] && [ -f "$d/log" ]; then
+        exec 6<"$d/log"
+        # Skip what the deployer has already seen (whole lines: offsets end lines).
+        while [ "$pos" -lt "$off" ] && IFS= read -r line <&6; do
+            pos=$((pos + ${#line} + 1))
+        done
+    else
+        off=none
+    fi
     while :; do
         # Status first, log second: everything logged before a status change is then printed.
         observe "$check"
-        if [ "$off" != none ]; then
-            n=$(($(wc -c <"$d/log" 2>/dev/null || echo 0)))
-            if [ "$n" -gt "$off" ]; then
-                tail -c +$((off + 1)) "$d/log" | head -c $((n - off))
-                off=$n
-            fi
-        fi
+        [ "$off" = none ] || stream
         if [ -z "$s" ] || settled "$s" || [ "$ticks" -ge "$limit" ]; then
             break
         fi
@@ -398,6 +415,7 @@ follow() {
         esac
     done
     [ -n "$tick" ] && kill "$tick" 2>/dev/null
+    [ "$off" = none ] || off=$pos
     printf '\n@nixherd status=%s offset=%s\n' "${s:-missing}" "$off"
 }
 
