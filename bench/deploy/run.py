@@ -37,6 +37,17 @@ from nixherd import process
 from nixherd.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores, /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    # user nice system [idle iowait] irq softirq steal
+    ticks = sum(int(x) for x in fields[1:4] + fields[6:9])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 HERE = Path(__file__).resolve().parent
 ROLE = """{ node, lib, ... }: {
   lab.version = node.vars.version;
@@ -74,6 +85,8 @@ class Bench:
         self.env = {"NIX_CONFIG": "substituters ="}
         self.results: dict[str, Any] = {}
         self.counter = 0
+        # label -> CPU seconds the whole machine spent (deployer, lab sshd and stores) per run
+        self.cpu: dict[str, list[float]] = {}
 
     # --- setup ---
 
@@ -163,10 +176,13 @@ class Bench:
     # --- measurements ---
 
     def timed(self, label: str, step: Callable[[], object]) -> float:
+        busy = busy_seconds()
         started = time.monotonic()
         step()
         seconds = time.monotonic() - started
-        print(f"  {label}: {seconds:.2f} s", flush=True)
+        cpu = busy_seconds() - busy
+        self.cpu.setdefault(label, []).append(cpu)
+        print(f"  {label}: {seconds:.2f} s (machine CPU {cpu:.2f} s)", flush=True)
         return seconds
 
     def deploys(self, switch_wait: int) -> None:
@@ -212,6 +228,10 @@ class Bench:
         assert counts == {"up to date": n}, counts
         nixherd_median = statistics.median(nixherd_times)
         parallel_median = statistics.median(parallel_times)
+        cores = os.cpu_count() or 1
+        cpu = {label: statistics.median(self.cpu.pop(label)) for label in list(self.cpu)}
+        # Every deploy of this work keeps the machine's cores busy for (a)'s CPU time at least.
+        floor = cpu[f"(a) xargs -P {n}"] / cores
         self.results[f"deploy-wait-{switch_wait}"] = {
             "hosts": n,
             "shared_mb": shared,
@@ -225,6 +245,10 @@ class Bench:
             "ratio_no_rollback_vs_parallel": statistics.median(no_rollback_times) / parallel_median,
             "speedup_vs_sequential": sequential / nixherd_median,
             "noop_s": noop,
+            "machine_cpu_s": cpu,
+            "cores": cores,
+            "cpu_floor_s": floor,
+            "best_possible_speedup_vs_sequential": sequential / floor,
         }
 
     def exec_vs_ansible(self) -> None:
@@ -284,6 +308,15 @@ class Bench:
                 f"{deploy['ratio_no_rollback_vs_parallel']:.2f} (target <= 1.15); "
                 f"(b)/nixherd = {deploy['speedup_vs_sequential']:.1f}x (target >= 5); "
                 f"no-op redeploy {med(deploy['noop_s']):.2f} s (target < 2)"
+            )
+            cpu = deploy["machine_cpu_s"]
+            cpu_a = cpu[f"(a) xargs -P {deploy['hosts']}"]
+            print(
+                f"    machine CPU per run: nixherd {cpu['nixherd apply']:.2f} s "
+                f"(--no-rollback {cpu['nixherd apply --no-rollback']:.2f} s), "
+                f"(a) {cpu_a:.2f} s; on {deploy['cores']} cores "
+                f"(a)'s work takes at least {deploy['cpu_floor_s']:.2f} s, so no tool can be more "
+                f"than {deploy['best_possible_speedup_vs_sequential']:.1f}x faster than (b) here"
             )
         exec_ = self.results.get("exec")
         if exec_:

@@ -8,7 +8,9 @@ on stdin with each activation: nothing is installed on the target. Per activatio
    and launches the watchdog detached (`systemd-run` where systemd runs, else `setsid`), so that an
    ssh drop or a network restart cannot kill a half-done switch.
 2. The watchdog sets the profile (switch, boot), runs `switch-to-configuration GOAL` and records
-   the result; nixherd follows its log and status over the ControlMaster, reconnecting if needed.
+   the result; `start` itself goes on streaming its log and status (one round trip per node),
+   and if that stream is cut, nixherd follows again with `wait` over the ControlMaster. Nothing
+   on the target polls: every step blocks on a child or on a FIFO (see the script's header).
 3. With magic rollback (switch and test, on by default), the watchdog then waits for a
    confirmation. nixherd runs the health checks and confirms over a NEW ssh connection, which
    proves that a fresh login still works. No confirmation in time, a failed activation, or a
