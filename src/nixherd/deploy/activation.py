@@ -69,6 +69,8 @@ _BOOT = (
 )
 _STORE_PATH = re.compile(r"^/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+$")
 _MARKER = "@nixherd status="
+# How far into the log the lines streamed so far reach (where a cut-off follower resumes).
+_PROGRESS = "@nixherd offset="
 # Seconds between reconnection attempts when the node does not answer.
 _RETRY = 1.0
 # Bound on one `wait` call on the target, so a forgotten waiter always ends by itself.
@@ -219,6 +221,15 @@ class _Follow:
         self.log.append(text)
         self.emit(LogLine(self.conn.target.node, text))
 
+    def take(self, text: str) -> None:
+        """A streamed line that is no status marker: a progress offset, or a line of the log."""
+        if text.startswith(_PROGRESS):
+            value = text[len(_PROGRESS) :].strip()
+            if value.isdigit():
+                self.offset = int(value)
+        elif text:
+            self.line(text)
+
     def wait(self, deadline: float, *, until_settled: bool = False) -> str | None:
         """Follow the log until the status settles (or reaches `waiting`); None if unreachable."""
         while True:
@@ -231,8 +242,8 @@ class _Follow:
             def on_line(text: str, markers: list[str] = markers) -> None:
                 if text.startswith(_MARKER):
                     markers.append(text)
-                elif text:
-                    self.line(text)
+                else:
+                    self.take(text)
 
             try:
                 result = self.conn.run(
@@ -421,8 +432,8 @@ def _start(
         if "prevgen" in values:
             if text.startswith(_MARKER):
                 markers.append(text)
-            elif text:
-                follow.line(text)
+            else:
+                follow.take(text)
             return
         key, sep, value = text.partition("=")
         if sep and key in ("previous", "prevgen"):

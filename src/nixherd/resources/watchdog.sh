@@ -67,12 +67,13 @@ later() {
     tpid=$!
 }
 
-# A tick on `ev` every second, until `kill "$tick"`.
+# A tick on `ev` every second, until `kill "$tick"` or the end of this shell ($$ in a subshell
+# is its parent's pid): a follower cut off from the deployer dies of SIGPIPE without a trap.
 ticker() {
     (
         exec 5>&-
         trap 'kill "$s" 2>/dev/null; exit 0' TERM
-        while :; do
+        while kill -0 $$ 2>/dev/null; do
             sleep 1 &
             s=$!
             wait "$s" || exit 0
@@ -360,9 +361,11 @@ observe() {
     fi
 }
 
-# Read the log from fd 6 and print its new complete lines; pos counts the bytes printed, so the
-# marker's offset is always at a line's end. A line still being written waits in `carry`.
+# Read the log from fd 6 and print its new complete lines, then "@nixherd offset=POS": pos counts
+# the bytes printed, so an offset is always at a line's end, and a deployer cut off mid-stream
+# knows where to resume. A line still being written waits in `carry`.
 stream() {
+    was=$pos
     while IFS= read -r line <&6; do
         line=$carry$line
         carry=
@@ -370,6 +373,7 @@ stream() {
         pos=$((pos + ${#line} + 1))
     done
     carry=$carry$line
+    [ "$pos" = "$was" ] || printf '@nixherd offset=%s\n' "$pos"
 }
 
 # follow OFFSET MAX_SECS UNTIL_SETTLED [CHECK]: stream the log from OFFSET (none: no log) until

@@ -407,18 +407,7 @@ def test_settled_activations_leave_nothing_behind_on_the_node(
     service = {"port": fleet.port("alpha")}
 
     def leftovers() -> list[str]:
-        found = []
-        for pid in descendants(supervisor):
-            argv = cmdline(pid)
-            if argv[:1] == ["sleep"] or any("watchdog.sh" in a for a in argv):
-                found.append(" ".join(argv))
-            with contextlib.suppress(OSError):
-                for fd in os.listdir(f"/proc/{pid}/fd"):
-                    with contextlib.suppress(OSError):
-                        target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                        if "/run/nixherd" in target:
-                            found.append(f"{' '.join(argv)} holds {target}")
-        return found
+        return node_leftovers(supervisor)
 
     for version, fail in (("2", {}), ("3", {"activation": True})):
         fleet.write(
@@ -435,3 +424,79 @@ def test_settled_activations_leave_nothing_behind_on_the_node(
     now = fleet.current("alpha")
     assert now is not None and now.endswith("-alpha-2")
     assert http_get(service["port"], "/")[0] == 200
+
+
+def node_leftovers(supervisor: int) -> list[str]:
+    """Processes of the watchdog (or its timers) on a lab host, and FIFOs of it held open."""
+    found = []
+    for pid in descendants(supervisor):
+        argv = cmdline(pid)
+        if argv[:1] == ["sleep"] or any("watchdog.sh" in a for a in argv):
+            found.append(" ".join(argv))
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if "/run/nixherd" in target:
+                        found.append(f"{' '.join(argv)} holds {target}")
+    return found
+
+
+def test_start_stream_cut_mid_switch_is_followed_again_and_confirmed(
+    hosts: HostPool, tmp_path: Path
+) -> None:
+    # `start` streams the activation; kill that ssh while the switch runs (it waits 3 s for its
+    # service): nixherd follows again with `wait` over the ControlMaster, from the log offset it
+    # had, and confirms. The cut-off follower on the node ends by itself.
+    (a,) = hosts.take(1)
+    fleet = make_fleet(tmp_path, hosts.lab, {"alpha": a})
+    fleet.write({"alpha": {"vars": {"version": "1"}}})
+    result, _ = fleet.apply("switch")
+    assert result.ok, out(result)
+    port = fleet.port("alpha")
+    slow = {"port": port, "command": "sleep 3; exec python3 -m http.server $PORT --bind 127.0.0.1"}
+    fleet.write({"alpha": {"vars": {"version": "2", "service": slow}}})
+    built = fleet.nixherd("build")
+    assert built.returncode == 0, out(built)
+    report_file = fleet.report_path()
+    deployer = process.spawn(
+        fleet.argv("apply", "switch", "--json", str(report_file), "-v"),
+        cwd=str(fleet.dir),
+        log_path=str(fleet.dir / "apply.log"),
+    )
+    try:
+
+        def start_stream() -> int | None:
+            for pid in descendants(deployer.pid):
+                argv = cmdline(pid)
+                if argv[:1] == ["ssh"] and " start switch " in argv[-1]:
+                    return pid
+            return None
+
+        victim = wait_for(start_stream, timeout=120, what="the ssh of `start`")
+        # Until the switch is under way (the new system's service sleeps before listening).
+        wait_for(
+            lambda: (fleet.current("alpha") or "").endswith("-alpha-2"),
+            timeout=60,
+            what="the switch to begin",
+        )
+        os.kill(victim, signal.SIGKILL)
+        assert deployer.wait(timeout=120) == 0, (fleet.dir / "apply.log").read_text()
+    finally:
+        if deployer.poll() is None:
+            deployer.kill()
+            deployer.wait()
+    node = by_node(json.loads(report_file.read_text()))["alpha"]
+    assert node["result"] == "ok"
+    assert fleet.profile("alpha").endswith("-alpha-2")
+    assert http_get(port, "/")[0] == 200
+    # The log reached the deployer once: what `start` streamed is not repeated by `wait`.
+    log = (fleet.dir / "apply.log").read_text()
+    assert log.count("nixherd: setting the system profile") == 1, log
+    assert log.count("nixherd: switch-to-configuration switch") == 1, log
+    supervisor = hosts.lab.status(a).pid
+    assert supervisor is not None
+    try:
+        wait_for(lambda: not node_leftovers(supervisor), timeout=5, what="nothing left")
+    except AssertionError:
+        raise AssertionError(f"left on the node: {node_leftovers(supervisor)}") from None

@@ -525,3 +525,17 @@ def test_lock_held_is_found_behind_ssh_warnings(
     fake({"start": [held]})
     with pytest.raises(LockHeldError, match="pid 42, by me@there"):
         activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+
+
+def test_wait_resumes_where_the_cut_stream_stopped(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    # The watchdog says how far the streamed log reaches: `wait` starts there, so no line of the
+    # log is shown twice.
+    cut = (255, f"previous={PREV}\nprevgen=4\nnixherd: one\n@nixherd offset=13\n")
+    node = fake({"start": [cut], "wait": [(0, "nixherd: two\n" + marker("done", 26))]})
+    events: list[Event] = []
+    result = activate(connection(), TOP, ActivationOptions(Goal.BOOT, "web-1"), emit=events.append)
+    assert result.status == "done"
+    assert node.calls[1].words[4] == "13"
+    assert result.log == ("nixherd: one", "nixherd: two")
