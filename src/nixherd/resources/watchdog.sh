@@ -11,7 +11,8 @@
 # State lives in /run/nixherd/act-ID (tmpfs: a reboot forgets it). The per-node lock is the
 # symlink /run/nixherd/lock whose text is "ID PID SINCE BY": creating a symlink is atomic and
 # carries its owner with it. The watchdog holds the lock until the activation is settled
-# (confirmed, rolled back, or finished), so a second deploy fails at once.
+# (confirmed, rolled back, or finished; it lets go just before it says so), so a second deploy
+# fails at once.
 #
 # Status words (file `status`): starting, activating, waiting (for the confirmation), and the
 # settled ones: done, confirmed, failed REASON, rolled-back REASON, rollback-failed REASON.
@@ -21,8 +22,9 @@
 # and timeout from its own timer); `ev` carries a byte to whoever follows the activation each
 # time the status changes, plus a tick a second from the follower's own timer so that a
 # watchdog that died is noticed. Both are opened read-write (never blocks on Linux), and the
-# few bytes that nobody reads stay in the pipe buffer until the last holder closes it. On a
-# 2-core machine running 20 activations, polling every 0.2 s cost more CPU than the switches.
+# few bytes that nobody reads stay in the pipe buffer until the last holder closes it. Polling
+# every 0.2 s instead ran more processes than the rest of a deploy together (4,000 against 1,040
+# for 20 nodes), on the targets' CPU.
 
 set -u
 # Byte offsets into the log are counted with ${#line}: bytes only in the C locale.
