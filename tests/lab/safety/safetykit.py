@@ -3,11 +3,13 @@ misbehave on purpose (lab.fail.*), running nixherd as a separate process, watchi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,37 @@ def deployed_pair(hosts: HostPool, root: Path) -> Fleet:
     result, _ = fleet.apply("switch")
     assert result.ok, result.stdout + result.stderr
     return fleet
+
+
+def deployed_single(hosts: HostPool, root: Path) -> tuple[Fleet, str]:
+    """One fresh host as node alpha, switched to version 1; the fleet and the host's name."""
+    (host,) = hosts.take(1)
+    fleet = make_fleet(root, hosts.lab, {"alpha": host})
+    fleet.write({"alpha": {"vars": {"version": "1"}}})
+    result, _ = fleet.apply("switch")
+    assert result.ok, result.stdout + result.stderr
+    return fleet, host
+
+
+@contextlib.contextmanager
+def apply_running(fleet: Fleet, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`nixherd apply switch ARGS` built beforehand and running in the background (output in
+    apply.log), for a test to interfere with; killed if still running when the test is done.
+    Yields the process and the path of its JSON report."""
+    built = fleet.nixherd("build")
+    assert built.returncode == 0, built.stdout + built.stderr
+    report = fleet.report_path()
+    deployer = process.spawn(
+        fleet.argv("apply", "switch", "--json", str(report), *args),
+        cwd=str(fleet.dir),
+        log_path=str(fleet.dir / "apply.log"),
+    )
+    try:
+        yield deployer, report
+    finally:
+        if deployer.poll() is None:
+            deployer.kill()
+            deployer.wait()
 
 
 def by_node(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -18,9 +18,11 @@ import pytest
 from labkit import LabHosts, free_base, http_get
 from safetykit import (
     HostPool,
+    apply_running,
     by_node,
     cmdline,
     deployed_pair,
+    deployed_single,
     descendants,
     make_fleet,
     wait_for,
@@ -220,11 +222,7 @@ def test_failed_activation_restores_the_previous_system_and_spares_the_others(
 def test_two_deploys_at_once_one_fails_fast_and_the_node_stays_consistent(
     hosts: HostPool, tmp_path: Path
 ) -> None:
-    (a,) = hosts.take(1)
-    fleet = make_fleet(tmp_path, hosts.lab, {"alpha": a})
-    fleet.write({"alpha": {"vars": {"version": "1"}}})
-    result, _ = fleet.apply("switch")
-    assert result.ok, out(result)
+    fleet, a = deployed_single(hosts, tmp_path)
     fleet.write({"alpha": {"vars": {"version": "2"}}})
     result, data = fleet.apply("push")
     assert result.ok, out(result)
@@ -274,24 +272,12 @@ def test_two_deploys_at_once_one_fails_fast_and_the_node_stays_consistent(
 def test_connection_killed_during_the_copy_fails_cleanly_and_the_next_deploy_works(
     hosts: HostPool, tmp_path: Path
 ) -> None:
-    (a,) = hosts.take(1)
-    fleet = make_fleet(tmp_path, hosts.lab, {"alpha": a})
-    fleet.write({"alpha": {"vars": {"version": "1"}}})
-    result, _ = fleet.apply("switch")
-    assert result.ok, out(result)
+    fleet, a = deployed_single(hosts, tmp_path)
     v1 = fleet.current("alpha")
 
     # A closure big enough for the copy to take a while.
     fleet.write({"alpha": {"vars": {"version": "2", "payload": {"nodeMB": 300}}}})
-    built = fleet.nixherd("build")
-    assert built.returncode == 0, out(built)
-    report_file = fleet.report_path()
-    deployer = process.spawn(
-        fleet.argv("apply", "switch", "--json", str(report_file)),
-        cwd=str(fleet.dir),
-        log_path=str(fleet.dir / "apply.log"),
-    )
-    try:
+    with apply_running(fleet) as (deployer, report_file):
 
         def copy_connection() -> int | None:
             # The ssh that `nix copy` (started by our nixherd) runs to reach the node's store.
@@ -306,10 +292,6 @@ def test_connection_killed_during_the_copy_fails_cleanly_and_the_next_deploy_wor
         time.sleep(0.3)
         os.kill(victim, signal.SIGKILL)
         assert deployer.wait(timeout=300) == 1
-    finally:
-        if deployer.poll() is None:
-            deployer.kill()
-            deployer.wait()
     node = by_node(json.loads(report_file.read_text()))["alpha"]
     assert node["result"] == "failed"
     assert " copy --to ssh://" in (node["error"]["command"] or "")
@@ -448,23 +430,11 @@ def test_start_stream_cut_mid_switch_is_followed_again_and_confirmed(
     # `start` streams the activation; kill that ssh while the switch runs (it waits 3 s for its
     # service): nixherd follows again with `wait` over the ControlMaster, from the log offset it
     # had, and confirms. The cut-off follower on the node ends by itself.
-    (a,) = hosts.take(1)
-    fleet = make_fleet(tmp_path, hosts.lab, {"alpha": a})
-    fleet.write({"alpha": {"vars": {"version": "1"}}})
-    result, _ = fleet.apply("switch")
-    assert result.ok, out(result)
+    fleet, a = deployed_single(hosts, tmp_path)
     port = fleet.port("alpha")
     slow = {"port": port, "command": "sleep 3; exec python3 -m http.server $PORT --bind 127.0.0.1"}
     fleet.write({"alpha": {"vars": {"version": "2", "service": slow}}})
-    built = fleet.nixherd("build")
-    assert built.returncode == 0, out(built)
-    report_file = fleet.report_path()
-    deployer = process.spawn(
-        fleet.argv("apply", "switch", "--json", str(report_file), "-v"),
-        cwd=str(fleet.dir),
-        log_path=str(fleet.dir / "apply.log"),
-    )
-    try:
+    with apply_running(fleet, "-v") as (deployer, report_file):
 
         def start_stream() -> int | None:
             for pid in descendants(deployer.pid):
@@ -482,10 +452,6 @@ def test_start_stream_cut_mid_switch_is_followed_again_and_confirmed(
         )
         os.kill(victim, signal.SIGKILL)
         assert deployer.wait(timeout=120) == 0, (fleet.dir / "apply.log").read_text()
-    finally:
-        if deployer.poll() is None:
-            deployer.kill()
-            deployer.wait()
     node = by_node(json.loads(report_file.read_text()))["alpha"]
     assert node["result"] == "ok"
     assert fleet.profile("alpha").endswith("-alpha-2")
