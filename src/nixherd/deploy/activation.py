@@ -221,14 +221,31 @@ class _Follow:
         self.log.append(text)
         self.emit(LogLine(self.conn.target.node, text))
 
-    def take(self, text: str) -> None:
-        """A streamed line that is no status marker: a progress offset, or a line of the log."""
-        if text.startswith(_PROGRESS):
-            value = text[len(_PROGRESS) :].strip()
-            if value.isdigit():
-                self.offset = int(value)
-        elif text:
-            self.line(text)
+    def stream(self, markers: list[str]) -> Callable[[str], None]:
+        """The on_line of a following call (`start` or `wait`): status markers go to `markers`,
+        progress offsets move `offset`, and the rest is the log."""
+
+        def on_line(text: str) -> None:
+            if text.startswith(_MARKER):
+                markers.append(text)
+            elif text.startswith(_PROGRESS):
+                value = text[len(_PROGRESS) :].strip()
+                if value.isdigit():
+                    self.offset = int(value)
+            elif text:
+                self.line(text)
+
+        return on_line
+
+    def reached(self, marker: str, *, until_settled: bool = False) -> str | None:
+        """Record the status a following call ended on; that status if following is over
+        (settled, missing, or waiting unless `until_settled`), else None."""
+        status, offset = _parse_marker(marker)
+        self.offset = offset
+        self.last = status
+        if status == "missing" or _settled(status):
+            return status
+        return status if status == "waiting" and not until_settled else None
 
     def wait(self, deadline: float, *, until_settled: bool = False) -> str | None:
         """Follow the log until the status settles (or reaches `waiting`); None if unreachable."""
@@ -238,20 +255,13 @@ class _Follow:
                 return None
             slice_ = min(_WAIT_SLICE, max(1, math.ceil(left)))
             markers: list[str] = []
-
-            def on_line(text: str, markers: list[str] = markers) -> None:
-                if text.startswith(_MARKER):
-                    markers.append(text)
-                else:
-                    self.take(text)
-
             try:
                 result = self.conn.run(
                     watchdog_argv(self.activation_id, "wait", str(self.offset), str(slice_)),
                     elevate=True,
                     check=False,
                     timeout=slice_ + 30,
-                    on_line=on_line,
+                    on_line=self.stream(markers),
                     what="activation status",
                 )
             except CommandError:
@@ -260,12 +270,8 @@ class _Follow:
                 # ssh failed (dropped, refused, timed out): the watchdog carries on; retry.
                 time.sleep(_RETRY)
                 continue
-            status, offset = _parse_marker(markers[-1])
-            self.offset = offset
-            self.last = status
-            if status == "missing":
-                return status
-            if _settled(status) or (status == "waiting" and not until_settled):
+            status = self.reached(markers[-1], until_settled=until_settled)
+            if status is not None:
                 return status
 
 
@@ -427,13 +433,11 @@ def _start(
     values: dict[str, str] = {}
     head: list[str] = []
     markers: list[str] = []
+    following = follow.stream(markers)
 
     def on_line(text: str) -> None:
         if "prevgen" in values:
-            if text.startswith(_MARKER):
-                markers.append(text)
-            else:
-                follow.take(text)
+            following(text)
             return
         key, sep, value = text.partition("=")
         if sep and key in ("previous", "prevgen"):
@@ -474,14 +478,7 @@ def _start(
             log=(result.stdout + result.stderr).strip().splitlines(),
         )
     previous = values.get("previous") or None
-    if not markers:
-        return previous, None
-    status, offset = _parse_marker(markers[-1])
-    follow.offset = offset
-    follow.last = status
-    if status == "missing" or _settled(status) or status == "waiting":
-        return previous, status
-    return previous, None
+    return previous, follow.reached(markers[-1]) if markers else None
 
 
 def _confirm(conn: Connection, activation_id: str, deadline: float, emit: EventSink) -> str | None:

@@ -98,7 +98,7 @@ class EarlyProbes:
         self.futures: dict[str, cf.Future[Probed]] = {}
 
     def start(self, wanted: Mapping[str, str]) -> None:
-        """Probe each node of `wanted` (name -> the store path it should get), all at once."""
+        """Probe each node of `wanted` (name -> the store path it should get), a few at once."""
         if not wanted:
             return
         workers = min(len(wanted), max(2, os.cpu_count() or 1))

@@ -238,7 +238,6 @@ start() {
     gen_of prevgen "$profile"
     put prevgen "$prevgen"
     put newgen ""
-    put holder "$since $by"
     : >"$d/log"
     set_status starting
     # Detached, so that an ssh drop or a network restart cannot kill a half-done switch.
@@ -278,8 +277,8 @@ run() {
     exec </dev/null >>"$d/log" 2>&1
     exec 4<>"$d/ev" 5<>"$d/ctl"
     trap '' HUP INT PIPE
-    get holder holder
-    retake_lock "$id $$ ${holder:-? ?}"
+    set -- $(readlink "$lock")
+    retake_lock "$id $$ ${3:-?} ${4:-?}"
     put pid "$$"
     set_status activating
     get goal goal
@@ -307,7 +306,7 @@ run() {
     fi
     [ "$rc" = 0 ] || rollback "activation-exit-$rc"
     get window window
-    later "$window" eval "printf 'timeout\n' >&5"
+    later "$window" tell timeout
     timer=$tpid
     set_status waiting
     while :; do
