@@ -31,11 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_flake(parser)
     runs.add_parallel(parser)
     build = parser.add_argument_group("building and copying")
-    build.add_argument(
-        "--keep-result",
-        action="store_true",
-        help="keep each node's system as a GC root in .nixherd/results/<node>",
-    )
+    runs.add_keep_result(build)
     build.add_argument(
         "--substitute-on-destination",
         action="store_true",

@@ -12,11 +12,7 @@ HELP = "build the selected nodes' systems (one nix process) and print their stor
 def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_selection(parser)
     runs.add_flake(parser)
-    parser.add_argument(
-        "--keep-result",
-        action="store_true",
-        help="keep each node's system as a GC root in .nixherd/results/<node>",
-    )
+    runs.add_keep_result(parser)
     runs.add_output(parser)
 
 

@@ -33,6 +33,14 @@ def add_parallel(parser: argparse.ArgumentParser, default: int = 10) -> None:
     )
 
 
+def add_keep_result(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--keep-result",
+        action="store_true",
+        help="keep each node's system as a GC root in .nixherd/results/<node>",
+    )
+
+
 def add_flake(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flake",
