@@ -1,9 +1,31 @@
 #!/usr/bin/env bash
-# Install what nixherd and its lab need on a Debian machine (run as root), and a venv in .venv.
+# Install what nixherd and its lab need on Debian 12 (bookworm), run as root, and a venv in .venv.
+#
+# What it installs (apt, without recommends, only what is missing):
+#   nix-bin             Nix 2.8 (the deployer's nix; each lab host runs its own nix-daemon)
+#   nix-setup-systemd   Debian's Nix setup: the `nixbld` group and build users and
+#                       /etc/nix/nix.conf. nix-bin alone has neither, and every build then fails
+#                       with "the group 'nixbld' specified in 'build-users-group' does not exist".
+#                       It pulls in systemd, which lab hosts will boot as their pid 1.
+#   openssh-server, openssh-client, sudo, util-linux, procps, iproute2, git
+#   python3, python3-venv (when the machine has no Python 3.11+ with venv)
+# and then nixherd with its dev and bench extras into .venv (pip, from PyPI).
+#
+# A second run changes nothing: apt is skipped when every package is there, pip when the venv
+# already holds this pyproject.toml's install (a stamp in .venv records its hash).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(nix-bin openssh-server openssh-client sudo util-linux procps iproute2 git)
+APT_PACKAGES=(nix-bin nix-setup-systemd openssh-server openssh-client sudo util-linux procps
+  iproute2 git)
+
+PY=${PYTHON:-python3}
+python_ok() {
+  "$PY" -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 11)' 2>/dev/null
+}
+if ! python_ok; then
+  APT_PACKAGES+=(python3 python3-venv)
+fi
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -14,22 +36,32 @@ if ((${#missing[@]})); then
     echo "install.sh: need root to install: ${missing[*]}" >&2
     exit 1
   fi
+  echo "install.sh: apt-get install ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
-if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
-  echo "install.sh: nixherd needs Python 3.11 or newer as $PY" >&2
+if ! python_ok; then
+  echo "install.sh: nixherd needs Python 3.11 or newer with venv as $PY" >&2
   exit 1
 fi
-if [ ! -x .venv/bin/python ]; then
-  if ! "$PY" -m venv .venv 2>/dev/null; then
-    rm -rf .venv
-    apt-get install -y -qq python3-venv >/dev/null
-    "$PY" -m venv .venv
-  fi
+if ! getent group nixbld >/dev/null; then
+  echo "install.sh: nix-setup-systemd is installed but the nixbld group is missing" >&2
+  exit 1
 fi
+
+stamp=.venv/.nixherd-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] \
+  && .venv/bin/python -c 'import nixherd' 2>/dev/null; then
+  exit 0
+fi
+if [ ! -x .venv/bin/python ]; then
+  rm -rf .venv
+  "$PY" -m venv .venv
+fi
+echo "install.sh: pip install -e .[dev,bench] into .venv" >&2
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,bench]"
+echo "$want" >"$stamp"
