@@ -35,7 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="port of lab-1 (default: the lab's, else 2201)",
     )
-    status = sub.add_parser("status", help="show each host: port, pid, state, current system")
+    status = sub.add_parser(
+        "status",
+        help="show each host: port, pid, state (up: the deploy user logs in), current system; "
+        "exit 1 when a host is not up",
+    )
     with_dir(status)
     status.add_argument("--json", action="store_true", help="print a JSON array of hosts")
     down = sub.add_parser("down", help="stop the hosts (by recorded pid); keep their files")
@@ -61,14 +65,17 @@ def run(args: argparse.Namespace) -> int:
         out.write(inventory_snippet(lab.hosts(), lab.ssh_config))
         return 0
     if args.lab_command == "status":
-        data = [h.to_data() for h in lab.status()]
+        hosts = lab.status()
+        data = [h.to_data() for h in hosts]
         if args.json:
             render.print_json(data)
         elif not data:
             sys.stdout.write(f"no lab hosts in {lab.dir}\n")
         else:
             _table(data)
-        return 0
+        # A host that is not up (down, or running but refusing logins) is worth an exit code:
+        # scripts and CI wait on `lab status`.
+        return 0 if all(h.up for h in hosts) else 1
     stopped = lab.down()
     if args.purge:
         lab.purge()

@@ -14,7 +14,7 @@ This is the one other place that starts processes (fork/exec, never a shell): pi
 process of its host, orphans included, so it cannot hand children to `nixherd.process`.
 
 Host directory contract (written by `nixherd.lab.hosts`): `host.json` (name, bin_dir),
-`nix/` (the host's /nix), `etc/` (files bind-mounted over /etc/<name>), `sshd_config`, `log/`.
+`nix/` (the host's /nix), `etc/` (bind-mounted over /etc as a whole), `sshd_config`, `log/`.
 This program writes `supervisor.pid` ("PID STARTTIME") and `state.json` (the running boot).
 """
 
@@ -42,8 +42,8 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_BIND = 0x1000
 
-# /etc files the host sees as its own copies; the machine's are never written.
-ETC_FILES = ("passwd", "group", "shadow", "sudoers", "hosts")
+# Where the host's /nix is mounted; created when the machine has none (Nix never ran there).
+NIX_MOUNT_POINT = "/nix"
 # Login records sshd appends to: per-host copies, when the machine has the file at all.
 LOG_FILES = ("wtmp", "btmp", "lastlog")
 # Where nix-daemon and the garbage collector put their sockets.
@@ -338,6 +338,12 @@ def mount(source: str, target: str, fstype: str | None, flags: int, data: str | 
         raise OSError(errno, f"mount {source} on {target}: {os.strerror(errno)}")
 
 
+def ensure_mount_point(path: str) -> None:
+    """Create `path` (mode 0755, owned by root) when missing: an empty directory to mount on."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+
+
 class Init:
     """pid 1 of a lab host: sets the host up, boots its system, keeps sshd running, reaps."""
 
@@ -361,7 +367,11 @@ class Init:
 
     def setup(self) -> None:
         """Mounts (all private to this mount namespace), hostname, the directories of a boot."""
-        mount(os.path.join(self.hostdir, "nix"), "/nix", None, MS_BIND, None)
+        ensure_mount_point(NIX_MOUNT_POINT)
+        mount(os.path.join(self.hostdir, "nix"), NIX_MOUNT_POINT, None, MS_BIND, None)
+        # The host's own /etc, a whole directory of the lab's: nothing the machine does to its
+        # own /etc (a `useradd` renaming a new /etc/passwd into place) can pull it away.
+        mount(os.path.join(self.hostdir, "etc"), "/etc", None, MS_BIND, None)
         mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
         # Nix's sockets go to tmpfs: a socket file in the lab directory would break anything
         # that copies a tree holding it (a flake `path:` of a repository with the lab inside).
@@ -371,8 +381,6 @@ class Init:
                 if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
                     os.unlink(entry.path)
             mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
-        for name in ETC_FILES:
-            mount(os.path.join(self.hostdir, "etc", name), f"/etc/{name}", None, MS_BIND, None)
         for name in LOG_FILES:
             own = os.path.join(self.log_dir, name)
             if os.path.exists(f"/var/log/{name}"):

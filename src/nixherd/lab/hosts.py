@@ -7,7 +7,8 @@ Layout of a lab directory (DIR):
     DIR/ssh_config, DIR/known_hosts for `ssh -F DIR/ssh_config` and NIX_SSHOPTS
     DIR/bin/                        reboot, poweroff: on every host's PATH
     DIR/hosts/lab-N/                one host: host.json, sshd_config, host key, authorized_keys,
-                                    etc/ (its passwd, group, shadow, sudoers, hosts), nix/ (its
+                                    etc/ (its whole /etc: the machine's, copied at start, with its
+                                    own passwd, group, shadow, sudoers, hosts), nix/ (its
                                     /nix), log/, supervisor.pid and state.json
 
 A host is its supervisor (`boot.py supervise`, tracked by pid and start time) and the namespaces
@@ -27,12 +28,13 @@ import socket
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nixherd import process
-from nixherd.errors import LabError
+from nixherd.errors import CommandError, LabError
 from nixherd.lab import render
 from nixherd.lab.render import Account, HostFiles
 
@@ -41,8 +43,15 @@ DEFAULT_BASE_PORT = 2201
 DEFAULT_COUNT = 3
 DIR_ENV = "NIXHERD_LAB_DIR"
 
+# `status` logs in to each host (in parallel, this many at once), each login bounded in time.
+STATUS_LOGINS = 8
+LOGIN_TIMEOUT = 10.0
+
 BOOT_SCRIPT = str(Path(__file__).with_name("boot.py"))
 HOST_PREFIX = "lab-"
+# Files of the machine's /etc that a host's copy leaves out: hashes and backups of the user
+# database (the host gets its own shadow, without any hash), never needed inside.
+ETC_SECRETS = ("shadow-", "gshadow", "gshadow-", "passwd-", "group-", "subuid-", "subgid-")
 
 
 def default_dir() -> str:
@@ -57,10 +66,17 @@ class HostStatus:
     port: int
     dir: str
     pid: int | None  # the supervisor's, when it runs
-    up: bool  # the supervisor runs and sshd answers
+    up: bool  # the supervisor runs and the deploy user logs in over ssh
     system: str | None  # /run/current-system inside the host
     boots: int | None
     pidns: str | None
+
+    @property
+    def state(self) -> str:
+        """up; unhealthy (its processes run, but no login works); down."""
+        if self.up:
+            return "up"
+        return "unhealthy" if self.pid else "down"
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -68,7 +84,7 @@ class HostStatus:
             "port": self.port,
             "dir": self.dir,
             "pid": self.pid,
-            "state": "up" if self.up else ("starting" if self.pid else "down"),
+            "state": self.state,
             "system": self.system,
             "boots": self.boots,
             "pidns": self.pidns,
@@ -248,7 +264,27 @@ class Lab:
         return pair if alive(pair) else None
 
     def status(self) -> list[HostStatus]:
-        return [self._status(host) for host in self.hosts()]
+        """Every host, checked by a real login: a banner alone would call a host up whose sshd
+        answers but refuses every user (a host that lost its user database)."""
+        hosts = self.hosts()
+        if not hosts:
+            return []
+        with ThreadPoolExecutor(max_workers=min(len(hosts), STATUS_LOGINS)) as pool:
+            return list(pool.map(self._status, hosts))
+
+    def login_works(self, host: HostFiles, user: str = render.DEPLOY_USER) -> bool:
+        """True when `user` logs in to the host with the lab's key and runs a command there."""
+        argv = ["ssh", "-F", self.ssh_config, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+        try:
+            result = process.run(
+                [*argv, "-l", user, host.name, "true"],
+                check=False,
+                timeout=LOGIN_TIMEOUT,
+                what=f"login to {host.name}",
+            )
+        except CommandError:  # timed out, or no ssh client
+            return False
+        return result.ok
 
     def _status(self, host: HostFiles) -> HostStatus:
         supervisor = self.supervisor(host)
@@ -264,7 +300,7 @@ class Lab:
             port=host.port,
             dir=host.dir,
             pid=supervisor[0] if supervisor else None,
-            up=bool(supervisor and init and ssh_banner(host.port)),
+            up=bool(supervisor and init and self.login_works(host)),
             system=system,
             boots=state.get("boots"),
             pidns=state.get("pidns") if init else None,
@@ -342,7 +378,7 @@ class Lab:
 
     def _prepare(self, host: HostFiles, index: int, ids: tuple[int, int]) -> None:
         """Write the host's files (keys are made once and kept)."""
-        for sub in ("etc", "nix", "log"):
+        for sub in ("nix", "log"):
             os.makedirs(os.path.join(host.dir, sub), exist_ok=True)
         _write(
             os.path.join(host.dir, "host.json"),
@@ -356,17 +392,41 @@ class Lab:
         _write(os.path.join(host.dir, "sshd_config"), render.sshd_config(host, self.bin_dir))
         public = Path(self.identity + ".pub").read_text()
         _write(host.authorized_keys, render.authorized_keys(public))
-        user = Account(uid=ids[0], gid=ids[1])
+        self._make_etc(host, Account(uid=ids[0], gid=ids[1]))
+
+    def _make_etc(self, host: HostFiles, user: Account) -> None:
+        """The host's own /etc: a copy of the machine's, with its own user database and sudoers.
+
+        The host bind-mounts this directory over /etc as a whole. Single files bind-mounted over
+        /etc/passwd and friends vanish from a running host the moment the machine replaces its
+        own file (`useradd`, apt adding a user: both rename a new file into place), and sshd then
+        knows no `deploy`. A directory of the lab's is never replaced by anything on the machine.
+        The copy is taken each time the host starts, so a restarted host sees the machine's
+        current /etc (minus its secrets).
+        """
         etc = os.path.join(host.dir, "etc")
+        new = etc + ".new"
+        shutil.rmtree(new, ignore_errors=True)
+        process.run(["cp", "-a", "/etc", new], what="copy /etc for a lab host")
+        for secret in ETC_SECRETS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(new, secret))
+        ssh_dir = os.path.join(new, "ssh")
+        if os.path.isdir(ssh_dir):
+            for entry in os.listdir(ssh_dir):
+                if entry.startswith("ssh_host_"):  # the machine's host keys stay the machine's
+                    os.unlink(os.path.join(ssh_dir, entry))
         machine = {name: Path("/etc", name).read_text() for name in ("passwd", "group", "hosts")}
-        _write(os.path.join(etc, "passwd"), render.passwd(machine["passwd"], user))
-        _write(os.path.join(etc, "group"), render.group(machine["group"], user))
-        _write(os.path.join(etc, "hosts"), render.hosts_file(machine["hosts"], host.name))
-        _write(os.path.join(etc, "sudoers"), render.sudoers(self.bin_dir), mode=0o440)
-        shadow = os.path.join(etc, "shadow")
+        _write(os.path.join(new, "passwd"), render.passwd(machine["passwd"], user))
+        _write(os.path.join(new, "group"), render.group(machine["group"], user))
+        _write(os.path.join(new, "hosts"), render.hosts_file(machine["hosts"], host.name))
+        _write(os.path.join(new, "sudoers"), render.sudoers(self.bin_dir), mode=0o440)
+        shadow = os.path.join(new, "shadow")
         _write(shadow, render.shadow(Path("/etc/shadow").read_text()), mode=0o640)
         with contextlib.suppress(KeyError):
             os.chown(shadow, 0, grp.getgrnam("shadow").gr_gid)
+        shutil.rmtree(etc, ignore_errors=True)
+        os.rename(new, etc)
 
     def _write_client_files(self) -> None:
         hosts = self.hosts()

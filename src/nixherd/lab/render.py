@@ -197,7 +197,7 @@ def sudoers(bin_dir: str) -> str:
     """A complete sudoers (no includes): root and the deploy user, the latter without password."""
     return "\n".join(
         [
-            "# nixherd lab host sudoers: bind-mounted over /etc/sudoers inside the host only.",
+            "# nixherd lab host sudoers: in the host's own /etc, never the machine's.",
             "Defaults env_reset",
             f'Defaults secure_path="{host_path(bin_dir)}"',
             "Defaults !lecture",

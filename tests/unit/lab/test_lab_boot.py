@@ -110,3 +110,14 @@ def test_status_of_an_empty_lab(tmp_path: Path) -> None:
     lab = Lab(tmp_path / "none")
     assert lab.status() == []
     assert lab.down() == []
+
+
+def test_the_nix_mount_point_is_made_when_the_machine_has_none(tmp_path: Path) -> None:
+    # A machine where Nix never ran has no /nix: mounting a host's store there failed (ENOENT).
+    point = tmp_path / "nix"
+    boot.ensure_mount_point(str(point))
+    assert point.is_dir()
+    assert point.stat().st_mode & 0o777 == 0o755
+    (point / "kept").write_text("")
+    boot.ensure_mount_point(str(point))  # an existing one is left as it is
+    assert (point / "kept").exists()
