@@ -4,8 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export PATH="$PWD/.venv/bin:$PATH"
-ruff check src tests bench
-ruff format --check src tests bench
+ruff check src tests bench scripts
+ruff format --check src tests bench scripts
 mypy
 # The suite's in-process `nodes`/`show` runs keep their parse cache out of the user's ~/.cache.
 cache_dir=$(mktemp -d)
