@@ -3,6 +3,24 @@
 Argv lists only, never a shell. Children run in their own session so that a Ctrl-C on the
 terminal reaches nixherd alone: nixherd decides what to stop, and an activation in flight is
 never cut by the keyboard.
+
+Children die with nixherd, however it ends (a SIGKILL included). The rule: every command started
+by `run` or `run_bytes` is announced to a guardian, a small process of nixherd's own started at the
+first command, by its pid and start time; every directory that must not outlive the run (ssh's
+control directories, `own_directory`) is announced too. The guardian holds the read end of a pipe
+whose only write end is in nixherd: when nixherd is gone, by exit or by kill, the pipe ends and the
+guardian kills the session of each command still running (the pid checked against its start time,
+so a reused pid is never hit), tells each ssh ControlMaster in an announced directory to exit
+(through its socket: the master daemonizes itself, so it is neither a child nor in a child's
+session) and removes the directories. `spawn` (lab hosts) is not announced: those outlive nixherd
+on purpose.
+
+Why not PR_SET_PDEATHSIG: it fires when the *thread* that started the child ends, and nixherd
+starts commands from pool threads (probes, per-node pipelines) that end before the commands they
+started may (a ControlMaster opened by a probe serves the node's whole pipeline); and it cannot
+reach the daemonized master at all. The pipe ends only with the process, whichever thread started
+what. What remains: a child started in the instant between its fork and its announcement, and
+leftovers of a run whose guardian was killed too (by hand, with the same SIGKILL).
 """
 
 from __future__ import annotations
@@ -10,8 +28,11 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import signal
+import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +98,7 @@ def run(
         )
     except OSError as exc:
         raise CommandError(args, 127, str(exc), what=what, node=node) from exc
+    _GUARDIAN.started(proc.pid)
     try:
         if on_line is None:
             try:
@@ -95,6 +117,8 @@ def run(
         _kill_group(proc)
         proc.wait()
         raise
+    finally:
+        _GUARDIAN.ended(proc)
     if check and not result.ok:
         raise CommandError(
             args, result.returncode, result.stdout + result.stderr, what=what, node=node
@@ -229,11 +253,14 @@ def run_bytes(
         )
     except OSError as exc:
         raise CommandError(args, 127, str(exc), what=what, node=node) from exc
+    _GUARDIAN.started(proc.pid)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _, err = _abandon(proc)
         raise CommandError(args, None, _text(err), what=what, node=node) from None
+    finally:
+        _GUARDIAN.ended(proc)
     return BytesResult(args, proc.returncode, out, _text(err))
 
 
@@ -244,7 +271,10 @@ def spawn(
     cwd: str | None = None,
     log_path: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a long-lived process detached from nixherd's session (lab hosts); return it."""
+    """Start a long-lived process detached from nixherd's session (lab hosts); return it.
+
+    Unlike `run`'s commands, it is not announced to the guardian: it outlives nixherd on purpose.
+    """
     args = tuple(argv)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
@@ -270,3 +300,171 @@ def _text(data: bytes | str | None) -> str:
     if isinstance(data, str):
         return data
     return data.decode("utf-8", errors="replace")
+
+
+# --- the guardian: nothing of a run outlives it -----------------------------------------------
+
+
+def own_directory(path: str) -> None:
+    """Have `path` (a directory nixherd just created) removed if nixherd dies before it does."""
+    _GUARDIAN.tell("d", path)
+
+
+def disown_directory(path: str) -> None:
+    """`path` is gone (or no longer nixherd's to remove): forget it."""
+    _GUARDIAN.tell("r", path)
+
+
+def start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), or None if there is no such process:
+    with the pid, it names one process for good (a pid alone may be reused)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may hold anything: count fields after the last ')'.
+    return int(data.rsplit(b")", 1)[1].split()[19])
+
+
+class _Guardian:
+    """nixherd's side of the guardian: started on first use, told one line per event.
+
+    Lines are `+ PID START`, `- PID`, `d PATH`, `r PATH`; each is one write(2) shorter than
+    PIPE_BUF, so lines written by concurrent threads never interleave.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._owner = 0  # the pid the pipe belongs to: a fork of nixherd starts its own guardian
+
+    def started(self, pid: int) -> None:
+        born = start_time(pid)
+        if born is not None:
+            self.tell("+", f"{pid} {born}")
+
+    def ended(self, proc: subprocess.Popen[bytes]) -> None:
+        # Only once reaped: a command still running when its caller gave up stays announced.
+        if proc.poll() is not None:
+            self.tell("-", str(proc.pid))
+
+    def tell(self, kind: str, arg: str) -> None:
+        if "\n" in arg:
+            raise ValueError(f"a guardian line may not hold a newline: {arg!r}")
+        fd = self._pipe()
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            # EPIPE: the guardian was killed by hand; nixherd goes on without it.
+            os.write(fd, f"{kind} {arg}\n".encode())
+
+    def _pipe(self) -> int | None:
+        if self._owner == os.getpid():
+            return self._fd
+        with self._lock:
+            if self._owner != os.getpid():
+                self._fd = self._start()
+                self._owner = os.getpid()
+            return self._fd
+
+    def _start(self) -> int | None:
+        read, write = os.pipe()  # close-on-exec: no other child holds the write end
+        package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = "import sys; sys.path.insert(0, sys.argv[1]); import nixherd.process as p; p.guard()"
+        try:
+            # posix_spawn, not Popen: the guardian is meant to run until nixherd exits, and a Popen
+            # object still running at exit is reported as a leak. -I -S: nothing of the
+            # environment or site-packages, it needs this module only. Its own session: a Ctrl-C
+            # or a hangup on nixherd's terminal spares it.
+            os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-S", "-c", code, package],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, read, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, 1, 2),
+                ],
+                setsid=True,
+            )
+        except OSError:
+            os.close(write)
+            return None
+        finally:
+            os.close(read)
+        return write
+
+
+_GUARDIAN = _Guardian()
+
+
+def guard() -> None:
+    """The guardian's main: record what nixherd announces on stdin until it ends, then clean up.
+
+    Runs in a process of its own (`_Guardian._start`); stdin ends when nixherd is gone.
+    """
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    os.chdir("/")  # hold no directory of nixherd's
+    # Anything inherited without close-on-exec (a pipe of whoever started nixherd) is let go, so
+    # that the guardian never keeps someone else waiting for an end of file.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    children: dict[int, int] = {}
+    directories: dict[str, None] = {}
+    for raw in sys.stdin.buffer:
+        kind, _, arg = raw.decode(errors="replace").rstrip("\n").partition(" ")
+        try:
+            if kind == "+":
+                pid, born = arg.split()
+                children[int(pid)] = int(born)
+            elif kind == "-":
+                children.pop(int(arg), None)
+            elif kind == "d" and os.path.isabs(arg):
+                directories[arg] = None
+            elif kind == "r":
+                directories.pop(arg, None)
+        except ValueError:
+            continue  # a torn line (nixherd killed mid-write): the rest still counts
+    for pid, born in children.items():
+        _kill_session(pid, born)
+    for path in directories:
+        _stop_masters(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _kill_session(pid: int, born: int) -> None:
+    now = start_time(pid)
+    if now is not None and now != born:
+        return  # the pid was reused: that process is not ours
+    # The command leads its own session and group (start_new_session). Even with the leader
+    # gone, a group with its id can only be what is left of it: a pid is not reused while a
+    # group of that id exists.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _stop_masters(path: str) -> None:
+    """Tell every ssh ControlMaster listening in `path` to exit (it removes its socket)."""
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return
+    for entry in entries:
+        socket = os.path.join(path, entry)
+        try:
+            mode = os.lstat(socket).st_mode
+        except OSError:
+            continue
+        if not stat.S_ISSOCK(mode):
+            continue
+        # Only the socket matters to `-O exit`: no config read (-F /dev/null), the host a dummy.
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                ["ssh", "-F", "/dev/null", "-S", socket, "-O", "exit", "nixherd-guardian"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+                check=False,
+            )

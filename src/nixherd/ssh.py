@@ -80,7 +80,10 @@ class Target:
 
 def _short_dir() -> str:
     # Unix socket paths are limited to ~104 bytes: keep the control directory short.
-    return tempfile.mkdtemp(prefix="nh-", dir="/tmp")
+    path = tempfile.mkdtemp(prefix="nh-", dir="/tmp")
+    # If nixherd dies without close(), its guardian stops the master and removes the directory.
+    process.own_directory(path)
+    return path
 
 
 @dataclass
@@ -184,6 +187,8 @@ class Connection:
             os.unlink(self.control_path)
         with contextlib.suppress(OSError):
             os.rmdir(self.control_dir)  # a shared or non-empty dir stays: not worth failing over
+        if not os.path.exists(self.control_dir):
+            process.disown_directory(self.control_dir)
 
     def __enter__(self) -> Connection:
         return self

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +115,71 @@ def test_timeout_does_not_wait_for_a_pipe_held_open_elsewhere(
             )
         assert info.value.returncode is None
         assert time.monotonic() - start < 5
+
+
+# --- children die with nixherd ------------------------------------------------------------------
+
+# A deployer that starts a command from a worker thread (as the pipeline does) and a control
+# directory, says so on stdout, then waits to be killed. The command writes its own pid first, so
+# the test knows exactly which process it has to see die.
+DEPLOYER = """
+import sys, threading, time
+from nixherd import process, ssh
+pid_file = sys.argv[1]
+script = 'echo $$ > "$1.tmp" && mv "$1.tmp" "$1" && exec sleep 300'
+worker = threading.Thread(target=process.run, args=(["sh", "-c", script, "sh", pid_file],))
+worker.daemon = True
+worker.start()
+print(ssh._short_dir(), flush=True)
+time.sleep(300)
+"""
+
+
+def _start_time(pid: int) -> int | None:
+    from pathlib import Path
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_children_and_control_dirs_do_not_outlive_a_killed_deployer(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    deployer = subprocess.Popen(
+        [PY, "-c", DEPLOYER, str(pid_file)], stdout=subprocess.PIPE, text=True
+    )
+    child: int | None = None
+    control_dir = ""
+    try:
+        assert deployer.stdout is not None
+        control_dir = deployer.stdout.readline().strip()
+        assert control_dir.startswith("/tmp/nh-") and os.path.isdir(control_dir)
+        assert _wait(pid_file.exists, 10), "the command never started"
+        child = int(pid_file.read_text())
+        born = _start_time(child)
+        assert born is not None
+        deployer.kill()  # SIGKILL: nothing of nixherd's own runs after this
+        deployer.wait()
+        assert _wait(lambda: _start_time(child) != born, 10), "the command outlived nixherd"
+        assert _wait(lambda: not os.path.exists(control_dir), 10), "the control dir stayed"
+    finally:
+        if deployer.poll() is None:
+            deployer.kill()
+            deployer.wait()
+        if child is not None and _start_time(child) == born:
+            os.kill(child, signal.SIGKILL)  # the test's own leftovers (before the fix)
+        if deployer.stdout is not None:
+            deployer.stdout.close()
+        if control_dir.startswith("/tmp/nh-") and os.path.isdir(control_dir):
+            os.rmdir(control_dir)
