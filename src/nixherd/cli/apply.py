@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from nixherd.cli import runs
+from nixherd.cli import numbers, runs
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     safety.add_argument(
         "--confirm-timeout",
-        type=float,
+        type=numbers.seconds,
         default=30.0,
         metavar="S",
         help="seconds a node waits for the confirmation before rolling back (default 30)",
@@ -66,14 +66,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     safety.add_argument(
         "--reboot-timeout",
-        type=float,
+        type=numbers.seconds,
         default=300.0,
         metavar="S",
         help="how long to wait for a rebooted node (default 300)",
     )
     staged = parser.add_argument_group("staged rollout")
     staged.add_argument(
-        "--canary", type=int, default=0, metavar="N", help="deploy N nodes first; all must succeed"
+        "--canary",
+        type=numbers.count,
+        default=0,
+        metavar="N",
+        help="deploy N nodes first; all must succeed",
     )
     staged.add_argument(
         "--batch", metavar="N|P%", help="then deploy in batches of N nodes (or P%% of them)"
@@ -132,8 +136,6 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.deploy.plan import describe
     from nixherd.errors import NixherdError, UsageError
 
-    if args.canary < 0:
-        raise UsageError(f"--canary must be >= 0, got {args.canary}")
     options = options_from(args)
     inventory, nodes = runs.load_nodes(args)
     if args.dry_run:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nixherd.cli import runs
+from nixherd.cli import numbers, runs
 
 HELP = "run a command on the selected nodes in parallel (after --), output prefixed by node"
 
@@ -14,7 +14,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_parallel(parser)
     parser.add_argument("--sudo", action="store_true", help="run the command through sudo")
     parser.add_argument(
-        "--timeout", type=float, default=None, metavar="S", help="give up on a node after S s"
+        "--timeout",
+        type=numbers.seconds,
+        default=None,
+        metavar="S",
+        help="give up on a node after S s",
     )
     parser.add_argument("--json", metavar="FILE", help="write a JSON report to FILE (- : stdout)")
     parser.add_argument(

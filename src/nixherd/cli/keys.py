@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from nixherd.cli import runs
+
 if TYPE_CHECKING:
     from nixherd.cli.progress import Progress
     from nixherd.errors import NixherdError
@@ -23,10 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def add_node_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by the per-node commands of this module and `data`."""
-    parser.add_argument("--on", metavar="SEL", help="select nodes (names, @tags, role:R, !, &)")
-    parser.add_argument(
-        "--parallel", type=int, default=10, metavar="N", help="nodes at once (0: all; default 10)"
-    )
+    runs.add_selection(parser)
+    runs.add_parallel(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
 
 

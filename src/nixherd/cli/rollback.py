@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nixherd.cli import runs
+from nixherd.cli import numbers, runs
 
 HELP = "switch each node back to its previous generation (with health checks and magic rollback)"
 
@@ -14,7 +14,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_parallel(parser)
     parser.add_argument(
         "--confirm-timeout",
-        type=float,
+        type=numbers.seconds,
         default=30.0,
         metavar="S",
         help="seconds a node waits for the confirmation before undoing the rollback (default 30)",
@@ -24,10 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nixherd.deploy.activation import rollback_nodes
-    from nixherd.errors import UsageError
 
-    if args.confirm_timeout <= 0:
-        raise UsageError("--confirm-timeout must be positive")
     inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
     with runs.progress(args, names, title="rollback") as view:

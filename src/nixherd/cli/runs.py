@@ -8,6 +8,8 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+from nixherd.cli import numbers
+
 if TYPE_CHECKING:
     from nixherd.cli.progress import Progress
     from nixherd.deploy.report import RunReport
@@ -26,7 +28,7 @@ def add_selection(parser: argparse.ArgumentParser) -> None:
 def add_parallel(parser: argparse.ArgumentParser, default: int = 10) -> None:
     parser.add_argument(
         "--parallel",
-        type=int,
+        type=numbers.parallel,
         default=default,
         metavar="N",
         help=f"nodes worked on at once (0: all; default {default})",
@@ -90,9 +92,19 @@ def load_nodes(args: argparse.Namespace) -> tuple[Inventory, list[Node]]:
 
 def progress(args: argparse.Namespace, names: list[str], title: str) -> Progress:
     from nixherd.cli.progress import Progress, new_log_dir
+    from nixherd.errors import UsageError
 
     log_base = getattr(args, "log_dir", None)
-    log_dir = new_log_dir(log_base) if log_base else None
+    log_dir = None
+    if log_base:
+        try:
+            log_dir = new_log_dir(log_base)
+        except OSError as exc:
+            # Before any node is touched: a place for the logs is part of the command line.
+            where = exc.filename or log_base
+            raise UsageError(
+                f"--log-dir {log_base}: cannot create {where}: {exc.strerror or exc}"
+            ) from exc
     return Progress(names, title=title, verbose=args.verbose, log_dir=log_dir)
 
 

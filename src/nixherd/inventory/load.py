@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from nixherd.inventory.resolve import resolve
 
 MAX_SIZE = 64 * 1024 * 1024  # 100,000 nodes take about 8 MB; anything this big is a mistake
 
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 _WHERE = re.compile(r"\s*at line (\d+) column (\d+)\s*$")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
@@ -31,12 +38,24 @@ def load(path: str | os.PathLike[str], *, cache: bool = False) -> Inventory:
     """
     file = os.fspath(path)
     try:
-        with open(file, "rb") as handle:
+        # Non-blocking: opening a FIFO without a writer would otherwise wait forever. Only a
+        # regular file is read (a FIFO or a device is refused before any read).
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise _fail(file, "", "is a directory, not an inventory file")
+            if not stat.S_ISREG(mode):
+                kind = _KINDS.get(stat.S_IFMT(mode), "a special file")
+                raise _fail(file, "", f"not a regular file ({kind})")
+            handle = open(fd, "rb")  # noqa: SIM115 (closed by the `with` below)
+        except BaseException:
+            os.close(fd)
+            raise
+        with handle:
             data = handle.read(MAX_SIZE + 1)
     except FileNotFoundError:
         raise _fail(file, "", "no such file") from None
-    except IsADirectoryError:
-        raise _fail(file, "", "is a directory, not an inventory file") from None
     except OSError as exc:
         raise _fail(file, "", f"cannot read: {exc.strerror or exc}") from exc
     if len(data) > MAX_SIZE:

@@ -1,0 +1,55 @@
+"""The number parsers of every command-line option (argparse `type=`), one set with their bounds.
+
+A number that passes here is one the core can compute with: finite, in range, no `nan` slipping
+through comparisons (every comparison with nan is false) and no `1e300` overflowing a deadline.
+A bad one is refused while parsing: argparse names the option, prints the message, exits 2.
+
+Numbers are plain decimal text: `int()`/`float()` alone would also take `nan`, `inf`, `1_000`
+and non-ASCII digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+MAX_SECONDS = 7 * 24 * 3600  # a week: any longer wait is a mistake, and deadlines stay finite
+# Nodes worked on at once: each holds an ssh ControlMaster and a few pipes (file descriptors);
+# 0 (all) is the way to ask for more.
+MAX_PARALLEL = 1000
+MAX_NODES = 1_000_000  # more than an inventory can hold (64 MiB)
+
+_INTEGER = re.compile(r"[+-]?[0-9]+").fullmatch
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?").fullmatch
+
+
+def _integer(text: str, low: int, high: int, rule: str) -> int:
+    text = text.strip()
+    if _INTEGER(text) is not None:
+        value = int(text)
+        if low <= value <= high:
+            return value
+    raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds: 0 < S <= MAX_SECONDS (`1.5`, `90`, `1e3`)."""
+    stripped = text.strip()
+    if _DECIMAL(stripped) is not None:
+        value = float(stripped)
+        if math.isfinite(value) and 0 < value <= MAX_SECONDS:
+            return value
+    raise argparse.ArgumentTypeError(
+        f"must be a number of seconds, 0 < S <= {MAX_SECONDS}, got {stripped!r}"
+    )
+
+
+def parallel(text: str) -> int:
+    """How many nodes at once: 0 (all) .. MAX_PARALLEL."""
+    return _integer(text, 0, MAX_PARALLEL, f"an integer 0..{MAX_PARALLEL} (0: all)")
+
+
+def count(text: str) -> int:
+    """A number of nodes (`--canary`): 0..MAX_NODES."""
+    return _integer(text, 0, MAX_NODES, f"an integer 0..{MAX_NODES}")
