@@ -150,11 +150,19 @@ class LabFactory(Protocol):
     def __call__(self, n: int = 3, *, fresh: bool = False) -> LabHosts: ...
 
 
+def ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' local ports."""
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
 def free_base(count: int) -> int:
-    """A base port with `count` free ports after it, away from the defaults (2201...)."""
+    """A base port with `count` free ports after it, away from the defaults (2201...) and below
+    the ephemeral range: a port free now but in that range may be an ssh client's local port by
+    the time a lab grows into it."""
     rng = random.Random()
+    top = min(ephemeral_low(), 65536)
     for _ in range(200):
-        base = rng.randrange(20000, 60000 - count, PORT_BLOCK)
+        base = rng.randrange(10000, top - count, PORT_BLOCK)
         if all(port_free(base + i) for i in range(count)):
             return base
     raise LabError(f"no {count} consecutive free ports found")
