@@ -43,6 +43,7 @@ let
     user = "root";
     port = 22;
     system = "x86_64-linux";
+    host_key_policy = "strict";
   };
 
   listFields = [
@@ -71,6 +72,7 @@ let
       user = scalar "user" builtinDefaults.user layers;
       port = scalar "port" builtinDefaults.port layers;
       system = scalar "system" builtinDefaults.system layers;
+      host_key_policy = scalar "host_key_policy" builtinDefaults.host_key_policy layers;
     }
     // listToAttrs (
       map (f: {

@@ -2,7 +2,11 @@
 
 Uses the system `ssh` client so that ~/.ssh/config, agents and ProxyJump keep working. Remote
 commands are argv lists, quoted with shlex at exactly one boundary (`Connection.argv`). Host keys
-are always verified: nixherd never passes StrictHostKeyChecking=no.
+are always verified: every ssh (and `nix copy`, through NIX_SSHOPTS) gets
+`-o StrictHostKeyChecking=yes`, or `accept-new` where the inventory's `host_key_policy` opts in,
+never `no`. On ssh's command line it beats any ssh_config (ssh keeps the first value it obtains,
+and the command line comes first); options that would replace the pinning are refused
+(`FORBIDDEN_SSH_OPTIONS`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from enum import Enum
 
 from nixherd import process
 from nixherd.errors import UsageError
-from nixherd.inventory.schema import FORBIDDEN_SSH_OPTIONS
+from nixherd.inventory.schema import FORBIDDEN_SSH_OPTIONS, HOST_KEY_POLICIES
 from nixherd.process import LineCallback, Result
 
 # Re-checked here although the inventory validates them: this is the boundary where a value
@@ -54,6 +58,7 @@ class Target:
     port: int = 22
     ssh_config: str | None = None
     options: tuple[str, ...] = ()
+    host_key_policy: str = "strict"
 
     def __post_init__(self) -> None:
         if not _HOST.match(self.host):
@@ -65,6 +70,11 @@ class Target:
         for opt in self.options:
             if not _OPTION.match(opt) or opt.split("=", 1)[0].lower() in FORBIDDEN_SSH_OPTIONS:
                 raise UsageError(f"{self.node}: unsafe ssh option {opt!r}")
+        if self.host_key_policy not in HOST_KEY_POLICIES:
+            raise UsageError(
+                f"{self.node}: host_key_policy must be one of {', '.join(HOST_KEY_POLICIES)}, "
+                f"got {self.host_key_policy!r}"
+            )
         if self.ssh_config is not None and re.search(r"\s", self.ssh_config):
             # NIX_SSHOPTS is split on whitespace by nix: such a path cannot be passed on.
             raise UsageError(f"{self.node}: ssh_config path may not contain whitespace")
@@ -107,6 +117,8 @@ class Connection:
         if self.target.ssh_config:
             opts += ["-F", self.target.ssh_config]
         opts += ["-p", str(self.target.port)]
+        # First of all options: nothing after it (nor any config file) can weaken it.
+        opts += ["-o", f"StrictHostKeyChecking={HOST_KEY_POLICIES[self.target.host_key_policy]}"]
         for opt in (*BASE_OPTIONS, *self.target.options):
             opts += ["-o", opt]
         if multiplex:

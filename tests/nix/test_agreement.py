@@ -126,6 +126,7 @@ LAYER = {
     "vars": tables,
     "config": tables,
     "ssh_options": lists_from(SSH_OPTIONS),
+    "host_key_policy": st.sampled_from(["strict", "accept-new"]),
 }
 layers = st.fixed_dictionaries({}, optional=LAYER)
 

@@ -81,6 +81,7 @@ def test_nodes_are_the_resolved_inventory(tmp_path: Path) -> None:
         "vars": {"tier": "front"},
         "config": {},
         "ssh_options": ["ConnectTimeout=5"],
+        "host_key_policy": "strict",
     }
     assert nodes["db"]["host"] == "db.example.com"
     assert fleet.eval("nixherd.inventory")["roles"]["web"]["vars"] == {"tier": "front"}

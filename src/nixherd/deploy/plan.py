@@ -29,6 +29,8 @@ class DeployNode(Protocol):
     def port(self) -> int: ...
     @property
     def ssh_options(self) -> Sequence[str]: ...
+    @property
+    def host_key_policy(self) -> str: ...
 
 
 def target_of(node: DeployNode, ssh_config: str | None) -> Target:
@@ -40,6 +42,7 @@ def target_of(node: DeployNode, ssh_config: str | None) -> Target:
         port=node.port,
         ssh_config=ssh_config,
         options=tuple(node.ssh_options),
+        host_key_policy=node.host_key_policy,
     )
 
 

@@ -44,6 +44,7 @@ class Node:
     vars: Mapping[str, Any] = field(hash=False)
     config: Mapping[str, Any] = field(hash=False)
     ssh_options: tuple[str, ...] = ()
+    host_key_policy: str = "strict"
     # Deployer-side only, never in `to_data()` (so never in Nix): secrets to upload
     # (nixherd.secrets) and runtime data files (nixherd.data), by entry name.
     keys: Mapping[str, Any] = field(default_factory=dict, hash=False)

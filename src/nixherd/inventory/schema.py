@@ -113,11 +113,33 @@ _IPV6 = re.compile(r"[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?").fullmatch
 _SSH_OPTION = re.compile(r"([A-Za-z]+)=[^\s\x00]*").fullmatch
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+").fullmatch
 
-# ssh options that would weaken host-key checking or run a local command; ssh.py refuses them
-# too, at the argv boundary. Refusing them here reports them before any work starts.
-FORBIDDEN_SSH_OPTIONS: Final = frozenset(
-    {"stricthostkeychecking", "userknownhostsfile", "localcommand"}
-)
+# ssh options `ssh_options` may not set (lower-case, as ssh compares them), with the reason shown.
+# ssh.py refuses them too, at the argv boundary; refusing them here reports them before any work.
+# - Host keys: nixherd passes StrictHostKeyChecking itself (`host_key_policy`); the others would
+#   replace or redirect the pinning against known_hosts (another file, a command, DNS, the key of
+#   another host). A deliberate setup can still say so in the `ssh_config` file.
+# - Multiplexing: nixherd runs one ControlMaster per node, in a directory it removes even when
+#   killed; another path or persistence would leave a master behind.
+# - Local commands: run through the deployer's shell (ProxyJump needs none).
+_HOST_KEYS = "nixherd always verifies host keys"
+_MULTIPLEXING = "nixherd runs its own ControlMaster (and stops it, even when killed)"
+_LOCAL_COMMAND = "it runs a local command through a shell (use ProxyJump, or the ssh_config)"
+FORBIDDEN_SSH_OPTIONS: Final[Mapping[str, str]] = {
+    "stricthostkeychecking": _HOST_KEYS,
+    "userknownhostsfile": _HOST_KEYS,
+    "globalknownhostsfile": _HOST_KEYS,
+    "knownhostscommand": _HOST_KEYS,
+    "verifyhostkeydns": _HOST_KEYS,
+    "hostkeyalias": _HOST_KEYS,
+    "controlmaster": _MULTIPLEXING,
+    "controlpath": _MULTIPLEXING,
+    "controlpersist": _MULTIPLEXING,
+    "localcommand": _LOCAL_COMMAND,
+    "permitlocalcommand": _LOCAL_COMMAND,
+    "proxycommand": _LOCAL_COMMAND,
+}
+# `host_key_policy` values and the StrictHostKeyChecking each one passes (never `no`).
+HOST_KEY_POLICIES: Final[Mapping[str, str]] = {"strict": "yes", "accept-new": "accept-new"}
 
 
 # --- messages -------------------------------------------------------------------------------------
@@ -419,8 +441,9 @@ def _ssh_option(value: Any) -> list[Issue] | None:
     match = _SSH_OPTION(value)
     if match is None:
         return _one(f"must be Key=Value (Key letters only, no whitespace), got {shown(value)}")
-    if match.group(1).lower() in FORBIDDEN_SSH_OPTIONS:
-        return _one(f"{match.group(1)} may not be set: nixherd always verifies host keys")
+    reason = FORBIDDEN_SSH_OPTIONS.get(match.group(1).lower())
+    if reason is not None:
+        return _one(f"{match.group(1)} may not be set: {reason}")
     return None
 
 
@@ -678,6 +701,16 @@ FIELDS: tuple[Field, ...] = (
         EVERY_LAYER,
         "extra `-o Key=Value` options for every ssh call to the node",
         default=(),
+    ),
+    Field(
+        "host_key_policy",
+        'string: "strict" or "accept-new"',
+        _choice(*HOST_KEY_POLICIES),
+        Merge.REPLACE,
+        EVERY_LAYER,
+        "strict: the node's host key must already be known; accept-new: an unknown host's key is "
+        "recorded on first contact (a changed key is still refused)",
+        default="strict",
     ),
     Field(
         "keys",

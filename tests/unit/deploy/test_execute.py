@@ -25,6 +25,7 @@ class FakeNode:
     user: str = "deploy"
     port: int = 2200
     ssh_options: tuple[str, ...] = ("ServerAliveInterval=7",)
+    host_key_policy: str = "strict"
 
 
 def test_argv_reaches_the_remote_shell_as_the_same_words(monkeypatch: pytest.MonkeyPatch) -> None:

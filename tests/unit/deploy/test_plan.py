@@ -21,6 +21,7 @@ class FakeNode:
     user: str = "root"
     port: int = 22
     ssh_options: tuple[str, ...] = ()
+    host_key_policy: str = "strict"
 
 
 def parse(*argv: str) -> DeployOptions:

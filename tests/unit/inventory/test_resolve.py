@@ -48,6 +48,7 @@ def test_the_documented_resolved_node() -> None:
         "vars": {},
         "config": {"networking": {"hostName": "nixos-hk"}},
         "ssh_options": [],
+        "host_key_policy": "strict",
     }
 
 

@@ -108,4 +108,5 @@ def test_node_fields_come_first_in_the_data_shape() -> None:
         "vars",
         "config",
         "ssh_options",
+        "host_key_policy",
     ]
