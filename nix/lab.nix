@@ -26,7 +26,8 @@
 #   lab.payload.nodeMB          plus one per node (deterministic pseudo-random bytes, seeded by
 #   lab.payload.seed            the host name unless a seed is given)
 #   lab.fail.activation         activation exits 1 after moving /run/current-system and the files
-#   lab.fail.hang               activation hangs after moving them
+#   lab.fail.hang               activation hangs after moving them, in a helper process that
+#                               ignores SIGTERM (only SIGKILL of the activation ends it)
 #   lab.fail.cutSsh             activation freezes the host's sshd listener (SIGSTOP): new SSH
 #                               connections hang, open ones keep working. Any later activation
 #                               without it (the rollback to the previous generation) thaws it; a
@@ -278,7 +279,10 @@ let
     fi
     if [ -e "$out/lab/fail-hang" ]; then
       echo "lab: activation hangs on purpose (lab.fail.hang)" >&2
-      while :; do sleep 3600; done
+      # Stuck in a helper that ignores SIGTERM (as one in an endless retry may): only SIGKILL
+      # of the whole activation ends it, not a TERM that ends this script alone.
+      (trap "" TERM; while :; do sleep 3600; done) &
+      wait
     fi
 
     status=0

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from nixherd.deploy.checks import CheckResult, HealthCheck, run_checks, summary
 from nixherd.deploy.goal import Goal
+from nixherd.deploy.probe import BOOTMARK_SH, probe
 from nixherd.errors import CommandError, NixherdError
 from nixherd.events import (
     EventSink,
@@ -60,15 +61,38 @@ if TYPE_CHECKING:
 STATE_DIR = "/run/nixherd"
 PROFILE = "/nix/var/nix/profiles/system"
 LOCKED_EXIT = 75
+# The status the deployer gives an activation whose node answered from another boot.
+REBOOTED = "rebooted"
+
+# Exit code of `start` when /run/nixherd is not root's alone (nothing was written there).
+UNSAFE_EXIT = 77
 
 # Writes the script (stdin) into the activation's private state dir and runs it from there, so
-# that the detached watchdog can be started from the same file.
-_BOOT = (
-    'umask 077 && mkdir -p /run/nixherd && d=/run/nixherd/act-$1 && mkdir "$d" && '
-    'cat >"$d/watchdog.sh" && exec sh "$d/watchdog.sh" "$@"'
-)
+# that the detached watchdog can be started from the same file. Before anything is written as
+# root, /run and /run/nixherd must be real directories (no symlink) owned by root that no group
+# or other user may write to: otherwise another user could redirect or swap what root writes.
+# `mkdir` without -p never follows a symlink planted in its place; the check decides either way.
+_BOOT = f"""umask 077
+b=/run/nixherd
+unsafe() {{
+    [ -d "$1" ] && [ ! -L "$1" ] || return 0
+    set -- $(ls -ldn "$1")
+    [ "$3" = 0 ] || return 0
+    case $1 in d????-??-*) return 1 ;; esac
+    return 0
+}}
+[ -e "$b" ] || [ -L "$b" ] || mkdir "$b" 2>/dev/null
+for p in /run "$b"; do
+    if unsafe "$p"; then
+        echo "refusing: $p is not a directory that only root can write ($(ls -ldn "$p" 2>&1))"
+        exit {UNSAFE_EXIT}
+    fi
+done
+d=$b/act-$1 && mkdir "$d" && cat >"$d/watchdog.sh" && exec sh "$d/watchdog.sh" "$@"
+"""
 _STORE_PATH = re.compile(r"^/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+$")
 _MARKER = "@nixherd status="
+_ACTIVATION_ID = re.compile(r"^[0-9a-f]{16}$")
 # How far into the log the lines streamed so far reach (where a cut-off follower resumes).
 _PROGRESS = "@nixherd offset="
 # Seconds between reconnection attempts when the node does not answer.
@@ -200,9 +224,22 @@ def start_argv(
     ]
 
 
+# A later step runs the activation's own copy of the watchdog. When that is gone (a reboot
+# emptied /run), it says so at once, with the boot identity, instead of failing to open it.
+_LATER = (
+    "f=/run/nixherd/act-$1/watchdog.sh\n"
+    'if [ -f "$f" ] && [ -O "$f" ]; then exec sh "$f" "$@"; fi\n'
+    f"{BOOTMARK_SH}\n"
+    "bootmark\n"
+    "printf '\\n@nixherd status=missing offset=none boot=%s\\n' \"$boot\"\n"
+)
+
+
 def watchdog_argv(activation_id: str, mode: str, *args: str) -> list[str]:
-    """The remote argv of a later step of the same activation (wait, confirm, abort)."""
-    return ["sh", f"{STATE_DIR}/act-{activation_id}/watchdog.sh", activation_id, mode, *args]
+    """The remote argv of a later step of an activation (wait, confirm, abort)."""
+    if not _ACTIVATION_ID.match(activation_id):
+        raise NixherdError(f"not an activation id: {activation_id!r}")
+    return ["sh", "-c", _LATER, "nixherd", activation_id, mode, *args]
 
 
 @dataclass
@@ -212,10 +249,14 @@ class _Follow:
     conn: Connection
     activation_id: str
     emit: EventSink
-    offset: int = 0
+    # How far into the activation's log we are; None: its log is not followed at all.
+    offset: int | None = 0
     log: list[str] = field(default_factory=list)
     # The last status read from the node (None: never reached it).
     last: str | None = None
+    # The boot the activation runs in (from `start`, else the first status): a status from
+    # another boot means the node rebooted, and that ends following at once.
+    boot: str | None = None
 
     def line(self, text: str) -> None:
         self.log.append(text)
@@ -230,7 +271,7 @@ class _Follow:
                 markers.append(text)
             elif text.startswith(_PROGRESS):
                 value = text[len(_PROGRESS) :].strip()
-                if value.isdigit():
+                if value.isdigit() and self.offset is not None:
                     self.offset = int(value)
             elif text:
                 self.line(text)
@@ -239,13 +280,27 @@ class _Follow:
 
     def reached(self, marker: str, *, until_settled: bool = False) -> str | None:
         """Record the status a following call ended on; that status if following is over
-        (settled, missing, or waiting unless `until_settled`), else None."""
-        status, offset = _parse_marker(marker)
-        self.offset = offset
+        (settled, missing, rebooted, or waiting unless `until_settled`), else None."""
+        status, offset, boot = _parse_marker(marker)
+        if self.offset is not None and offset is not None:
+            self.offset = offset
+        if boot and self.boot is None:
+            self.boot = boot
+        elif boot and boot != self.boot:
+            status = REBOOTED
         self.last = status
         if status == "missing" or _settled(status):
             return status
         return status if status == "waiting" and not until_settled else None
+
+    def status_of(self, output: str) -> str | None:
+        """The status in the last marker of a one-shot call's output (confirm, abort), with
+        the same reboot rule as following; None when it has none."""
+        for line in reversed(output.splitlines()):
+            if line.startswith(_MARKER):
+                self.reached(line, until_settled=True)
+                return self.last
+        return None
 
     def wait(self, deadline: float, *, until_settled: bool = False) -> str | None:
         """Follow the log until the status settles (or reaches `waiting`); None if unreachable."""
@@ -255,9 +310,11 @@ class _Follow:
                 return None
             slice_ = min(_WAIT_SLICE, max(1, math.ceil(left)))
             markers: list[str] = []
+            offset = "none" if self.offset is None else str(self.offset)
+            until = "1" if until_settled else "0"
             try:
                 result = self.conn.run(
-                    watchdog_argv(self.activation_id, "wait", str(self.offset), str(slice_)),
+                    watchdog_argv(self.activation_id, "wait", offset, str(slice_), until),
                     elevate=True,
                     check=False,
                     timeout=slice_ + 30,
@@ -275,18 +332,22 @@ class _Follow:
                 return status
 
 
-def _parse_marker(line: str) -> tuple[str, int]:
-    # "@nixherd status=rolled-back timeout offset=123" (offset=none: the log was not read)
+def _parse_marker(line: str) -> tuple[str, int | None, str]:
+    """(status, offset, boot) of "@nixherd status=rolled-back timeout offset=123 boot=B"
+    (offset=none: the log was not read; None then, as when there is no offset)."""
     body = line[len(_MARKER) :].strip()
-    status, sep, rest = body.rpartition(" offset=")
+    head, sep, boot = body.rpartition(" boot=")
     if not sep:
-        return body, 0
-    return status, int(rest) if rest.isdigit() else 0
+        head, boot = body, ""
+    status, sep, rest = head.rpartition(" offset=")
+    if not sep:
+        return head, None, boot
+    return status, int(rest) if rest.isdigit() else None, boot
 
 
 def _settled(status: str) -> bool:
     word = status.split(" ", 1)[0]
-    return word not in ("starting", "activating", "waiting", "rolling-back")
+    return word not in ("starting", "activating", "waiting", "confirming", "rolling-back")
 
 
 def _reason(status: str) -> str:
@@ -356,6 +417,7 @@ def _activate(
         else:
             message = f"activation did not settle in time (last status: {follow.last})"
         raise ActivationError(node, message, previous=previous, log=follow.log)
+    _check_vanished(follow, status, previous, ())
     waiting_since = time.monotonic()
     if status != "waiting":
         return _settle(node, status, previous, follow.log, ())
@@ -366,7 +428,7 @@ def _activate(
         bad = summary(results)
         if bad:
             emit(LogLine(node, f"health checks failed: {bad}; rolling back"))
-            _abort(conn, activation_id, f"health check failed: {bad}")
+            _abort(follow, f"health check failed: {bad}")
             # Also brings the rollback's log along.
             final = _guard(
                 interrupted,
@@ -375,6 +437,7 @@ def _activate(
                     until_settled=True,
                 ),
             )
+            _check_vanished(follow, final, previous, results)
             raise _failure(
                 node,
                 final,
@@ -387,9 +450,9 @@ def _activate(
     with _stage(emit, node, Stage.CONFIRM):
         final = _guard(
             interrupted,
-            lambda: _confirm(conn, activation_id, waiting_since + confirm_window, emit),
+            lambda: _confirm(follow, waiting_since + confirm_window, emit),
         )
-        if final != "confirmed":
+        if final not in ("confirmed", REBOOTED, "missing"):
             # No confirmation got through: the node rolls back on its own; find out how it ended.
             final = _guard(
                 interrupted,
@@ -399,7 +462,54 @@ def _activate(
             )
     if final == "confirmed":
         return ActivationResult(previous, False, None, final, results, tuple(follow.log))
+    _check_vanished(follow, final, previous, results)
     raise _failure(node, final, previous, follow.log, results, why=None)
+
+
+def _check_vanished(
+    follow: _Follow, status: str | None, previous: str | None, results: Sequence[CheckResult]
+) -> None:
+    """Raise if the node rebooted (or lost the activation's state) before it settled: the
+    activation is over then, and what the node runs now is the news."""
+    if status not in (REBOOTED, "missing"):
+        return
+    node = follow.conn.target.node
+    try:
+        now = probe(follow.conn, timeout=30).current
+    except NixherdError:
+        now = None
+    runs = now or "no system"
+    if status == REBOOTED:
+        what = "the node rebooted before the activation was settled"
+    else:
+        what = "the activation's state vanished on the node"
+    if previous is not None and now == previous:
+        raise ActivationError(
+            node,
+            f"{what}; it runs {runs}, its previous system",
+            rolled_back=True,
+            previous=previous,
+            reason=f"{what} (it booted its previous system)" if status == REBOOTED else what,
+            log=follow.log,
+            checks=results,
+        )
+    raise ActivationError(
+        node,
+        f"{what}; it runs {runs}",
+        previous=previous,
+        reason=what,
+        log=follow.log,
+        checks=results,
+    )
+
+
+def await_settled(
+    conn: Connection, activation_id: str, *, deadline: float, emit: EventSink
+) -> str | None:
+    """Wait until another run's activation on the node settles (confirmed, rolled back, ...),
+    without its log; its final status, "missing" or "rebooted", or None if not by `deadline`."""
+    follow = _Follow(conn, activation_id, emit, offset=None)
+    return follow.wait(deadline, until_settled=True)
 
 
 def _guard(interrupted: list[KeyboardInterrupt], step: Callable[[], T]) -> T:
@@ -440,7 +550,7 @@ def _start(
             following(text)
             return
         key, sep, value = text.partition("=")
-        if sep and key in ("previous", "prevgen"):
+        if sep and key in ("boot", "previous", "prevgen"):
             values[key] = value
             if key == "prevgen":
                 shown = values.get("previous") or "none"
@@ -471,6 +581,9 @@ def _start(
             f"another deploy holds the lock since {fields.get('since', '?')} "
             f"(pid {fields.get('pid', '?')}, by {fields.get('by', '?')})",
         )
+    refusal = next((line for line in head if line.startswith("refusing: ")), None)
+    if result is not None and result.returncode == UNSAFE_EXIT and refusal:
+        raise ActivationError(node, f"the watchdog {refusal}")
     if result is not None and "prevgen" not in values:
         raise ActivationError(
             node,
@@ -478,11 +591,13 @@ def _start(
             log=(result.stdout + result.stderr).strip().splitlines(),
         )
     previous = values.get("previous") or None
+    follow.boot = values.get("boot") or None
     return previous, follow.reached(markers[-1]) if markers else None
 
 
-def _confirm(conn: Connection, activation_id: str, deadline: float, emit: EventSink) -> str | None:
+def _confirm(follow: _Follow, deadline: float, emit: EventSink) -> str | None:
     """Confirm over a fresh connection, retrying until `deadline`; the settled status or None."""
+    conn, activation_id = follow.conn, follow.activation_id
     node = conn.target.node
     tries = 0
     while time.monotonic() < deadline:
@@ -500,7 +615,7 @@ def _confirm(conn: Connection, activation_id: str, deadline: float, emit: EventS
         except CommandError:
             result = None
         if result is not None:
-            status = _marker_status(result.stdout)
+            status = follow.status_of(result.stdout)
             if status is not None:
                 return status
             if tries == 1:
@@ -511,10 +626,10 @@ def _confirm(conn: Connection, activation_id: str, deadline: float, emit: EventS
     return None
 
 
-def _abort(conn: Connection, activation_id: str, reason: str) -> str | None:
+def _abort(follow: _Follow, reason: str) -> str | None:
     try:
-        result = conn.run(
-            watchdog_argv(activation_id, "abort", "60"),
+        result = follow.conn.run(
+            watchdog_argv(follow.activation_id, "abort", "60"),
             elevate=True,
             input=reason + "\n",
             check=False,
@@ -523,14 +638,7 @@ def _abort(conn: Connection, activation_id: str, reason: str) -> str | None:
         )
     except CommandError:
         return None
-    return _marker_status(result.stdout)
-
-
-def _marker_status(output: str) -> str | None:
-    for line in reversed(output.splitlines()):
-        if line.startswith(_MARKER):
-            return _parse_marker(line)[0]
-    return None
+    return follow.status_of(result.stdout)
 
 
 def _settle(
@@ -608,6 +716,11 @@ def _describe(reason: str) -> str:
         return f"activation failed (exit {reason.removeprefix('activation-exit-')})"
     if reason == "profile":
         return "setting the system profile failed"
+    if reason.startswith("boot-exit-"):
+        return (
+            "making the confirmed system the boot default failed "
+            f"(exit {reason.removeprefix('boot-exit-')})"
+        )
     if reason == "aborted":
         return "aborted by the deployer"
     return reason

@@ -114,7 +114,7 @@ class EarlyProbes:
         state: NodeState | None = None
         error: Exception | None = None
         try:
-            state = probe(conn, toplevel)
+            state = probe(conn, toplevel, elevate=True)
         except Exception as exc:  # reported by the node's pipeline, as its own probe would be
             error = exc
         seconds = time.monotonic() - started
@@ -490,7 +490,9 @@ def run_node(
                 state = early.state
             else:
                 with track.stage(Stage.PROBE):
-                    state = probe(conn, system.out_path)
+                    state = probe(conn, system.out_path, elevate=True)
+            if goal.activates and state.in_flight and state.lock_toplevel == system.out_path:
+                state = _await_other(ctx, conn, node, system, state, track)
             track.previous = state.current
             if state.up_to_date(goal, system.out_path):
                 if prepared is not None:
@@ -529,6 +531,37 @@ def run_node(
         return track.finish(Outcome.FAILED, error=ErrorInfo.from_exception(exc))
     except Exception as exc:  # a bug must fail one node, not the run
         return track.finish(Outcome.FAILED, error=ErrorInfo.from_exception(exc))
+
+
+def _await_other(
+    ctx: Context, conn: Connection, node: DeployNode, system: System, state: NodeState, track: _Node
+) -> NodeState:
+    """Another run activates this very system on the node, unconfirmed yet: its outcome decides
+    whether the node keeps it, so wait until it settles, then look again (a second round trip,
+    only in this case). A run that activates another system fails on the lock instead."""
+    from nixherd.deploy import activation
+
+    activation_id = state.in_flight
+    assert activation_id is not None
+    holder = (state.lock or "").split()
+    since = holder[2] if len(holder) > 2 else "?"
+    by = holder[3] if len(holder) > 3 else "?"
+    track.line(
+        f"another run (by {by}, since {since}) is activating this system, unconfirmed: "
+        "waiting for it to settle"
+    )
+    options = ctx.options
+    budget = sum(c.budget for c in _checks(node))
+    deadline = time.monotonic() + options.activation_timeout + options.confirm_timeout + budget + 60
+    with track.stage(Stage.ACTIVATE):
+        final = activation.await_settled(conn, activation_id, deadline=deadline, emit=track.sink)
+    if final is None:
+        raise activation.ActivationError(
+            node.name,
+            f"another run's activation of this system (by {by}, since {since}) did not settle",
+        )
+    track.line(f"the other run's activation ended: {final}")
+    return probe(conn, system.out_path, elevate=True)
 
 
 def _done(goal: Goal) -> str:

@@ -3,19 +3,39 @@
 #   sh watchdog.sh ID start GOAL TOPLEVEL PROFILE ROLLBACK CONFIRM_SECS TIMEOUT_SECS BY SLICE
 #                                            (then streams like `wait 0 SLICE`)
 #   sh watchdog.sh ID run                    (detached; started by `start`)
-#   sh watchdog.sh ID wait OFFSET MAX_SECS   (streams the log until the status settles)
+#   sh watchdog.sh ID wait OFFSET MAX_SECS [UNTIL_SETTLED]
+#                                            (streams the log from OFFSET, `none`: no log, until
+#                                            the status settles or, unless UNTIL_SETTLED is 1,
+#                                            reaches waiting)
 #   sh watchdog.sh ID confirm MAX_SECS       (sent over a fresh ssh connection)
 #   sh watchdog.sh ID abort MAX_SECS         (reason on stdin: a health check failed)
 #   sh -s -- - info                          (what the node runs and its generations)
 #
-# State lives in /run/nixherd/act-ID (tmpfs: a reboot forgets it). The per-node lock is the
-# symlink /run/nixherd/lock whose text is "ID PID SINCE BY": creating a symlink is atomic and
-# carries its owner with it. The watchdog holds the lock until the activation is settled
-# (confirmed, rolled back, or finished; it lets go just before it says so), so a second deploy
-# fails at once.
+# State lives in /run/nixherd/act-ID (tmpfs: a reboot forgets it). /run/nixherd must be a real
+# directory of root's alone (the ssh side checks before it writes anything there, and so does
+# `start`): nothing written here as root may go through a path another user controls. The
+# per-node lock is the symlink /run/nixherd/lock whose text is "ID PID SINCE BY": creating a
+# symlink is atomic and carries its owner with it. The watchdog holds the lock until the
+# activation is settled (confirmed, rolled back, or finished; it lets go just before it says
+# so), so a second deploy fails at once.
 #
-# Status words (file `status`): starting, activating, waiting (for the confirmation), and the
-# settled ones: done, confirmed, failed REASON, rolled-back REASON, rollback-failed REASON.
+# An unconfirmed system never becomes what the node boots. With magic rollback, a switch runs
+# in two steps: `switch-to-configuration test` first (the new system runs; the system profile
+# and the boot loader's default stay on the previous generation), and only once the deployer
+# confirms, the profile is set and `switch-to-configuration boot` makes it the boot default. A
+# reboot at any moment before the confirmation therefore boots the previous system, with
+# nothing installed on the node to roll back at boot (the other way, keeping the old order and
+# undoing it early at boot, needs a boot-time unit on every target). A timeout or an abort
+# re-activates the previous system with `test`: its profile and boot entry never moved.
+# Without rollback (or for `boot`) the order is NixOS's: profile, then the action itself.
+#
+# Every status the followers see carries the boot identity (`bootmark`: the kernel's boot id
+# and the start time of pid 1, which also changes when a container or a lab host reboots on a
+# shared kernel), so a deployer notices a reboot the moment the node answers again.
+#
+# Status words (file `status`): starting, activating, waiting (for the confirmation),
+# confirming (setting the profile and the boot entry), rolling-back, and the settled ones:
+# done, confirmed, failed REASON, rolled-back REASON, rollback-failed REASON.
 #
 # Nothing polls. Every step blocks on something that wakes it: `wait` on a child, or a read
 # from one of two FIFOs in the state dir. `ctl` carries words to the watchdog (confirm, abort,
@@ -24,7 +44,8 @@
 # watchdog that died is noticed. Both are opened read-write (never blocks on Linux), and the
 # few bytes that nobody reads stay in the pipe buffer until the last holder closes it. Polling
 # every 0.2 s instead ran more processes than the rest of a deploy together (4,000 against 1,040
-# for 20 nodes), on the targets' CPU.
+# for 20 nodes), on the targets' CPU. (Only a timed-out switch is waited for in short steps,
+# while it is being killed.)
 
 set -u
 # Byte offsets into the log are counted with ${#line}: bytes only in the C locale.
@@ -89,6 +110,19 @@ current() {
     if [ -e /run/current-system ]; then readlink -f /run/current-system; fi
 }
 
+# Sets `boot` to this boot's identity: the kernel's boot id, "/", and pid 1's start time (field
+# 22 of /proc/1/stat, counted after the parenthesised command name). The same text as
+# probe.BOOTMARK_SH and probe.boot_marker (a unit test holds the three together).
+bootmark() {
+    { IFS= read -r bm_id </proc/sys/kernel/random/boot_id; } 2>/dev/null || bm_id=
+    { IFS= read -r bm_stat </proc/1/stat; } 2>/dev/null || bm_stat=
+    set -f
+    set -- ${bm_stat##*") "}
+    set +f
+    if [ $# -ge 20 ]; then shift 19; else set -- ""; fi
+    boot="$bm_id/$1"
+}
+
 # gen_of VAR LINK: system-12-link -> 12, empty when LINK is none of those.
 gen_of() {
     g=$(readlink "$2" 2>/dev/null) || g=
@@ -145,24 +179,63 @@ stc() {
     fi
     [ -e "$d/timedout" ] && rm -f "$d/timedout"
     # A background child of a shell without job control is no process group leader, so setsid
-    # runs in it without forking: $! is the new session, and `wait` gets its exit code. The
-    # FIFOs stay here: a service started by the switch must not hold them open.
-    (exec setsid -w "$top/bin/switch-to-configuration" "$action" 4>&- 5>&-) &
+    # runs in it without forking: $! is the new session, and `wait` gets its exit code. Under
+    # systemd the switch also gets a scope unit of its own (systemd-run --scope execs the
+    # command in place): what it starts outside its session is still found there on a timeout.
+    # The FIFOs stay here: a service started by the switch must not hold them open.
+    scope=
+    if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
+        nscope=$((${nscope:-0} + 1))
+        scope=nixherd-switch-$id-$nscope
+        (exec systemd-run --scope --collect --quiet --unit="$scope" -- \
+            setsid -w "$top/bin/switch-to-configuration" "$action" 4>&- 5>&-) &
+    else
+        (exec setsid -w "$top/bin/switch-to-configuration" "$action" 4>&- 5>&-) &
+    fi
     pid=$!
-    later "$limit" expire "$pid" "$action" "$limit"
+    later "$limit" expire "$pid" "$action" "$limit" "$scope"
     wait "$pid"
     rc=$?
-    kill "$tpid" 2>/dev/null
-    [ -e "$d/timedout" ] && rc=124
+    if [ -e "$d/timedout" ]; then
+        # The switch's session leader is gone, maybe not the rest: `expire` ends every process
+        # of the switch before anything else runs (a rollback into a half-killed switch).
+        rc=124
+        wait "$tpid"
+    else
+        kill "$tpid" 2>/dev/null
+    fi
     return 0
 }
 
+# expire PID ACTION SECS SCOPE: the switch ran out of time. TERM to its whole session (and its
+# scope), up to 2 s to end, then KILL, and back only when none of it is left.
 expire() {
     : >"$d/timedout"
     say "switch-to-configuration $2 did not finish within ${3}s: stopping it" >>"$d/log"
-    kill -TERM "-$1" 2>/dev/null
-    sleep 2
-    kill -KILL "-$1" 2>/dev/null
+    signal_switch TERM "$1" "$4"
+    n=0
+    while switch_alive "$1" "$4" && [ "$n" -lt 20 ]; do
+        sleep 0.1
+        n=$((n + 1))
+    done
+    signal_switch KILL "$1" "$4"
+    n=0
+    while switch_alive "$1" "$4" && [ "$n" -lt 50 ]; do
+        sleep 0.1
+        n=$((n + 1))
+    done
+}
+
+signal_switch() {
+    kill "-$1" "-$2" 2>/dev/null
+    [ -z "$3" ] || systemctl kill --signal="$1" "$3.scope" >/dev/null 2>&1
+}
+
+switch_alive() {
+    if [ -n "$2" ] && systemctl is-active --quiet "$2.scope" 2>/dev/null; then
+        return 0
+    fi
+    kill -0 "-$1" 2>/dev/null
 }
 
 rollback() {
@@ -174,9 +247,11 @@ rollback() {
     get prevgen prevgen
     get newgen newgen
     get pmode profile
-    case $pmode in
-    none) ;;
-    *)
+    get profiled profiled
+    # The profile (and with it the boot entry) moved only if this activation moved it: before
+    # its confirmation a switch with rollback leaves both alone.
+    case $profiled in
+    1)
         if [ -n "$prevgen" ]; then
             nix-env -p "$profile" --switch-generation "$prevgen" || good=0
             if [ "$pmode" = set ] && [ -n "$newgen" ] && [ "$newgen" != "$prevgen" ]; then
@@ -190,10 +265,8 @@ rollback() {
     esac
     if [ -n "$prev" ]; then
         get goal goal
-        case $goal in
-        switch) action=switch ;;
-        *) action=test ;;
-        esac
+        action=test
+        [ "$profiled" = 1 ] && [ "$goal" = switch ] && action=switch
         get tsecs timeout
         stc "$prev" "$action" "$tsecs"
         [ "$rc" = 0 ] || { say "re-activating $prev failed (exit $rc)"; good=0; }
@@ -266,6 +339,8 @@ start() {
         [ "$word" = t ] && ticks=$((ticks + 1))
     done
     get prev previous
+    bootmark
+    echo "boot=$boot"
     echo "previous=$prev"
     echo "prevgen=$prevgen"
     # The watchdog was just seen taking the lock: no need to check that it lives. The ticker,
@@ -285,21 +360,19 @@ run() {
     get top toplevel
     get pmode profile
     get tsecs timeout
-    case $pmode in
-    set)
-        say "setting the system profile to $top"
-        nix-env -p "$profile" --set "$top" || finish "failed profile"
-        gen_of newgen "$profile"
-        put newgen "$newgen"
-        ;;
-    gen:*)
-        say "switching the system profile to generation ${pmode#gen:}"
-        nix-env -p "$profile" --switch-generation "${pmode#gen:}" || finish "failed profile"
-        ;;
-    esac
-    say "switch-to-configuration $goal"
-    stc "$top" "$goal" "$tsecs"
     get rb rollback
+    # With rollback, a switch is only tried out (`test`) until it is confirmed; the profile and
+    # the boot entry follow the confirmation (see the header).
+    if [ "$rb" = 1 ] && [ "$goal" = switch ]; then
+        action=test
+        defer=1
+    else
+        action=$goal
+        defer=0
+        set_profile || finish "failed profile"
+    fi
+    say "switch-to-configuration $action"
+    stc "$top" "$action" "$tsecs"
     if [ "$rb" != 1 ]; then
         [ "$rc" = 0 ] && finish done
         finish "failed activation-exit-$rc"
@@ -314,6 +387,7 @@ run() {
         case $word in
         confirm)
             kill "$timer" 2>/dev/null
+            [ "$defer" = 0 ] || make_default
             say "confirmed"
             finish confirmed
             ;;
@@ -328,9 +402,38 @@ run() {
     done
 }
 
+# Point the system profile at the new system (or the generation asked for).
+set_profile() {
+    case $pmode in
+    set)
+        say "setting the system profile to $top"
+        nix-env -p "$profile" --set "$top" || return 1
+        put profiled 1
+        gen_of newgen "$profile"
+        put newgen "$newgen"
+        ;;
+    gen:*)
+        say "switching the system profile to generation ${pmode#gen:}"
+        nix-env -p "$profile" --switch-generation "${pmode#gen:}" || return 1
+        put profiled 1
+        ;;
+    esac
+    return 0
+}
+
+# Confirmed: the running system becomes the one that boots. A failure here rolls back, so the
+# node never runs one system while it would boot another.
+make_default() {
+    set_status confirming
+    set_profile || rollback "profile"
+    say "switch-to-configuration boot"
+    stc "$top" boot "$tsecs"
+    [ "$rc" = 0 ] || rollback "boot-exit-$rc"
+}
+
 settled() {
     case $1 in
-    starting | activating | waiting | rolling-back*) return 1 ;;
+    starting | activating | waiting | confirming | rolling-back*) return 1 ;;
     esac
     return 0
 }
@@ -421,7 +524,8 @@ follow() {
     done
     [ -n "$tick" ] && kill "$tick" 2>/dev/null
     [ "$off" = none ] || off=$pos
-    printf '\n@nixherd status=%s offset=%s\n' "${s:-missing}" "$off"
+    bootmark
+    printf '\n@nixherd status=%s offset=%s boot=%s\n' "${s:-missing}" "$off" "$boot"
 }
 
 # After a confirm or abort: wait until the watchdog has acted on it.
@@ -436,7 +540,7 @@ tell() {
 case $mode in
 start) start "$@" ;;
 run) run ;;
-wait) follow "$1" "$2" 0 ;;
+wait) follow "$1" "$2" "${3:-0}" ;;
 confirm)
     get s status
     [ "$s" = waiting ] && tell confirm
@@ -452,6 +556,8 @@ info)
     echo "current=$current"
     gen_of g "$profile"
     echo "profile=$g"
+    bootmark
+    echo "boot=$boot"
     for link in "$profile"-*-link; do
         [ -L "$link" ] || continue
         g=${link#"$profile"-}

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import rtoml
-from labkit import LabHosts, fleet_flake, free_ports
+from labkit import LabHosts, fleet_flake, free_base, free_ports
 
 from nixherd import process
 from nixherd.errors import LabError
+from nixherd.lab.hosts import Lab
 from nixherd.process import Result
 
 NODE_MODULE = """{ node, ... }: {
@@ -29,6 +30,16 @@ NODE_MODULE = """{ node, ... }: {
   lab.payload = node.vars.payload or { };
 }
 """
+
+
+def host_pool(root: Path, ports: int) -> Iterator[HostPool]:
+    """A test module's own lab (a fault such as a frozen sshd must not leak into other tests'
+    hosts), stopped by recorded pid when the module is done."""
+    lab = Lab(root)
+    try:
+        yield HostPool(LabHosts(lab, []), free_base(ports), ports)
+    finally:
+        lab.down()
 
 
 @dataclass
@@ -222,3 +233,18 @@ def wait_for(
 def versions(paths: Sequence[str | None]) -> list[str | None]:
     """The version part of lab system paths (nixos-system-<node>-<version>)."""
     return [p.rsplit("-", 1)[1] if p else None for p in paths]
+
+
+def boot_default(lab: LabHosts, host: str) -> str:
+    """The system a lab host boots next (its boot loader's entry)."""
+    result = lab.ssh(host, "readlink", "-f", "/nix/var/lab/boot-default", check=False)
+    return result.stdout.strip()
+
+
+def activation_status(lab: LabHosts, host: str) -> str:
+    """The status of the host's newest activation ("" when there is none)."""
+    script = (
+        "ls -1dt /run/nixherd/act-* 2>/dev/null | head -n 1 | "
+        'while read -r d; do cat "$d/status"; done'
+    )
+    return lab.sh(host, script, check=False).stdout.strip()

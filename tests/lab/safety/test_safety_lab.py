@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labkit import LabHosts, free_base, http_get
+from labkit import http_get
 from safetykit import (
     HostPool,
     apply_running,
@@ -24,6 +24,7 @@ from safetykit import (
     deployed_pair,
     deployed_single,
     descendants,
+    host_pool,
     make_fleet,
     wait_for,
 )
@@ -33,7 +34,6 @@ from nixherd.deploy.activation import ActivationOptions, activate
 from nixherd.deploy.checks import CheckKind, HealthCheck
 from nixherd.deploy.goal import Goal
 from nixherd.events import Event
-from nixherd.lab import Lab
 from nixherd.ssh import Connection, Target
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
@@ -48,12 +48,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostPool]:
     frozen sshd must not leak), all stopped by recorded pid when the module ends."""
     if os.geteuid() != 0:
         pytest.skip("lab hosts need root")
-    lab = Lab(tmp_path_factory.mktemp("safety-lab"))
-    pool = HostPool(LabHosts(lab, []), free_base(POOL_PORTS), POOL_PORTS)
-    try:
-        yield pool
-    finally:
-        lab.down()
+    yield from host_pool(tmp_path_factory.mktemp("safety-lab"), POOL_PORTS)
 
 
 def out(result: process.Result) -> str:

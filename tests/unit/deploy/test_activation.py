@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from nixherd.deploy.activation import (
 )
 from nixherd.deploy.checks import CheckKind, HealthCheck, parse_check
 from nixherd.deploy.goal import Goal
+from nixherd.deploy.probe import boot_marker
 from nixherd.errors import CommandError, NixherdError
 from nixherd.events import Event, LogLine, Stage, StageFinished, StageStarted
 from nixherd.process import Result
@@ -48,10 +50,10 @@ class Call:
     def mode(self) -> str:
         """The watchdog mode, or the command's name for anything else (a check)."""
         words = self.words
+        if words[:2] == ["sh", "-c"] and words[3] == "nixherd-probe":
+            return "probe"
         if words[:2] == ["sh", "-c"]:
             return words[5]
-        if words[0] == "sh" and words[1].endswith("/watchdog.sh"):
-            return words[3]
         if words[:2] == ["sh", "-s"]:
             return words[4]
         return words[0]
@@ -180,14 +182,40 @@ def test_start_argv_for_a_generation() -> None:
 
 
 def test_later_steps_run_the_copy_in_the_state_dir() -> None:
-    assert watchdog_argv("abc", "wait", "0", "120") == [
-        "sh",
-        "/run/nixherd/act-abc/watchdog.sh",
-        "abc",
-        "wait",
-        "0",
-        "120",
-    ]
+    argv = watchdog_argv("0123456789abcdef", "wait", "0", "120")
+    assert argv[:2] == ["sh", "-c"]
+    assert "/run/nixherd/act-$1/watchdog.sh" in argv[2]
+    assert argv[3:] == ["nixherd", "0123456789abcdef", "wait", "0", "120"]
+    # The id becomes part of a path: only the ids nixherd makes get through.
+    with pytest.raises(NixherdError):
+        watchdog_argv("../../tmp/x", "wait")
+
+
+def test_a_later_step_whose_state_is_gone_says_so_with_the_boot() -> None:
+    # Run for real: no /run/nixherd/act-ID here, as on a node that rebooted.
+    argv = watchdog_argv(activation.new_activation_id(), "wait", "0", "120")
+    result = subprocess.run(argv, capture_output=True, text=True, check=True)
+    status, offset, boot = activation._parse_marker(result.stdout.strip().splitlines()[-1])
+    assert (status, offset) == ("missing", None)
+    assert boot == this_boot()
+
+
+def this_boot() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot_id = f.read().strip()
+    with open("/proc/1/stat") as f:
+        return boot_marker(boot_id, f.read())
+
+
+def test_the_watchdog_tells_the_same_boot_as_the_probe() -> None:
+    info = subprocess.run(
+        ["sh", "-s", "--", "-", "info"],
+        input=activation.watchdog_script(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"boot={this_boot()}" in info.stdout.splitlines()
 
 
 def test_switch_with_rollback_confirms_over_a_new_connection(
@@ -312,7 +340,7 @@ def test_failing_check_aborts_instead_of_confirming(
     assert info.value.rolled_back
     assert info.value.message.startswith("health check failed (app: exit 1)")
     # The second wait resumed the log where the first stopped.
-    assert node.calls[4].remote[4] == "10"
+    assert node.calls[4].remote[6] == "10"
 
 
 def test_unconfirmed_node_is_followed_until_it_settles(
@@ -356,9 +384,66 @@ def test_ssh_drop_while_waiting_reconnects(
 
 
 def test_lost_state_is_an_error(fake: Callable[[dict[str, list[Reply]]], FakeNode]) -> None:
-    fake({"start": [started()], "wait": [(0, marker("missing"))]})
-    with pytest.raises(ActivationError, match="vanished"):
+    fake(
+        {
+            "start": [started()],
+            "wait": [(0, marker("missing"))],
+            "probe": [(0, f"current={TOP}\n")],
+        }
+    )
+    with pytest.raises(ActivationError, match="vanished") as info:
         activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+    assert info.value.message.endswith(f"it runs {TOP}")
+    assert not info.value.rolled_back
+
+
+def test_a_status_from_another_boot_ends_the_activation_at_once(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    # The node rebooted while `start` was cut off: the first status `wait` brings is from a new
+    # boot. No retrying until the activation timeout: what the node runs now is reported.
+    cut = (255, f"boot=one/5\nprevious={PREV}\nprevgen=4\n")
+    node = fake(
+        {
+            "start": [cut],
+            "wait": [(0, "\n@nixherd status=missing offset=none boot=two/9\n")],
+            "probe": [(0, f"current={PREV}\nboot_id=two\n")],
+        }
+    )
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+    assert node.modes() == ["start", "wait", "probe"]
+    assert info.value.rolled_back
+    assert info.value.message == (
+        f"the node rebooted before the activation was settled; it runs {PREV}, its previous system"
+    )
+
+
+def test_a_reboot_seen_by_the_confirmation_is_reported_too(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    node = fake(
+        {
+            "start": [(0, f"boot=one/5\nprevious={PREV}\nprevgen=4\n" + marker("waiting"))],
+            "confirm": [(0, "\n@nixherd status=missing offset=none boot=two/9\n")],
+            "probe": [(0, f"current={TOP}\n")],
+        }
+    )
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+    assert node.modes() == ["start", "confirm", "probe"]
+    assert not info.value.rolled_back
+    assert info.value.message.endswith(f"it runs {TOP}")
+
+
+def test_the_unsafe_state_dir_refusal_is_the_error(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    line = "refusing: /run/nixherd is not a directory that only root can write (drwxrwxrwt ...)"
+    fake({"start": [(activation.UNSAFE_EXIT, line + "\n")]})
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+    assert info.value.message == f"the watchdog {line}"
 
 
 def test_dead_watchdog_is_reported(fake: Callable[[dict[str, list[Reply]]], FakeNode]) -> None:
@@ -537,5 +622,5 @@ def test_wait_resumes_where_the_cut_stream_stopped(
     events: list[Event] = []
     result = activate(connection(), TOP, ActivationOptions(Goal.BOOT, "web-1"), emit=events.append)
     assert result.status == "done"
-    assert node.calls[1].words[4] == "13"
+    assert node.calls[1].words[6] == "13"
     assert result.log == ("nixherd: one", "nixherd: two")
