@@ -34,7 +34,7 @@ from typing import Any
 import rtoml
 
 from nixherd import process
-from nixherd.lab import Lab
+from nixherd.lab.hosts import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 

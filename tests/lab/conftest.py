@@ -19,7 +19,7 @@ import pytest
 from labkit import PORT_BLOCK, LabFactory, LabHosts, free_base
 
 from nixherd.errors import LabError
-from nixherd.lab import Lab
+from nixherd.lab.hosts import Lab
 
 
 @pytest.fixture(scope="session")

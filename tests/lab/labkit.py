@@ -20,8 +20,7 @@ import tomlkit
 
 from nixherd import nix, process
 from nixherd.errors import CommandError, LabError
-from nixherd.lab import HostStatus, Lab
-from nixherd.lab.hosts import port_free
+from nixherd.lab.hosts import HostStatus, Lab, port_free
 from nixherd.process import Result
 
 REPO = Path(__file__).resolve().parents[2]

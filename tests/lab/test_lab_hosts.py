@@ -14,8 +14,8 @@ from labkit import LabFactory, free_base
 
 from nixherd import nix, process
 from nixherd.errors import LabError
-from nixherd.lab import Lab, namespace_pids
-from nixherd.lab.hosts import alive, mounts_under, port_free, ssh_banner, starttime
+from nixherd.lab.hosts import Lab, port_free, ssh_banner
+from nixherd.lab.proc import alive, mounts_under, namespace_pids, starttime
 
 pytestmark = pytest.mark.lab
 

@@ -51,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nixherd.cli import render
-    from nixherd.lab import DEFAULT_COUNT, Lab, default_dir
+    from nixherd.lab.hosts import DEFAULT_COUNT, Lab, default_dir
     from nixherd.lab.render import inventory_snippet
 
     lab = Lab(args.dir or default_dir())

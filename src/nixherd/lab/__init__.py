@@ -1,28 +1,11 @@
 """The lab: real test hosts on this machine (sshd in private namespaces, each with its own /nix).
 
-`Lab(dir).up(n)`, `.status()`, `.down()`; the files it writes are rendered by `render`, and the
-hosts' own processes (supervisor, pid 1, reboot) live in `boot`, run as a script.
+    hosts.py      `Lab(dir).up(n)`, `.status()`, `.down()`: the state directory and its hosts
+    render.py     the text of every file the lab writes (sshd_config, ssh_config, passwd, ...)
+    boot.py       script: the launcher and each host's supervisor (outside the host)
+    hostinit.py   script: a host's pid 1 (inside), and `reboot` inside a host
+    proc.py       processes by pid and start time, shared by all of the above
+
+This package imports nothing itself: the scripts import `proc` at every host boot, and must not
+pay for the rest.
 """
-
-from nixherd.lab.hosts import (
-    DEFAULT_BASE_PORT,
-    DEFAULT_COUNT,
-    DEFAULT_DIR,
-    HostStatus,
-    Lab,
-    default_dir,
-    namespace_pids,
-)
-from nixherd.lab.render import DEPLOY_USER, HostFiles
-
-__all__ = [
-    "DEFAULT_BASE_PORT",
-    "DEFAULT_COUNT",
-    "DEFAULT_DIR",
-    "DEPLOY_USER",
-    "HostFiles",
-    "HostStatus",
-    "Lab",
-    "default_dir",
-    "namespace_pids",
-]

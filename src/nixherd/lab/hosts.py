@@ -36,6 +36,7 @@ from typing import Any
 from nixherd import process
 from nixherd.errors import CommandError, LabError
 from nixherd.lab import render
+from nixherd.lab.proc import alive, mounts_under, namespace_pids
 from nixherd.lab.render import Account, HostFiles
 
 DEFAULT_DIR = "lab-state"
@@ -48,6 +49,7 @@ STATUS_LOGINS = 8
 LOGIN_TIMEOUT = 10.0
 
 BOOT_SCRIPT = str(Path(__file__).with_name("boot.py"))
+HOSTINIT_SCRIPT = str(Path(__file__).with_name("hostinit.py"))
 HOST_PREFIX = "lab-"
 # Files of the machine's /etc that a host's copy leaves out: hashes and backups of the user
 # database (the host gets its own shadow, without any hash), never needed inside.
@@ -89,51 +91,6 @@ class HostStatus:
             "boots": self.boots,
             "pidns": self.pidns,
         }
-
-
-# -- processes, identified by pid and start time ------------------------------------------------
-
-
-def starttime(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat; None when no such process or only its zombie is left."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):
-        # Exited; a detached supervisor's zombie waits for the machine's init to reap it.
-        return None
-    return int(fields[19])
-
-
-def alive(record: tuple[int, int] | None) -> bool:
-    """True when the (pid, start time) still names the process recorded, not a reused pid."""
-    return record is not None and starttime(record[0]) == record[1]
-
-
-def namespace_pids(pidns: str) -> list[int]:
-    """Every live process of the machine in PID namespace `pidns` (e.g. `pid:[4026532301]`)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{entry}/ns/pid") == pidns and starttime(int(entry)):
-                found.append(int(entry))
-    return found
-
-
-def mounts_under(path: str) -> list[str]:
-    """Mount points of the machine's mount namespace at or below `path` (should be none)."""
-    prefix = path.rstrip("/") + "/"
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == path or point.startswith(prefix):
-            found.append(point)
-    return found
 
 
 def ssh_banner(port: int, timeout: float = 1.0) -> bool:
@@ -372,7 +329,7 @@ class Lab:
             script = (
                 "#!/bin/sh\n"
                 f"# nixherd lab: `{tool}` inside a lab host ends that host's namespace only.\n"
-                f'exec {sys.executable} -I {BOOT_SCRIPT} {tool} "$@"\n'
+                f'exec {sys.executable} -I {HOSTINIT_SCRIPT} {tool} "$@"\n'
             )
             _write(os.path.join(self.bin_dir, tool), script, mode=0o755)
 

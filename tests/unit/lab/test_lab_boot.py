@@ -13,7 +13,8 @@ import pytest
 
 from nixherd import process
 from nixherd.errors import LabError
-from nixherd.lab import Lab, boot, hosts
+from nixherd.lab import boot, hostinit, proc
+from nixherd.lab.hosts import Lab
 
 
 def wait_status(*, exit_code: int | None = None, sig: int | None = None) -> int:
@@ -43,15 +44,17 @@ def test_a_real_reboot_status_from_a_child_killed_by_sighup() -> None:
 
 def test_reboot_refuses_outside_a_lab_host(tmp_path: Path) -> None:
     # The machine's own pid 1 is never a lab init: reboot(2) is not even tried.
-    assert not boot.in_lab_host()
+    assert not hostinit.in_lab_host()
     inside = tmp_path / "cmdline"
-    inside.write_bytes(b"\0".join([sys.executable.encode(), b"-I", boot.SCRIPT.encode(), b"init"]))
-    assert boot.in_lab_host(str(inside))
+    inside.write_bytes(
+        b"\0".join([sys.executable.encode(), b"-I", hostinit.SCRIPT.encode(), b"/x"])
+    )
+    assert hostinit.in_lab_host(str(inside))
     other = tmp_path / "other"
     other.write_bytes(b"/sbin/init\0splash\0")
-    assert not boot.in_lab_host(str(other))
-    assert not boot.in_lab_host(str(tmp_path / "missing"))
-    refused = process.run([sys.executable, "-I", boot.SCRIPT, "reboot"], check=False)
+    assert not hostinit.in_lab_host(str(other))
+    assert not hostinit.in_lab_host(str(tmp_path / "missing"))
+    refused = process.run([sys.executable, "-I", hostinit.SCRIPT, "reboot"], check=False)
     assert refused.returncode == 1
     assert "not inside a nixherd lab host" in refused.stderr
 
@@ -60,17 +63,20 @@ def test_usage_errors() -> None:
     assert boot.main([]) == 2
     assert boot.main(["bogus"]) == 2
     assert boot.main(["supervise"]) == 2
+    assert boot.main(["init", "/x"]) == 2  # pid 1 is hostinit.py's now
+    assert hostinit.main([]) == 2
+    assert hostinit.main(["relative/dir"]) == 2
+    assert hostinit.main(["reboot", "now"]) == 2
 
 
 def test_a_process_is_its_pid_and_start_time() -> None:
     me = os.getpid()
-    begun = hosts.starttime(me)
+    begun = proc.starttime(me)
     assert begun is not None
-    assert begun == boot.starttime(me)
-    assert hosts.alive((me, begun))
-    assert not hosts.alive((me, begun + 1))  # same pid, another process
-    assert not hosts.alive(None)
-    assert boot.parent_of(me) == os.getppid()
+    assert proc.alive((me, begun))
+    assert not proc.alive((me, begun + 1))  # same pid, another process
+    assert not proc.alive(None)
+    assert proc.parent_of(me) == os.getppid()
 
 
 def test_a_zombie_is_not_alive() -> None:
@@ -79,18 +85,18 @@ def test_a_zombie_is_not_alive() -> None:
         os._exit(0)
     try:
         deadline = time.monotonic() + 10
-        while hosts.starttime(pid) is not None and time.monotonic() < deadline:
+        while proc.starttime(pid) is not None and time.monotonic() < deadline:
             time.sleep(0.001)
         # Exited but not reaped yet: only its zombie is left, which runs nothing.
         assert Path(f"/proc/{pid}").exists()
-        assert hosts.starttime(pid) is None
+        assert proc.starttime(pid) is None
     finally:
         os.waitpid(pid, 0)
 
 
 def test_mounts_under() -> None:
-    assert hosts.mounts_under("/") != []
-    assert hosts.mounts_under("/nonexistent-nixherd-lab") == []
+    assert proc.mounts_under("/") != []
+    assert proc.mounts_under("/nonexistent-nixherd-lab") == []
 
 
 def test_lab_directory_must_be_writable_bare_into_configs(tmp_path: Path) -> None:
@@ -115,9 +121,9 @@ def test_status_of_an_empty_lab(tmp_path: Path) -> None:
 def test_the_nix_mount_point_is_made_when_the_machine_has_none(tmp_path: Path) -> None:
     # A machine where Nix never ran has no /nix: mounting a host's store there failed (ENOENT).
     point = tmp_path / "nix"
-    boot.ensure_mount_point(str(point))
+    hostinit.ensure_mount_point(str(point))
     assert point.is_dir()
     assert point.stat().st_mode & 0o777 == 0o755
     (point / "kept").write_text("")
-    boot.ensure_mount_point(str(point))  # an existing one is left as it is
+    hostinit.ensure_mount_point(str(point))  # an existing one is left as it is
     assert (point / "kept").exists()
