@@ -13,8 +13,10 @@ A check is one of three kinds, named by the key that carries it:
     [defaults.checks.units]              # a command run on the target (argv list); exit 0 = healthy
     command = ["systemctl", "is-system-running", "--wait"]
 
-Each also takes `timeout` (seconds per attempt, default 5), `retries` (attempts after the first
-failure, default 2) and `interval` (seconds between attempts, default 1).
+Each also takes `timeout` (seconds per attempt, 0.01..3600, default 5), `retries` (attempts after
+the first failure, 0..1000, default 2) and `interval` (seconds between attempts, 0..3600, default
+1). Everything that would only fail once the node has switched (a URL that does not parse, a port
+out of range, an unknown placeholder, a number that overflows a sleep) is refused by `validate`.
 """
 
 from __future__ import annotations
@@ -45,14 +47,21 @@ CHECK_FIELDS: Mapping[str, str] = {
     "command": "list of strings: argv run on the target; healthy when it exits 0",
     "http": "string: URL fetched from the deployer ({host}, {node} are filled in)",
     "tcp": "string: host:port the deployer connects to ({host}, {node} are filled in)",
-    "status": "integer: expected HTTP status (default 200)",
+    "status": "integer: expected HTTP status, 100..599 (default 200)",
     "body": "string: regex the HTTP body must match",
-    "timeout": "number: seconds per attempt (default 5)",
-    "retries": "integer: attempts after the first failure (default 2)",
-    "interval": "number: seconds between attempts (default 1)",
+    "timeout": "number: seconds per attempt, 0.01..3600 (default 5)",
+    "retries": "integer: attempts after the first failure, 0..1000 (default 2)",
+    "interval": "number: seconds between attempts, 0..3600 (default 1)",
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_SECONDS = 3600  # per attempt and between attempts: an hour is already no health check
+MAX_RETRIES = 1000
+PLACEHOLDERS = ("{host}", "{node}")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+_PORT = re.compile(r"[0-9]{1,5}").fullmatch
+# What a placeholder stands for while validating: any valid host and node name would do.
+_SAMPLE = {"host": "host.example", "node": "node"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,18 +132,22 @@ def parse_check(name: str, data: Mapping[str, Any]) -> tuple[HealthCheck | None,
         raw = data["http"]
         if not isinstance(raw, str) or not re.match(r"^https?://[^\s]+$", raw):
             problems.append("http: must be an http:// or https:// URL")
+        elif (problem := _url_problem(raw)) is not None:
+            problems.append(f"http: {problem}")
         else:
             url = raw
     if "tcp" in data:
         raw = data["tcp"]
-        if not isinstance(raw, str) or not re.match(r"^[^\s]+:[0-9{][^\s]*$", raw):
+        if not isinstance(raw, str) or not re.match(r"^[^\s]+:[^\s]*$", raw):
             problems.append("tcp: must be host:port")
+        elif (problem := _address_problem(raw)) is not None:
+            problems.append(f"tcp: {problem}")
         else:
             address = raw
     status = _number(data, "status", 200, int, problems, low=100, high=599)
-    timeout = _number(data, "timeout", 5.0, float, problems, low=0.01)
-    retries = _number(data, "retries", 2, int, problems, low=0, high=1000)
-    interval = _number(data, "interval", 1.0, float, problems, low=0)
+    timeout = _number(data, "timeout", 5.0, float, problems, low=0.01, high=MAX_SECONDS, unit=True)
+    retries = _number(data, "retries", 2, int, problems, low=0, high=MAX_RETRIES)
+    interval = _number(data, "interval", 1.0, float, problems, low=0, high=MAX_SECONDS, unit=True)
     body = data.get("body")
     if body is not None:
         if not isinstance(body, str):
@@ -173,7 +186,8 @@ def _number(
     problems: list[str],
     *,
     low: float,
-    high: float | None = None,
+    high: float,
+    unit: bool = False,
 ) -> float:
     if key not in data:
         return default
@@ -183,11 +197,67 @@ def _number(
     if isinstance(value, bool) or not isinstance(value, allowed):
         problems.append(f"{key}: must be {'an integer' if kind is int else 'a number'}")
         return default
-    if value < low or (high is not None and value > high):
-        bounds = f"{low}..{high}" if high is not None else f">= {low}"
-        problems.append(f"{key}: must be {bounds}, got {value}")
+    # Written so that nan fails too (every comparison with nan is false).
+    if not low <= value <= high:
+        problems.append(f"{key}: must be {low}..{high}{' seconds' if unit else ''}, got {value}")
         return default
     return float(value)
+
+
+def _placeholder_problem(text: str) -> str | None:
+    """A `{...}` other than {host} and {node}: it would reach the network as typed."""
+    for found in _PLACEHOLDER.findall(text):
+        if found not in PLACEHOLDERS:
+            return f"unknown placeholder {found} (only {{host}} and {{node}} are filled in)"
+    filled = fill(text, **_SAMPLE)
+    if "{" in filled or "}" in filled:
+        return "a { or } that is no placeholder (only {host} and {node} are filled in)"
+    return None
+
+
+def _host_problem(host: str) -> str | None:
+    from nixherd.inventory.schema import is_host, shown
+
+    return None if is_host(host) else f"not a valid host: {shown(host)}"
+
+
+def _port_problem(text: str) -> str | None:
+    if _PORT(text) is not None and 1 <= int(text) <= 65535:
+        return None
+    from nixherd.inventory.schema import shown
+
+    return f"port must be 1..65535, got {shown(text)[1:-1]}"
+
+
+def _url_problem(url: str) -> str | None:
+    """Why an http check's URL (placeholders filled as they will be) cannot be fetched."""
+    import urllib.parse
+
+    problem = _placeholder_problem(url)
+    if problem is not None:
+        return problem
+    try:
+        parts = urllib.parse.urlsplit(fill(url, **_SAMPLE))
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    host = parts.hostname
+    if not host:
+        return "not a valid URL: no host"
+    _, colon, port = parts.netloc.rpartition("@")[2].rpartition("]")[2].rpartition(":")
+    if colon and port:
+        problem = _port_problem(port)
+    return problem or _host_problem(host)
+
+
+def _address_problem(address: str) -> str | None:
+    """Why a tcp check's `host:port` (placeholders filled) cannot be connected to."""
+    problem = _placeholder_problem(address)
+    if problem is not None:
+        return problem
+    host, _, port = fill(address, **_SAMPLE).rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return _port_problem(port) or _host_problem(host)
 
 
 def validate(value: Any) -> list[tuple[str, str]] | None:

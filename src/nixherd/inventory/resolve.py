@@ -13,9 +13,9 @@ from typing import Any
 
 from nixherd.errors import InventoryError, Problem
 from nixherd.inventory.model import Inventory, Layer, Node, Origin
+from nixherd.inventory.normal import destination_clash, endpoint_host
 from nixherd.inventory.schema import (
     DEFAULTS_TABLE,
-    KEY_DIR,
     NODE_FIELDS,
     NODE_NAME,
     NODE_TABLE,
@@ -286,7 +286,7 @@ class _Resolver:
         self.sources[name] = source
         if fields["host"] is None:
             fields["host"] = name
-        endpoint = (fields["host"].lower(), fields["port"])
+        endpoint = (endpoint_host(fields["host"]), fields["port"])
         other = self.endpoints.get(endpoint)
         if other is not None:
             self.report(
@@ -307,23 +307,6 @@ class _Resolver:
         fields["source"] = source
         fields["layers"] = layers
         self.built[name] = Node.from_fields(fields)
-
-
-def destination_clash(fields: Values) -> str | None:
-    """Two keys or data files of one node that write the same file (the last would win silently)."""
-    seen: dict[str, str] = {}
-    for name, entry in (fields.get("keys") or {}).items():
-        dest = entry.get("dest", f"{KEY_DIR}/{name}")
-        if dest in seen:
-            return f"keys.{name} and {seen[dest]} both write {dest}"
-        seen[dest] = f"keys.{name}"
-    for name, entry in (fields.get("data") or {}).items():
-        path = entry.get("path")
-        if path in seen:
-            return f"data.{name} and {seen[path]} both write {path}"
-        if path is not None:
-            seen[path] = f"data.{name}"
-    return None
 
 
 def unknown_role(name: str, roles: Mapping[str, Any]) -> str:

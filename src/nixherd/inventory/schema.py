@@ -237,6 +237,11 @@ def name_check(what: str = "a name") -> Check:
     )
 
 
+def is_host(value: str) -> bool:
+    """Whether a string is a valid `host` (hostname, IPv4 or IPv6 address; never `-` first)."""
+    return _host(value) is None
+
+
 def _host_ok(value: str) -> bool:
     if ":" not in value:
         return _HOSTNAME(value) is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import math
 import shlex
 import socket
 import threading
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nixherd import process
 from nixherd.deploy.checks import (
@@ -82,7 +85,42 @@ def test_parse_every_option() -> None:
         ({"command": ["ok", ""]}, "command: must be a non-empty list"),
         ({"tcp": "a:1", "status": 200}, "status/body: only for http checks"),
         ({"http": "http://a/", "status": 42}, "status: must be 100..599, got 42"),
-        ({"http": "http://a/", "timeout": 0}, "timeout: must be >= 0.01, got 0"),
+        ({"http": "http://a/", "timeout": 0}, "timeout: must be 0.01..3600 seconds, got 0"),
+        # Numbers that overflowed a sleep or a deadline once the node had switched.
+        (
+            {"http": "http://a/", "timeout": 1e308},
+            "timeout: must be 0.01..3600 seconds, got 1e+308",
+        ),
+        (
+            {"http": "http://a/", "timeout": math.inf},
+            "timeout: must be 0.01..3600 seconds, got inf",
+        ),
+        (
+            {"http": "http://a/", "timeout": math.nan},
+            "timeout: must be 0.01..3600 seconds, got nan",
+        ),
+        (
+            {"http": "http://a/", "interval": 1e10},
+            "interval: must be 0..3600 seconds, got 10000000000.0",
+        ),
+        ({"http": "http://a/", "interval": math.nan}, "interval: must be 0..3600 seconds, got nan"),
+        ({"http": "http://a/", "interval": -0.5}, "interval: must be 0..3600 seconds, got -0.5"),
+        ({"http": "http://a/", "retries": 1001}, "retries: must be 0..1000, got 1001"),
+        # Addresses that failed (or raised) only when the check ran.
+        ({"http": "http://[zz/"}, "http: not a valid URL: Invalid IPv6 URL"),
+        ({"http": "http:///path"}, "http: not a valid URL: no host"),
+        ({"http": "http://{host}:99999/"}, "http: port must be 1..65535, got 99999"),
+        ({"http": "http://{host}:8o/"}, "http: port must be 1..65535, got 8o"),
+        ({"http": "http://-x/"}, 'http: not a valid host: "-x"'),
+        ({"tcp": "{host}:99999"}, "tcp: port must be 1..65535, got 99999"),
+        ({"tcp": "{host}:0"}, "tcp: port must be 1..65535, got 0"),
+        ({"tcp": "{host}:"}, "tcp: port must be 1..65535, got "),
+        ({"tcp": ":22"}, "tcp: must be host:port"),
+        ({"tcp": "[::g]:22"}, 'tcp: not a valid host: "::g"'),
+        # Placeholders other than {host} and {node} would reach the network as typed.
+        ({"http": "http://{host}:{port}/"}, "http: unknown placeholder {port} (only {host} and"),
+        ({"tcp": "{host.__class__}:1"}, "tcp: unknown placeholder {host.__class__} (only"),
+        ({"http": "http://{host/"}, "http: a { or } that is no placeholder"),
         ({"http": "http://a/", "retries": True}, "retries: must be an integer"),
         ({"http": "http://a/", "retries": 1.5}, "retries: must be an integer"),
         ({"http": "http://a/", "body": "("}, "body: not a valid regex"),
@@ -93,6 +131,58 @@ def test_parse_refuses(table: Mapping[str, Any], problem: str) -> None:
     check, problems = parse_check("c", table)
     assert check is None
     assert any(p.startswith(problem) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"http": "http://{host}:8080/health?x=1#top"},
+        {"http": "https://{node}.internal/"},
+        {"http": "http://user@{host}:1/"},
+        {"http": "https://[::1]:8443/"},
+        {"http": "http://10.0.0.1:65535/"},
+        {"tcp": "{host}:22"},
+        {"tcp": "[::1]:22"},
+        {"tcp": "db-{node}.example.com:5432"},
+        {"command": ["echo", "{port}"], "timeout": 3600, "interval": 0, "retries": 1000},
+        {"http": "http://a/", "timeout": 0.01, "interval": 3600.0},
+    ],
+)
+def test_parse_accepts(table: Mapping[str, Any]) -> None:
+    check, problems = parse_check("c", table)
+    assert problems == [] and check is not None
+
+
+def check_tables() -> st.SearchStrategy[dict[str, Any]]:
+    number = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.floats(min_value=-1, max_value=4000),
+        st.booleans(),
+    )
+    kind = st.sampled_from([{"command": ["true"]}, {"http": "http://{host}/"}, {"tcp": "{host}:1"}])
+    return st.builds(
+        lambda base, extra: {**base, **extra},
+        kind,
+        st.dictionaries(st.sampled_from(["timeout", "retries", "interval"]), number),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(table=check_tables())
+def test_a_valid_check_fits_the_run_time_arithmetic(table: dict[str, Any]) -> None:
+    """Whatever numbers a check table holds, either it is refused naming the key, or every
+    duration it implies is one `time.sleep`, socket timeouts and the watchdog's whole-second
+    window take (these overflowed mid-apply, after the switch)."""
+    check, problems = parse_check("c", table)
+    if check is None:
+        assert problems and all(p.split(":")[0] in table for p in problems), problems
+        return
+    for seconds in (check.timeout, check.interval, check.budget):
+        assert math.isfinite(seconds) and 0 <= seconds < threading.TIMEOUT_MAX
+    assert math.ceil(30.0 + check.budget) < 2**31  # the watchdog's shell arithmetic
+    with socket.socket() as probe:
+        probe.settimeout(check.timeout)  # raises OverflowError when too large
 
 
 def test_validate_gives_key_paths_for_the_inventory() -> None:

@@ -349,6 +349,100 @@ CASES: list[tuple[str, str, list[str]]] = [
         ["inventory.toml: nodes.a: data.d and keys.k both write /etc/app/conf"],
     ),
     (
+        "two keys writing one file, spelled differently (// and /./)",
+        '[nodes.a.keys.k1]\nenv = "K"\ndest = "/run/keys/a"\n'
+        '[nodes.a.keys.k2]\nenv = "K"\ndest = "/run/keys//a"\n'
+        '[nodes.b.keys.k1]\nenv = "K"\ndest = "/run/keys/a"\n'
+        '[nodes.b.keys.k2]\nenv = "K"\ndest = "/run/keys/./a"\n'
+        '[nodes.c.keys.a]\nenv = "K"\n'
+        '[nodes.c.keys.k2]\nenv = "K"\ndest = "//run/keys/x/../a"\n',
+        [
+            "inventory.toml: nodes.a: keys.k2 and keys.k1 both write /run/keys/a",
+            "inventory.toml: nodes.b: keys.k2 and keys.k1 both write /run/keys/a",
+            "inventory.toml: nodes.c: keys.k2 and keys.a both write /run/keys/a",
+        ],
+    ),
+    (
+        "a data file written where another keeps its previous copy",
+        '[nodes.a.data.conf]\npath = "/etc/app/conf"\n'
+        '[nodes.a.data.other]\npath = "/etc/app/conf.nixherd-prev"\n'
+        '[nodes.b.data.other]\npath = "/etc/app//conf.nixherd-prev"\n'
+        '[nodes.b.data.conf]\npath = "/etc/app/conf"\n'
+        '[nodes.c.keys.k]\nenv = "K"\ndest = "/etc/app/conf.nixherd-prev"\n'
+        '[nodes.c.data.conf]\npath = "/etc/app/./conf"\n',
+        [
+            "inventory.toml: nodes.a: data.other and the backup of data.conf both write "
+            "/etc/app/conf.nixherd-prev",
+            "inventory.toml: nodes.b: the backup of data.conf and data.other both write "
+            "/etc/app/conf.nixherd-prev",
+            "inventory.toml: nodes.c: the backup of data.conf and keys.k both write "
+            "/etc/app/conf.nixherd-prev",
+        ],
+    ),
+    (
+        "one IPv6 address spelled twice",
+        '[nodes.a]\nhost = "::1"\n[nodes.b]\nhost = "0:0:0:0:0:0:0:1"\n'
+        '[nodes.c]\nhost = "2001:db8::1"\nport = 2\n'
+        '[nodes.d]\nhost = "2001:DB8:0::0:1"\nport = 2\n',
+        [
+            'inventory.toml: nodes.b: host "0:0:0:0:0:0:0:1" port 22 is already used by node a',
+            'inventory.toml: nodes.d: host "2001:DB8:0::0:1" port 2 is already used by node c',
+        ],
+    ),
+    (
+        "one IPv4 address or host name spelled twice",
+        '[nodes.a]\nhost = "127.0.0.1"\n[nodes.b]\nhost = "127.1"\n'
+        '[nodes.c]\nhost = "127.0.0.01"\n[nodes.d]\nhost = "::ffff:127.0.0.1"\n'
+        '[nodes.e]\nhost = "web.example.com"\n[nodes.f]\nhost = "Web.Example.Com."\n',
+        [
+            'inventory.toml: nodes.b: host "127.1" port 22 is already used by node a',
+            'inventory.toml: nodes.c: host "127.0.0.01" port 22 is already used by node a',
+            'inventory.toml: nodes.d: host "::ffff:127.0.0.1" port 22 is already used by node a',
+            'inventory.toml: nodes.f: host "Web.Example.Com." port 22 is already used by node e',
+        ],
+    ),
+    (
+        "check numbers out of bounds: they would overflow after the switch",
+        "[nodes.a.checks.c]\ncommand = ['true']\ninterval = 1e10\ntimeout = 1e308\n"
+        "[nodes.a.checks.d]\ncommand = ['true']\ninterval = nan\ntimeout = inf\n"
+        "[nodes.a.checks.e]\ncommand = ['true']\ninterval = -1\ntimeout = 0\nretries = 1001\n",
+        [
+            "inventory.toml: nodes.a.checks.c.timeout: must be 0.01..3600 seconds, got 1e+308",
+            "inventory.toml: nodes.a.checks.c.interval: must be 0..3600 seconds, got 10000000000.0",
+            "inventory.toml: nodes.a.checks.d.timeout: must be 0.01..3600 seconds, got inf",
+            "inventory.toml: nodes.a.checks.d.interval: must be 0..3600 seconds, got nan",
+            "inventory.toml: nodes.a.checks.e.timeout: must be 0.01..3600 seconds, got 0",
+            "inventory.toml: nodes.a.checks.e.retries: must be 0..1000, got 1001",
+            "inventory.toml: nodes.a.checks.e.interval: must be 0..3600 seconds, got -1",
+        ],
+    ),
+    (
+        "check addresses that break at run time",
+        "[nodes.a.checks.url]\nhttp = 'http://[zz/'\n"
+        "[nodes.a.checks.port]\ntcp = '{host}:99999'\n"
+        "[nodes.a.checks.port0]\ntcp = '{host}:0'\n"
+        "[nodes.a.checks.urlport]\nhttp = 'http://{host}:99999/'\n"
+        "[nodes.a.checks.nohost]\nhttp = 'http:///x'\n"
+        "[nodes.a.checks.tcphost]\ntcp = '-oops:22'\n"
+        "[nodes.a.checks.placeholder]\nhttp = 'http://{host}:{port}/'\n"
+        "[nodes.a.checks.tcpplaceholder]\ntcp = '{hostname}:22'\n"
+        "[nodes.a.checks.brace]\nhttp = 'http://{host/'\n",
+        [
+            "inventory.toml: nodes.a.checks.url.http: not a valid URL: Invalid IPv6 URL",
+            "inventory.toml: nodes.a.checks.port.tcp: port must be 1..65535, got 99999",
+            "inventory.toml: nodes.a.checks.port0.tcp: port must be 1..65535, got 0",
+            "inventory.toml: nodes.a.checks.urlport.http: port must be 1..65535, got 99999",
+            "inventory.toml: nodes.a.checks.nohost.http: not a valid URL: no host",
+            'inventory.toml: nodes.a.checks.tcphost.tcp: not a valid host: "-oops"',
+            "inventory.toml: nodes.a.checks.placeholder.http: unknown placeholder {port} "
+            "(only {host} and {node} are filled in)",
+            "inventory.toml: nodes.a.checks.tcpplaceholder.tcp: unknown placeholder {hostname} "
+            "(only {host} and {node} are filled in)",
+            "inventory.toml: nodes.a.checks.brace.http: a { or } that is no placeholder "
+            "(only {host} and {node} are filled in)",
+        ],
+    ),
+    (
         "keys Nix treats specially, at the top and deep down",
         '[nodes.a]\nvars = { outPath = "x" }\nconfig = { s = { __toString = 1, __functor = 2 } }\n',
         [
@@ -481,3 +575,38 @@ def test_huge_keys_are_cut_in_key_paths() -> None:
     )
     found_all = problems("[nodes.'" + "n " * 5_000 + "']\n")
     assert all(len(line) < 300 for line in found_all)
+
+
+def test_the_backup_validation_guards_is_the_one_data_writes() -> None:
+    from nixherd.data import BACKUP_SUFFIX
+    from nixherd.inventory.normal import DATA_BACKUP_SUFFIX
+
+    assert BACKUP_SUFFIX == DATA_BACKUP_SUFFIX
+
+
+@pytest.mark.parametrize(
+    ("host", "same"),
+    [
+        ("::1", "0:0:0:0:0:0:0:1"),
+        ("::ffff:10.0.0.1", "10.0.0.1"),
+        ("10.0.0.1", "10.0.0.1."),
+        ("127.1", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("WEB.example.com", "web.example.com."),
+        ("fe80::1%eth0", "FE80:0::1%eth0"),
+    ],
+)
+def test_one_address_one_spelling(host: str, same: str) -> None:
+    from nixherd.inventory.normal import endpoint_host
+
+    assert endpoint_host(host) == endpoint_host(same)
+
+
+@pytest.mark.parametrize(
+    ("host", "other"),
+    [("fe80::1%eth0", "fe80::1%eth1"), ("web-1", "web-2"), ("10.0.0.1", "10.0.0.10"), ("1", "2")],
+)
+def test_different_addresses_stay_apart(host: str, other: str) -> None:
+    from nixherd.inventory.normal import endpoint_host
+
+    assert endpoint_host(host) != endpoint_host(other)
