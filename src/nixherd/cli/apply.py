@@ -54,7 +54,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=numbers.seconds,
         default=30.0,
         metavar="S",
-        help="seconds a node waits for the confirmation before rolling back (default 30)",
+        help="seconds a node waits for the confirmation before rolling back "
+        f"({numbers.SECONDS_RULE}, default 30)",
     )
     safety.add_argument(
         "--no-keys", dest="keys", action="store_false", help="do not upload secret keys"
@@ -69,7 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=numbers.seconds,
         default=300.0,
         metavar="S",
-        help="how long to wait for a rebooted node (default 300)",
+        help=f"seconds to wait for a rebooted node ({numbers.SECONDS_RULE}, default 300)",
     )
     staged = parser.add_argument_group("staged rollout")
     staged.add_argument(

@@ -18,7 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=numbers.seconds,
         default=None,
         metavar="S",
-        help="give up on a node after S s",
+        help=f"give up on a node after S seconds ({numbers.SECONDS_RULE})",
     )
     parser.add_argument("--json", metavar="FILE", help="write a JSON report to FILE (- : stdout)")
     parser.add_argument(

@@ -15,6 +15,7 @@ import math
 import re
 
 MAX_SECONDS = 7 * 24 * 3600  # a week: any longer wait is a mistake, and deadlines stay finite
+SECONDS_RULE = f"0 < S <= {MAX_SECONDS}"
 # Nodes worked on at once: each holds an ssh ControlMaster and a few pipes (file descriptors);
 # 0 (all) is the way to ask for more.
 MAX_PARALLEL = 1000
@@ -41,7 +42,7 @@ def seconds(text: str) -> float:
         if math.isfinite(value) and 0 < value <= MAX_SECONDS:
             return value
     raise argparse.ArgumentTypeError(
-        f"must be a number of seconds, 0 < S <= {MAX_SECONDS}, got {stripped!r}"
+        f"must be a number of seconds, {SECONDS_RULE}, got {stripped!r}"
     )
 
 

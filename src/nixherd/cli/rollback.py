@@ -17,7 +17,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=numbers.seconds,
         default=30.0,
         metavar="S",
-        help="seconds a node waits for the confirmation before undoing the rollback (default 30)",
+        help="seconds a node waits for the confirmation before undoing the rollback "
+        f"({numbers.SECONDS_RULE}, default 30)",
     )
     runs.add_output(parser)
 

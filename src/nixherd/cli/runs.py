@@ -31,7 +31,7 @@ def add_parallel(parser: argparse.ArgumentParser, default: int = 10) -> None:
         type=numbers.parallel,
         default=default,
         metavar="N",
-        help=f"nodes worked on at once (0: all; default {default})",
+        help=f"nodes worked on at once, 0..{numbers.MAX_PARALLEL} (0: all; default {default})",
     )
 
 

@@ -129,3 +129,44 @@ def test_hostile_inventories_through_the_cli(text: str) -> None:
             assert "Traceback" not in err.getvalue()
             assert "internal error" not in err.getvalue()
             assert err.getvalue().startswith("nixherd: error: ")
+
+
+def test_entry_point_refuses_what_would_only_break_at_run_time(tmp_path: Path) -> None:
+    """Through the installed `nixherd`: check entries that used to pass and then fail mid-apply
+    (after the switch) or write over each other, one of each class; exit 2, every one named."""
+    from nixherd import process
+
+    path = tmp_path / "inventory.toml"
+    path.write_text(
+        """
+[nodes.a]
+host = "::1"
+[nodes.a.checks.slow]
+command = ["true"]
+interval = 1e10
+[nodes.a.checks.url]
+http = "http://[zz/"
+[nodes.a.checks.port]
+tcp = "{host}:{port}"
+[nodes.b]
+host = "0:0:0:0:0:0:0:1"
+[nodes.c.keys.one]
+env = "K"
+dest = "/run/keys/a"
+[nodes.c.keys.two]
+env = "K"
+dest = "/run/keys//a"
+"""
+    )
+    entry = Path(sys.executable).with_name("nixherd")
+    result = process.run([str(entry), "-i", str(path), "check"], check=False, timeout=60)
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        f"{path}: nodes.a.checks.slow.interval: must be 0..3600 seconds, got 10000000000.0",
+        f"{path}: nodes.a.checks.url.http: not a valid URL: Invalid IPv6 URL",
+        f"{path}: nodes.a.checks.port.tcp: unknown placeholder {{port}} (only {{host}} and "
+        "{node} are filled in)",
+        f'{path}: nodes.b: host "0:0:0:0:0:0:0:1" port 22 is already used by node a',
+        f"{path}: nodes.c: keys.two and keys.one both write /run/keys/a",
+    ]
+    assert result.stderr == "nixherd: error: 5 problems found\n"
