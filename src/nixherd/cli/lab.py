@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nixherd.cli import numbers
+
 HELP = "local test hosts: up, status, down"
 
 HEADERS = ("NAME", "PORT", "PID", "STATE", "BOOTS", "SYSTEM")
@@ -27,10 +29,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "and write DIR/ssh_config and DIR/known_hosts.",
     )
     with_dir(up)
-    up.add_argument("-n", type=int, default=None, metavar="N", help="number of hosts (default 3)")
+    up.add_argument(
+        "-n", type=numbers.hosts, default=None, metavar="N", help="number of hosts (default 3)"
+    )
     up.add_argument(
         "--base-port",
-        type=int,
+        type=numbers.port,
         default=None,
         metavar="P",
         help="port of lab-1 (default: the lab's, else 2201)",

@@ -20,6 +20,7 @@ SECONDS_RULE = f"0 < S <= {MAX_SECONDS}"
 # 0 (all) is the way to ask for more.
 MAX_PARALLEL = 1000
 MAX_NODES = 1_000_000  # more than an inventory can hold (64 MiB)
+MAX_PORT = 65535
 
 _INTEGER = re.compile(r"[+-]?[0-9]+").fullmatch
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?").fullmatch
@@ -54,3 +55,13 @@ def parallel(text: str) -> int:
 def count(text: str) -> int:
     """A number of nodes (`--canary`): 0..MAX_NODES."""
     return _integer(text, 0, MAX_NODES, f"an integer 0..{MAX_NODES}")
+
+
+def hosts(text: str) -> int:
+    """A number of lab hosts (`lab up -n`): 1..MAX_PORT (each listens on a port of its own)."""
+    return _integer(text, 1, MAX_PORT, f"an integer 1..{MAX_PORT}")
+
+
+def port(text: str) -> int:
+    """A TCP port: 1..MAX_PORT."""
+    return _integer(text, 1, MAX_PORT, f"a TCP port 1..{MAX_PORT}")

@@ -143,6 +143,20 @@ def test_bad_numbers_are_refused_naming_the_option(
 
 
 @pytest.mark.parametrize(
+    ("option", "value"),
+    [("-n", "0"), ("-n", "-1"), ("-n", "65536"), ("--base-port", "0"), ("--base-port", "70000")],
+)
+def test_lab_numbers_are_bounds_checked_while_parsing(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    # Only bad values here: a good one would start lab hosts.
+    code, _, err = run_main(["lab", "up", "--dir", str(tmp_path), f"{option}={value}"])
+    assert code == 2, err
+    assert f"error: argument {option}: must be " in err and repr(value) in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("value", "shown"),
     [("0.5", "0.5"), ("1e2", "100"), ("604800", "604800"), (" 45 ", "45")],
 )
