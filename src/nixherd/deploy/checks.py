@@ -55,11 +55,12 @@ CHECK_FIELDS: Mapping[str, str] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-MAX_SECONDS = 3600  # per attempt and between attempts: an hour is already no health check
+MAX_CHECK_SECONDS = 3600  # per attempt and between attempts: an hour is already no health check
 MAX_RETRIES = 1000
 PLACEHOLDERS = ("{host}", "{node}")
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 _PORT = re.compile(r"[0-9]{1,5}").fullmatch
+_DIGITS = re.compile(r"[0-9]{1,20}").fullmatch
 # What a placeholder stands for while validating: any valid host and node name would do.
 _SAMPLE = {"host": "host.example", "node": "node"}
 
@@ -145,9 +146,13 @@ def parse_check(name: str, data: Mapping[str, Any]) -> tuple[HealthCheck | None,
         else:
             address = raw
     status = _number(data, "status", 200, int, problems, low=100, high=599)
-    timeout = _number(data, "timeout", 5.0, float, problems, low=0.01, high=MAX_SECONDS, unit=True)
+    timeout = _number(
+        data, "timeout", 5.0, float, problems, low=0.01, high=MAX_CHECK_SECONDS, unit=True
+    )
     retries = _number(data, "retries", 2, int, problems, low=0, high=MAX_RETRIES)
-    interval = _number(data, "interval", 1.0, float, problems, low=0, high=MAX_SECONDS, unit=True)
+    interval = _number(
+        data, "interval", 1.0, float, problems, low=0, high=MAX_CHECK_SECONDS, unit=True
+    )
     body = data.get("body")
     if body is not None:
         if not isinstance(body, str):
@@ -226,7 +231,7 @@ def _port_problem(text: str) -> str | None:
         return None
     from nixherd.inventory.schema import shown
 
-    return f"port must be 1..65535, got {shown(text)[1:-1]}"
+    return f"port must be 1..65535, got {text if _DIGITS(text) else shown(text)}"
 
 
 def _url_problem(url: str) -> str | None:

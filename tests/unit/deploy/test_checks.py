@@ -110,11 +110,11 @@ def test_parse_every_option() -> None:
         ({"http": "http://[zz/"}, "http: not a valid URL: Invalid IPv6 URL"),
         ({"http": "http:///path"}, "http: not a valid URL: no host"),
         ({"http": "http://{host}:99999/"}, "http: port must be 1..65535, got 99999"),
-        ({"http": "http://{host}:8o/"}, "http: port must be 1..65535, got 8o"),
+        ({"http": "http://{host}:8o/"}, 'http: port must be 1..65535, got "8o"'),
         ({"http": "http://-x/"}, 'http: not a valid host: "-x"'),
         ({"tcp": "{host}:99999"}, "tcp: port must be 1..65535, got 99999"),
         ({"tcp": "{host}:0"}, "tcp: port must be 1..65535, got 0"),
-        ({"tcp": "{host}:"}, "tcp: port must be 1..65535, got "),
+        ({"tcp": "{host}:"}, 'tcp: port must be 1..65535, got ""'),
         ({"tcp": ":22"}, "tcp: must be host:port"),
         ({"tcp": "[::g]:22"}, 'tcp: not a valid host: "::g"'),
         # Placeholders other than {host} and {node} would reach the network as typed.
