@@ -488,10 +488,15 @@ def _absolute_path(value: Any) -> list[Issue] | None:
         and not value.endswith("/")
         and len(value) <= MAX_PATH
         and not _CONTROL(value)
+        and not value.endswith(("/.", "/.."))
     ):
         return None
     if not isinstance(value, str):
         return _one(f"must be a string, {got(value)}")
+    if value.startswith("/") and value.endswith(("/.", "/..")) and not _CONTROL(value):
+        # A directory, not a file: writing it could only fail on the node, in the middle of a run.
+        last = value.rpartition("/")[2]
+        return _one(f"must name a file, not a directory (it ends in /{last}), got {shown(value)}")
     return _one(f"must be an absolute file path without NUL or newline, got {shown(value)}")
 
 

@@ -363,6 +363,17 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "a key or data path that names a directory (the file would land inside it)",
+        '[nodes.a.keys.k]\nenv = "K"\ndest = "/run/keys/."\n'
+        '[nodes.a.data.d]\npath = "/etc/app/.."\n',
+        [
+            "inventory.toml: nodes.a.keys.k.dest: must name a file, not a directory (it ends in "
+            '/.), got "/run/keys/."',
+            "inventory.toml: nodes.a.data.d.path: must name a file, not a directory (it ends in "
+            '/..), got "/etc/app/.."',
+        ],
+    ),
+    (
         "a data file written where another keeps its previous copy",
         '[nodes.a.data.conf]\npath = "/etc/app/conf"\n'
         '[nodes.a.data.other]\npath = "/etc/app/conf.nixherd-prev"\n'
