@@ -5,6 +5,13 @@ template, compared with the node's copy (one round trip for all files of a node)
 it differs written atomically (temp file + rename, the previous file kept as `<path>.nixherd-prev`),
 after which its `reload` command runs on the node. A failing reload puts the previous files back
 (and runs the reload once more so the service sees them again); the node is reported failed.
+A reload that does not finish in RELOAD_TIMEOUT is killed on the node with its whole session
+(everything it started there, whatever process group), the previous files are put back, and the
+node is reported failed; the deployer's own ssh timeout is only a backstop behind that.
+
+Only regular files are read back (for `data diff` and the unchanged check): a symlink at a data
+path is reported as such and replaced by a push, never followed, and nothing is read or written
+through another user's symlink on the way (see `transfer`).
 
 Text files use the tiny template language of `nixherd.template` (no expressions, no code).
 """
@@ -15,7 +22,7 @@ import datetime
 import difflib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -28,6 +35,51 @@ from nixherd.ssh import Connection
 
 BACKUP_SUFFIX = ".nixherd-prev"
 RELOAD_TIMEOUT = 300.0
+# After the reload's session got SIGTERM, how long before SIGKILL.
+KILL_GRACE = 5
+# The line the reload wrapper ends with when it killed a reload that ran out of time.
+_TIMED_OUT = "nixherd: reload timed out"
+
+# Run a reload (argv after the timeout) on the node with a deadline kept on the node itself, so
+# that neither a slow deployer nor a dropped ssh leaves it running. The reload is the leader of a
+# session of its own (`setsid`, util-linux, on NixOS and Debian alike); a timer in another session
+# signals this shell when time is up, and then every process of the reload's session (found in
+# /proc: a child in a process group of its own is still in the session) gets SIGTERM, then
+# SIGKILL after KILL_GRACE. The timer is stopped as soon as the reload ends.
+_RELOAD = r"""
+t=$1 grace=$2
+shift 2
+fired=0
+trap 'fired=1' USR1
+setsid "$@" &
+pid=$!
+setsid sh -c 'sleep "$1" && kill -USR1 "$2"' sh "$t" "$$" </dev/null >/dev/null 2>&1 &
+timer=$!
+wait "$pid"
+rc=$?
+if [ "$fired" = 1 ] && kill -0 "$pid" 2>/dev/null; then
+  members() {
+    for s in /proc/[0-9]*/stat; do
+      read -r l 2>/dev/null <"$s" || continue
+      set -- ${l##*) }
+      [ "$4" = "$pid" ] && [ "$1" != Z ] && { p=${s#/proc/}; echo "${p%/stat}"; }
+    done
+  }
+  kill -s TERM -- "-$pid" $(members) 2>/dev/null
+  n=0
+  while [ -n "$(members)" ] && [ "$n" -lt "$((grace * 10))" ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
+  kill -s KILL -- "-$pid" $(members) 2>/dev/null
+  wait "$pid"
+  echo "nixherd: reload timed out after $t s: killed it and its session"
+  exit 124
+fi
+[ "$fired" = 1 ] && { wait "$pid"; rc=$?; }
+kill -s TERM -- "-$timer" "$timer" 2>/dev/null
+exit "$rc"
+"""
 
 
 class Format(Enum):
@@ -201,10 +253,14 @@ class FileDiff:
     exists: bool
     content_diff: str  # unified diff, "" when the content is the same
     ownership: str | None  # "root:root 0600 -> app:app 0640" when only that differs
+    # "file" (a regular file, read), "absent", or what stands there instead and was not read:
+    # "symlink", "directory", "special", "linked", "changed", "unsafe" (see transfer.Kind).
+    state: str = "file"
+    note: str = ""  # for a path that is not a regular file: what it is, in words
 
     @property
     def changed(self) -> bool:
-        return not self.exists or bool(self.content_diff) or self.ownership is not None
+        return self.state != "file" or bool(self.content_diff) or self.ownership is not None
 
 
 def diff_node(conn: Connection, node: DataNode, *, emit: EventSink) -> list[FileDiff]:
@@ -220,27 +276,34 @@ def diff_node(conn: Connection, node: DataNode, *, emit: EventSink) -> list[File
     return diffs
 
 
-def _diff(node: str, item: Rendered, remote: transfer.RemoteContent | None) -> FileDiff:
+def _diff(
+    node: str, item: Rendered, remote: transfer.RemoteContent | transfer.NotAFile
+) -> FileDiff:
     spec = item.spec
-    old = b"" if remote is None else remote.data
+    # Whatever is not a regular file was not read: the diff is against nothing.
+    is_file = isinstance(remote, transfer.RemoteContent)
+    old = remote.data if isinstance(remote, transfer.RemoteContent) else b""
     lines = difflib.unified_diff(
         old.decode(errors="replace").splitlines(keepends=True),
         item.content.decode(errors="replace").splitlines(keepends=True),
-        fromfile=f"{node}:{spec.path}" if remote is not None else "/dev/null",
+        fromfile=f"{node}:{spec.path}" if is_file else "/dev/null",
         tofile=f"{node}:{spec.path} (rendered)",
     )
     text = "".join(
         line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
     )
+    if not isinstance(remote, transfer.RemoteContent):
+        exists = remote.kind is not transfer.Kind.ABSENT
+        note = remote.describe() if exists else ""
+        return FileDiff(spec.name, spec.path, exists, text, None, remote.kind.value, note)
     ownership = None
-    if remote is not None:
-        state = remote.state
-        if not state.matches(state.sha256, spec.ownership):
-            ownership = (
-                f"{state.user}:{state.group} {state.mode:04o} -> "
-                f"{spec.ownership.owner} {spec.ownership.octal}"
-            )
-    return FileDiff(spec.name, spec.path, remote is not None, text, ownership)
+    state = remote.state
+    if not state.matches(state.sha256, spec.ownership):
+        ownership = (
+            f"{state.user}:{state.group} {state.mode:04o} -> "
+            f"{spec.ownership.owner} {spec.ownership.octal}"
+        )
+    return FileDiff(spec.name, spec.path, True, text, ownership)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,9 +340,16 @@ def push_node(conn: Connection, node: DataNode, *, emit: EventSink) -> DataResul
     written: list[tuple[Rendered, bool]] = []
     try:
         for item in todo:
-            had = transfer.write(
-                conn, item.spec.path, item.content, item.spec.ownership, backup=item.spec.backup
-            )
+            try:
+                had = transfer.write(
+                    conn,
+                    item.spec.path,
+                    item.content,
+                    item.spec.ownership,
+                    backup=item.spec.backup,
+                )
+            except transfer.RefusedError as exc:
+                raise DataError(f"{name}: data {item.spec.name!r}: {exc.reason}") from None
             written.append((item, had))
             emit(LogLine(name, f"data {item.spec.name}: wrote {item.spec.path}"))
     except NixherdError:
@@ -289,23 +359,17 @@ def push_node(conn: Connection, node: DataNode, *, emit: EventSink) -> DataResul
     done: list[tuple[str, ...]] = []
     for argv in reloads:
         emit(LogLine(name, f"reload: {' '.join(argv)}"))
-        result = conn.run(
-            argv,
-            elevate=True,
-            check=False,
-            timeout=RELOAD_TIMEOUT,
-            on_line=lambda line: emit(LogLine(name, line)),
-            what="reload",
-        )
-        if result.returncode != 0:
+        failure = _reload(conn, argv, on_line=lambda line: emit(LogLine(name, line)))
+        if failure is not None:
             _restore(conn, name, written, emit)
-            for again in [*done, argv]:
-                # The services saw the new files (or tried to): show them the old ones again.
-                conn.run(again, elevate=True, check=False, timeout=RELOAD_TIMEOUT, what="reload")
+            # The services saw the new files (or tried to): show them the old ones again. Not
+            # a reload that hung: it would most likely hang again.
+            again = [*done, argv] if failure.startswith("exited") else done
+            for command in again:
+                _reload(conn, command, on_line=None)
             files = ", ".join(item.spec.path for item, _ in written)
             raise DataError(
-                f"{name}: reload {' '.join(argv)!r} exited with {result.returncode}; "
-                f"restored the previous {files}"
+                f"{name}: reload {' '.join(argv)!r} {failure}; restored the previous {files}"
             )
         done.append(argv)
     if unchanged:
@@ -314,6 +378,32 @@ def push_node(conn: Connection, node: DataNode, *, emit: EventSink) -> DataResul
     return DataResult(
         name, tuple(item.spec.name for item, _ in written), tuple(unchanged), tuple(done)
     )
+
+
+def _reload(
+    conn: Connection, argv: Sequence[str], *, on_line: Callable[[str], None] | None
+) -> str | None:
+    """Run one reload on the node under RELOAD_TIMEOUT; None if it succeeded, else what went
+    wrong ("exited with 1", "timed out after 300 s ...")."""
+    timeout = f"{RELOAD_TIMEOUT:g}"
+    try:
+        result = conn.run(
+            ["sh", "-c", _RELOAD, "reload", timeout, str(KILL_GRACE), *argv],
+            elevate=True,
+            check=False,
+            # The node enforces the deadline; this one only catches a node or ssh that hangs.
+            timeout=RELOAD_TIMEOUT + KILL_GRACE + 30,
+            on_line=on_line,
+            what="reload",
+        )
+    except CommandError as exc:
+        return f"failed ({exc.render().splitlines()[0]})"
+    last = result.stdout.rstrip().rpartition("\n")[2]
+    if result.returncode == 124 and last.startswith(_TIMED_OUT):
+        return f"timed out after {timeout} s and was killed (with its session)"
+    if result.returncode != 0:
+        return f"exited with {result.returncode}"
+    return None
 
 
 def _reloads(items: Any) -> list[tuple[str, ...]]:

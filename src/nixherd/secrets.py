@@ -3,7 +3,9 @@
 A key's bytes live in memory between `prepare_keys` and `upload_keys` and travel only on the
 stdin of one ssh process (`transfer.write`): never in argv, env, a log line, an error message,
 the report or any Nix store. A key whose copy on the node already has the same content, owner,
-group and mode is not sent again (one round trip fetches every key's fingerprint).
+group and mode is not sent again (one round trip fetches every key's fingerprint; a symlink at
+the key's path is never looked through, it is replaced). How a key is written safely into a
+directory another user owns (an application's home) is `transfer`'s business: see its docstring.
 """
 
 from __future__ import annotations
@@ -209,7 +211,10 @@ def upload_prepared(
         if is_same:
             unchanged.append(key.spec.name)
             continue
-        transfer.write(conn, key.spec.dest, key.content, key.spec.ownership)
+        try:
+            transfer.write(conn, key.spec.dest, key.content, key.spec.ownership)
+        except transfer.RefusedError as exc:
+            raise transfer.RefusedError(node, f"key {key.spec.name!r}: {exc.reason}") from None
         sent.append(key.spec.name)
         own = key.spec.ownership
         emit(LogLine(node, f"key {key.spec.name}: wrote {key.spec.dest} ({own.owner} {own.octal})"))

@@ -245,9 +245,9 @@ def test_fingerprints_of_absent_and_present_files(tmp_path: Path, conn: LocalCon
     present.write_bytes(b"abc")
     present.chmod(0o640)
     states = transfer.fingerprints(conn, [str(present), str(tmp_path / "absent")])
-    assert states[1] is None
+    assert states[1] == transfer.NotAFile(transfer.Kind.ABSENT)
     state = states[0]
-    assert state is not None
+    assert isinstance(state, transfer.RemoteFile)
     assert state.sha256 == transfer.sha256(b"abc")
     assert state.mode == 0o640 and state.uid == "0"
     assert state.matches(transfer.sha256(b"abc"), transfer.Ownership("root", "root", 0o640))

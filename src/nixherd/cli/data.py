@@ -123,6 +123,8 @@ def _diff_summary(
                     "path": d.path,
                     "changed": d.changed,
                     "exists": d.exists,
+                    "state": d.state,
+                    "note": d.note,
                     "diff": d.content_diff,
                     "ownership": d.ownership,
                 }
@@ -144,7 +146,7 @@ def _diff_summary(
 
 def _print_file_diff(node: str, item: FileDiff) -> None:
     out = sys.stdout
-    state = "new file" if not item.exists else "changed"
+    state = item.note or ("new file" if not item.exists else "changed")
     out.write(f"--- {node}: data {item.name} ({item.path}): {state}\n")
     if item.ownership:
         out.write(f"ownership: {item.ownership}\n")
