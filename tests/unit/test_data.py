@@ -6,9 +6,13 @@ remote argv locally instead of over ssh (tests/lab/secrets does it over real ssh
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
+import signal
 import stat
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ from connkit import LocalConnection
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nixherd import data as data_module
 from nixherd.data import (
     BACKUP_SUFFIX,
     DataError,
@@ -314,3 +319,90 @@ data.motd = { path = "/etc/motd", format = "text", template = "{name}" }
     backends, motd = render_node(two)
     assert json.loads(backends.content) == {"a.example": "10.0.0.1:80", "b.example": "10.0.0.9:80"}
     assert motd.content == b"web-10-0-0-2"
+
+
+# -- data paths an application user controls; a reload that hangs -------------------------------
+
+
+def test_diff_reports_a_symlink_and_never_reads_through_it(
+    tmp_path: Path, conn: LocalConnection
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("root:$6$hash-of-the-shadow-file\n")
+    victim.chmod(0o600)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "backends.json").symlink_to(victim)
+    node = FakeNode("n1", VARS, {"backends": app(tmp_path)})
+    (item,) = diff_node(conn, node, emit=lambda _e: None)
+    assert item.changed and item.exists
+    assert (item.state, item.ownership) == ("symlink", None)
+    assert "is a symlink" in item.note
+    assert "shadow" not in item.content_diff and item.content_diff.startswith("--- /dev/null")
+
+
+def test_push_replaces_a_symlink_and_a_failed_reload_puts_the_link_back(
+    tmp_path: Path, conn: LocalConnection
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    (tmp_path / "etc").mkdir()
+    target = tmp_path / "etc" / "backends.json"
+    target.symlink_to(victim)
+    node = FakeNode("n1", VARS, {"backends": app(tmp_path, reload=["false"])})
+    with pytest.raises(DataError, match="exited with 1; restored the previous"):
+        push_node(conn, node, emit=lambda _e: None)
+    assert target.is_symlink() and os.readlink(target) == str(victim)
+    assert victim.read_text() == "untouched\n"
+
+    push_node(conn, FakeNode("n1", VARS, {"backends": app(tmp_path)}), emit=lambda _e: None)
+    assert not target.is_symlink() and json.loads(target.read_text()) == VARS["domains"]
+    assert Path(str(target) + BACKUP_SUFFIX).is_symlink()  # the link kept as it was
+    assert victim.read_text() == "untouched\n"
+
+
+def test_push_refuses_a_directory_where_the_file_belongs(
+    tmp_path: Path, conn: LocalConnection
+) -> None:
+    (tmp_path / "etc" / "backends.json").mkdir(parents=True)
+    node = FakeNode("n1", VARS, {"backends": app(tmp_path)})
+    with pytest.raises(DataError, match=r"^n1: data 'backends': .*backends\.json is a directory"):
+        push_node(conn, node, emit=lambda _e: None)
+    assert os.listdir(tmp_path / "etc" / "backends.json") == []
+    assert reload_count(tmp_path) == 0
+
+
+def test_a_hanging_reload_is_killed_with_its_session_and_the_file_restored(
+    tmp_path: Path, conn: LocalConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    push_node(conn, FakeNode("n1", VARS, {"backends": app(tmp_path)}), emit=lambda _e: None)
+    target = tmp_path / "etc" / "backends.json"
+    good = target.read_bytes()
+    pids = tmp_path / "pids"
+    # It records its pid, starts a sleeper in a process group of its own, and hangs.
+    script = 'echo $$ >> "$1"; set -m; sleep 300 & echo $! >> "$1"; wait'
+    hang = ["bash", "-c", script, "reload", str(pids)]
+    monkeypatch.setattr(data_module, "RELOAD_TIMEOUT", 1.0)
+    monkeypatch.setattr(data_module, "KILL_GRACE", 1)
+    changed = FakeNode("n1", {"domains": {"c": 1}}, {"backends": app(tmp_path, reload=hang)})
+    started = time.monotonic()
+    try:
+        with pytest.raises(DataError, match=r"timed out after 1 s .*restored the previous"):
+            push_node(conn, changed, emit=lambda _e: None)
+        assert time.monotonic() - started < 10
+        assert target.read_bytes() == good
+        left = [int(p) for p in pids.read_text().split()]
+        assert len(left) == 2
+        assert [p for p in left if _alive(p)] == []
+    finally:
+        for pid in (int(p) for p in pids.read_text().split()) if pids.exists() else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(") ")[2][:1] != "Z"
+    except FileNotFoundError:
+        return False

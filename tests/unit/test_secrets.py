@@ -377,3 +377,166 @@ role = "web"
     assert node.keys == {"shared": {"env": "A"}, "token": {"file": "t"}}
     assert "keys" not in node.to_data()
     assert node.to_data(deployer=True)["keys"] == node.keys
+
+
+# -- files on the node against a hostile owner of their directory ---------------------------------
+# `nobody` plays an application user owning the directory a key goes to. The scripts run under
+# dash (Debian's sh) and bash (NixOS's sh) alike.
+
+SHELLS = ("dash", "bash")
+NOBODY = 65534
+
+
+class ShellConnection(LocalConnection):
+    """Runs the remote `sh -c SCRIPT` with the given shell, and can hold a write's stdin after
+    its first half until `between` (run with the temp file's path) returns."""
+
+    def __init__(self, control_dir: str, shell: str) -> None:
+        super().__init__(control_dir)
+        self.shell = shell
+        self.between: Any = None
+
+    def run(self, remote: Any, **kwargs: Any) -> process.Result:
+        argv = [self.shell, *remote[1:]] if remote[0] == "sh" else list(remote)
+        data = kwargs.get("input")
+        if self.between is None or not data:
+            return super().run(argv, **kwargs)
+        return self._held(argv, bytes(data), str(remote[4]))
+
+    def _held(self, argv: list[str], data: bytes, dest: str) -> process.Result:
+        import subprocess
+        import time
+
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert proc.stdin is not None
+        half = len(data) // 2
+        proc.stdin.write(data[:half])
+        proc.stdin.flush()
+        directory = os.path.dirname(dest)
+        deadline = time.monotonic() + 10
+        while not (names := [n for n in os.listdir(directory) if n.startswith(".nixherd")]):
+            assert time.monotonic() < deadline, "no temp file appeared"
+            time.sleep(0.01)
+        self.between(os.path.join(directory, names[0]))
+        out, err = proc.communicate(data[half:], timeout=30)
+        return process.Result(tuple(argv), proc.returncode, out.decode(), err.decode())
+
+
+@pytest.fixture(params=SHELLS)
+def shell_conn(tmp_path: Path, request: pytest.FixtureRequest) -> ShellConnection:
+    return ShellConnection(str(tmp_path), request.param)
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim"
+    victim.write_text("root only\n")
+    victim.chmod(0o600)
+    return victim
+
+
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, NOBODY, NOBODY)
+    return home
+
+
+def test_a_temp_file_swapped_for_a_symlink_mid_write_is_not_installed(
+    tmp_path: Path, shell_conn: ShellConnection
+) -> None:
+    victim, home = _victim(tmp_path), _home(tmp_path)
+    dest = home / "secret"
+
+    def swap(tmp: str) -> None:
+        # What the directory's owner can do while root streams the key into its temp file.
+        os.rename(tmp, tmp + ".mine")
+        os.symlink(str(victim), tmp)
+
+    shell_conn.between = swap
+    big = SECRET * 50000
+    with pytest.raises(transfer.RefusedError, match="replaced while it was written"):
+        transfer.write(shell_conn, str(dest), big, transfer.Ownership("nobody", "root", 0o444))
+    info = victim.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600)
+    assert victim.read_text() == "root only\n"
+    assert not dest.exists() and not dest.is_symlink()
+
+
+def test_a_key_dest_that_is_a_directory_is_refused_a_symlink_replaced(
+    tmp_path: Path, shell_conn: ShellConnection
+) -> None:
+    (tmp_path / "src").write_bytes(SECRET)
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to("target")
+    table = {"file": "src", "dest": str(tmp_path / "adir")}
+    with pytest.raises(transfer.RefusedError, match=r"^n1: key 'k': .*/adir is a directory$"):
+        upload_keys(
+            shell_conn,
+            FakeNode("n1", {"k": table}),
+            None,
+            emit=lambda _e: None,
+            base_dir=str(tmp_path),
+        )
+    assert os.listdir(tmp_path / "adir") == []
+
+    table = {"file": "src", "dest": str(tmp_path / "link")}
+    node = FakeNode("n1", {"k": table})
+    sent = upload_keys(shell_conn, node, None, emit=lambda _e: None, base_dir=str(tmp_path))
+    assert sent.sent == ("k",)
+    assert not (tmp_path / "link").is_symlink() and (tmp_path / "link").read_bytes() == SECRET
+    assert os.listdir(tmp_path / "target") == []
+    again = upload_keys(shell_conn, node, None, emit=lambda _e: None, base_dir=str(tmp_path))
+    assert again.unchanged == ("k",)
+
+
+def test_no_path_through_another_users_symlink(tmp_path: Path, shell_conn: ShellConnection) -> None:
+    home = _home(tmp_path)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "secret").write_text("private\n")
+    (private / "secret").chmod(0o600)
+    # The application user turns a directory of its own into a link to a root-only one.
+    (home / "app").symlink_to("../private")
+    os.lchown(home / "app", NOBODY, NOBODY)
+    dest = str(home / "app" / "secret")
+    with pytest.raises(transfer.RefusedError, match=r"home/app is a symlink in a directory"):
+        transfer.write(shell_conn, dest, b"new", transfer.Ownership("nobody", "root", 0o400))
+    assert (private / "secret").read_text() == "private\n"
+    assert (private / "secret").stat().st_uid == 0
+    (state,) = transfer.fingerprints(shell_conn, [dest])
+    assert isinstance(state, transfer.NotAFile) and state.kind is transfer.Kind.UNSAFE
+
+    # A symlink root placed in a directory only root can write is followed (/var/run -> /run).
+    (tmp_path / "run").symlink_to("private")
+    transfer.write(
+        shell_conn, str(tmp_path / "run" / "k"), b"k", transfer.Ownership("root", "root", 0o400)
+    )
+    assert (private / "k").read_bytes() == b"k"
+
+
+def test_fingerprints_never_look_through_a_link_or_open_a_fifo(
+    tmp_path: Path, shell_conn: ShellConnection
+) -> None:
+    victim = _victim(tmp_path)
+    (tmp_path / "link").symlink_to(victim)
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    os.link(victim, tmp_path / "hard")
+    paths = ["link", "fifo", "dir", "hard", "none/x"]
+    states = transfer.fingerprints(shell_conn, [str(tmp_path / p) for p in paths])
+    kinds = [s.kind if isinstance(s, transfer.NotAFile) else s for s in states]
+    assert kinds == [
+        transfer.Kind.SYMLINK,
+        transfer.Kind.SPECIAL,
+        transfer.Kind.DIRECTORY,
+        transfer.Kind.LINKED,
+        transfer.Kind.ABSENT,
+    ]
+    # Even when the link's target holds exactly the bytes and ownership asked for, the link is
+    # not the file: it is written (replaced).
+    digest = transfer.sha256(victim.read_bytes())
+    own = transfer.Ownership("root", "root", 0o600)
+    assert transfer.unchanged(shell_conn, [(str(tmp_path / "link"), digest, own)]) == [False]
