@@ -32,6 +32,12 @@ replace or symlink anything in it at any moment, while nixherd works there as ro
 - The backup of the previous file is a hard link of whatever was at the name (`ln -P`: a
   symlink is kept as a symlink, not copied through) renamed into place, and restoring is a
   rename back: nothing reads or writes through a name.
+
+What the directory's owner can still do is what owning it allows anyway: make a step fail (a
+file at the temp name first, a directory at the file's name), or swap the temp name in the
+instant between the check and the rename, which installs their own file at a name in their own
+directory. Root's writes, chown and chmod only ever reach the file nixherd created, and the key
+in it carries the owner, group and mode asked before it can be renamed anywhere.
 """
 
 from __future__ import annotations
@@ -170,7 +176,8 @@ def sha256(data: bytes) -> str:
 
 # Shared by every script. `nh_walk DIR [create]` makes DIR (absolute) the working directory as
 # the module docstring says, creating missing directories (root, 0755) with `create`; on failure
-# it returns 1 with the reason in $nh_why. `nh_file NAME` says what NAME is in the working
+# it returns 1 with the reason in $nh_why ($nh_missing set when a directory does not exist).
+# `nh_file NAME` says what NAME is in the working
 # directory without following it: $nh_kind (absent, symlink, directory, special, linked, file),
 # $nh_sig (what must not change while it is read) and $nh_stat (user:group:uid:gid:mode).
 _LIB = r"""
