@@ -6,7 +6,11 @@ the same over real ssh).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from nixherd import process
 from nixherd.process import LineCallback, Result
@@ -39,3 +43,43 @@ class LocalConnection(Connection):
         return process.run(
             remote, input=input, timeout=timeout, check=check, on_line=on_line, what=what
         )
+
+
+# The remote scripts' shells: Debian's sh is dash, NixOS's is bash in POSIX mode.
+SHELLS = (("dash",), ("bash",), ("bash", "--posix"))
+
+
+class ShellConnection(LocalConnection):
+    """Runs the remote `sh -c SCRIPT` with the given shell, and can hold a write's stdin after
+    its first half until `between` (run with the temp file's path) returns."""
+
+    def __init__(self, control_dir: str, shell: tuple[str, ...]) -> None:
+        super().__init__(control_dir)
+        self.shell = shell
+        self.between: Callable[[str], None] | None = None
+
+    def run(self, remote: Any, **kwargs: Any) -> process.Result:
+        argv = [*self.shell, *remote[1:]] if remote[0] == "sh" else list(remote)
+        data = kwargs.get("input")
+        if self.between is None or not data:
+            return super().run(argv, **kwargs)
+        return self._held(argv, bytes(data), str(remote[4]), self.between)  # sh -c S sh DEST
+
+    def _held(
+        self, argv: list[str], data: bytes, dest: str, between: Callable[[str], None]
+    ) -> process.Result:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert proc.stdin is not None
+        half = len(data) // 2
+        proc.stdin.write(data[:half])
+        proc.stdin.flush()
+        directory = os.path.dirname(dest)
+        deadline = time.monotonic() + 10
+        while not (names := [n for n in os.listdir(directory) if n.startswith(".nixherd")]):
+            assert time.monotonic() < deadline, "no temp file appeared"
+            time.sleep(0.01)
+        between(os.path.join(directory, names[0]))
+        out, err = proc.communicate(data[half:], timeout=30)
+        return process.Result(tuple(argv), proc.returncode, out.decode(), err.decode())

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from connkit import LocalConnection
+from connkit import SHELLS, LocalConnection, ShellConnection
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -324,8 +324,13 @@ data.motd = { path = "/etc/motd", format = "text", template = "{name}" }
 # -- data paths an application user controls; a reload that hangs -------------------------------
 
 
+@pytest.fixture(params=SHELLS, ids=" ".join)
+def shell_conn(tmp_path: Path, request: pytest.FixtureRequest) -> ShellConnection:
+    return ShellConnection(str(tmp_path), request.param)
+
+
 def test_diff_reports_a_symlink_and_never_reads_through_it(
-    tmp_path: Path, conn: LocalConnection
+    tmp_path: Path, shell_conn: ShellConnection
 ) -> None:
     victim = tmp_path / "victim"
     victim.write_text("root:$6$hash-of-the-shadow-file\n")
@@ -333,7 +338,7 @@ def test_diff_reports_a_symlink_and_never_reads_through_it(
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "backends.json").symlink_to(victim)
     node = FakeNode("n1", VARS, {"backends": app(tmp_path)})
-    (item,) = diff_node(conn, node, emit=lambda _e: None)
+    (item,) = diff_node(shell_conn, node, emit=lambda _e: None)
     assert item.changed and item.exists
     assert (item.state, item.ownership) == ("symlink", None)
     assert "is a symlink" in item.note
@@ -341,7 +346,7 @@ def test_diff_reports_a_symlink_and_never_reads_through_it(
 
 
 def test_push_replaces_a_symlink_and_a_failed_reload_puts_the_link_back(
-    tmp_path: Path, conn: LocalConnection
+    tmp_path: Path, shell_conn: ShellConnection
 ) -> None:
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
@@ -350,31 +355,31 @@ def test_push_replaces_a_symlink_and_a_failed_reload_puts_the_link_back(
     target.symlink_to(victim)
     node = FakeNode("n1", VARS, {"backends": app(tmp_path, reload=["false"])})
     with pytest.raises(DataError, match="exited with 1; restored the previous"):
-        push_node(conn, node, emit=lambda _e: None)
+        push_node(shell_conn, node, emit=lambda _e: None)
     assert target.is_symlink() and os.readlink(target) == str(victim)
     assert victim.read_text() == "untouched\n"
 
-    push_node(conn, FakeNode("n1", VARS, {"backends": app(tmp_path)}), emit=lambda _e: None)
+    push_node(shell_conn, FakeNode("n1", VARS, {"backends": app(tmp_path)}), emit=lambda _e: None)
     assert not target.is_symlink() and json.loads(target.read_text()) == VARS["domains"]
     assert Path(str(target) + BACKUP_SUFFIX).is_symlink()  # the link kept as it was
     assert victim.read_text() == "untouched\n"
 
 
 def test_push_refuses_a_directory_where_the_file_belongs(
-    tmp_path: Path, conn: LocalConnection
+    tmp_path: Path, shell_conn: ShellConnection
 ) -> None:
     (tmp_path / "etc" / "backends.json").mkdir(parents=True)
     node = FakeNode("n1", VARS, {"backends": app(tmp_path)})
     with pytest.raises(DataError, match=r"^n1: data 'backends': .*backends\.json is a directory"):
-        push_node(conn, node, emit=lambda _e: None)
+        push_node(shell_conn, node, emit=lambda _e: None)
     assert os.listdir(tmp_path / "etc" / "backends.json") == []
     assert reload_count(tmp_path) == 0
 
 
 def test_a_hanging_reload_is_killed_with_its_session_and_the_file_restored(
-    tmp_path: Path, conn: LocalConnection, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, shell_conn: ShellConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    push_node(conn, FakeNode("n1", VARS, {"backends": app(tmp_path)}), emit=lambda _e: None)
+    push_node(shell_conn, FakeNode("n1", VARS, {"backends": app(tmp_path)}), emit=lambda _e: None)
     target = tmp_path / "etc" / "backends.json"
     good = target.read_bytes()
     pids = tmp_path / "pids"
@@ -387,7 +392,7 @@ def test_a_hanging_reload_is_killed_with_its_session_and_the_file_restored(
     started = time.monotonic()
     try:
         with pytest.raises(DataError, match=r"timed out after 1 s .*restored the previous"):
-            push_node(conn, changed, emit=lambda _e: None)
+            push_node(shell_conn, changed, emit=lambda _e: None)
         assert time.monotonic() - started < 10
         assert target.read_bytes() == good
         left = [int(p) for p in pids.read_text().split()]

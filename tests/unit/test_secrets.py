@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from connkit import LocalConnection
+from connkit import SHELLS, LocalConnection, ShellConnection
 
 from nixherd import process, transfer
 from nixherd.errors import InventoryError, UsageError
@@ -381,50 +381,12 @@ role = "web"
 
 # -- files on the node against a hostile owner of their directory ---------------------------------
 # `nobody` plays an application user owning the directory a key goes to. The scripts run under
-# dash (Debian's sh) and bash (NixOS's sh) alike.
+# dash (Debian's sh) and bash (NixOS's sh is bash in POSIX mode) alike.
 
-SHELLS = ("dash", "bash")
 NOBODY = 65534
 
 
-class ShellConnection(LocalConnection):
-    """Runs the remote `sh -c SCRIPT` with the given shell, and can hold a write's stdin after
-    its first half until `between` (run with the temp file's path) returns."""
-
-    def __init__(self, control_dir: str, shell: str) -> None:
-        super().__init__(control_dir)
-        self.shell = shell
-        self.between: Any = None
-
-    def run(self, remote: Any, **kwargs: Any) -> process.Result:
-        argv = [self.shell, *remote[1:]] if remote[0] == "sh" else list(remote)
-        data = kwargs.get("input")
-        if self.between is None or not data:
-            return super().run(argv, **kwargs)
-        return self._held(argv, bytes(data), str(remote[4]))
-
-    def _held(self, argv: list[str], data: bytes, dest: str) -> process.Result:
-        import subprocess
-        import time
-
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        assert proc.stdin is not None
-        half = len(data) // 2
-        proc.stdin.write(data[:half])
-        proc.stdin.flush()
-        directory = os.path.dirname(dest)
-        deadline = time.monotonic() + 10
-        while not (names := [n for n in os.listdir(directory) if n.startswith(".nixherd")]):
-            assert time.monotonic() < deadline, "no temp file appeared"
-            time.sleep(0.01)
-        self.between(os.path.join(directory, names[0]))
-        out, err = proc.communicate(data[half:], timeout=30)
-        return process.Result(tuple(argv), proc.returncode, out.decode(), err.decode())
-
-
-@pytest.fixture(params=SHELLS)
+@pytest.fixture(params=SHELLS, ids=" ".join)
 def shell_conn(tmp_path: Path, request: pytest.FixtureRequest) -> ShellConnection:
     return ShellConnection(str(tmp_path), request.param)
 
