@@ -187,7 +187,13 @@ export LC_ALL
 nh_entry() {
   nh_type=none nh_open=no nh_id=
   set -- $(stat -c '%u %f %d:%i' -- . "./$1" 2>/dev/null)
-  if [ $# -lt 3 ]; then nh_why="cannot examine $nh_at"; return 1; fi
+  if [ $# -lt 3 ]; then nh_why="cannot examine ${nh_in:-/}"; return 1; fi
+  # The directory just entered is checked here, by the same stat as its entry.
+  if [ -n "$nh_here" ] && [ "$3" != "$nh_here" ]; then
+    nh_why="${nh_in:-/} changed while it was entered"
+    return 1
+  fi
+  nh_here=
   [ $# -ge 6 ] || return 0
   case $(( 0x$5 & 0xF000 )) in
     16384) nh_type=dir ;;
@@ -203,15 +209,20 @@ nh_entry() {
     nh_open=yes
   fi
 }
+nh_here_ok() {
+  [ -z "$nh_here" ] || [ "$(stat -c %d:%i .)" = "$nh_here" ] \
+    || { nh_why="${nh_in:-/} changed while it was entered"; return 1; }
+  nh_here=
+}
 nh_walk() {
-  nh_todo=$1 nh_create=${2-} nh_hops=0 nh_at= nh_missing=
+  nh_todo=$1 nh_create=${2-} nh_hops=0 nh_at= nh_in= nh_here= nh_missing=
   cd -P / || { nh_why="cannot enter /"; return 1; }
   while :; do
     case $nh_todo in
-      '') return 0 ;;
+      '') nh_here_ok; return ;;
       /*)
         cd -P / || { nh_why="cannot enter /"; return 1; }
-        nh_todo=${nh_todo#/} nh_at=
+        nh_todo=${nh_todo#/} nh_at= nh_in= nh_here=
         continue
         ;;
     esac
@@ -221,6 +232,7 @@ nh_walk() {
       '' | .) continue ;;
       ..)
         # Up from where we are, by the kernel's own path of it, walked again from /.
+        nh_here_ok || return 1
         nh_up=$(pwd -P) || { nh_why="cannot find the parent of $nh_at"; return 1; }
         nh_todo=${nh_up%/*}/$nh_todo
         continue
@@ -234,10 +246,10 @@ nh_walk() {
     fi
     case $nh_type in
       dir)
-        if ! cd -P -- "./$nh_c" 2>/dev/null || [ "$(stat -c %d:%i .)" != "$nh_id" ]; then
-          nh_why="$nh_at changed while it was entered"
-          return 1
-        fi
+        # Entered by the name just examined; that it is the directory examined (not a
+        # symlink swapped in since) is checked by the next stat of ".".
+        cd -P -- "./$nh_c" 2>/dev/null || { nh_why="cannot enter $nh_at"; return 1; }
+        nh_here=$nh_id nh_in=$nh_at
         ;;
       link)
         if [ "$nh_open" = yes ]; then
