@@ -57,9 +57,12 @@ class ShellConnection(LocalConnection):
         super().__init__(control_dir)
         self.shell = shell
         self.between: Callable[[str], None] | None = None
+        self.path_first: str | None = None  # a directory of tools shadowing the real ones
 
     def run(self, remote: Any, **kwargs: Any) -> process.Result:
         argv = [*self.shell, *remote[1:]] if remote[0] == "sh" else list(remote)
+        if self.path_first is not None:
+            argv = ["env", f"PATH={self.path_first}:{os.environ['PATH']}", *argv]
         data = kwargs.get("input")
         if self.between is None or not data:
             return super().run(argv, **kwargs)

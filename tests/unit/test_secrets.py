@@ -7,6 +7,7 @@ executes the remote argv locally instead of over ssh (the lab tests do the same 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import sys
 from collections.abc import Mapping
@@ -502,3 +503,33 @@ def test_fingerprints_never_look_through_a_link_or_open_a_fifo(
     digest = transfer.sha256(victim.read_bytes())
     own = transfer.Ownership("root", "root", 0o600)
     assert transfer.unchanged(shell_conn, [(str(tmp_path / "link"), digest, own)]) == [False]
+
+
+def test_a_directory_swapped_for_a_symlink_as_it_is_entered_is_refused(
+    tmp_path: Path, shell_conn: ShellConnection
+) -> None:
+    home = _home(tmp_path)
+    (home / "app").mkdir()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    # A `stat` that, right after it examined home/app, lets the owner swap it for a symlink to a
+    # root-only directory: the walk's `cd` then lands there, and must notice.
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    real = shutil.which("stat")
+    (tools / "stat").write_text(
+        "#!/bin/sh\n"
+        f'{real} "$@"; rc=$?\n'
+        f'case "$*" in *./app) [ -e {tmp_path}/armed ] && rm {tmp_path}/armed && '
+        f"mv {home}/app {home}/app.old && ln -s ../private {home}/app;; esac\n"
+        "exit $rc\n"
+    )
+    (tools / "stat").chmod(0o755)
+    (tmp_path / "armed").touch()
+    shell_conn.path_first = str(tools)
+    with pytest.raises(transfer.RefusedError, match=r"home/app changed while it was entered"):
+        transfer.write(
+            shell_conn, str(home / "app" / "k"), b"x", transfer.Ownership("nobody", "root", 0o400)
+        )
+    assert not (tmp_path / "armed").exists()  # the swap did happen
+    assert os.listdir(private) == []
