@@ -53,7 +53,9 @@ fired=0
 trap 'fired=1' USR1
 setsid "$@" &
 pid=$!
-setsid sh -c 'sleep "$1" && kill -USR1 "$2"' sh "$t" "$$" </dev/null >/dev/null 2>&1 &
+# The timer signals only its parent: were this shell gone, its pid may name another process.
+setsid sh -c 'sleep "$1" && read -r s </proc/$$/stat && set -- "$2" ${s##*) } &&
+  [ "$3" = "$1" ] && kill -USR1 "$1"' sh "$t" "$$" </dev/null >/dev/null 2>&1 &
 timer=$!
 wait "$pid"
 rc=$?
