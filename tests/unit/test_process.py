@@ -136,13 +136,13 @@ time.sleep(300)
 
 
 def _start_time(pid: int) -> int | None:
-    from pathlib import Path
-
+    """When `pid` started, or None if it is gone or a zombie (dead, its parent never reaped it:
+    a child orphaned by a killed parent may wait for reaping by an init that does not reap)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
