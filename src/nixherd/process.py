@@ -98,7 +98,7 @@ def run(
         )
     except OSError as exc:
         raise CommandError(args, 127, str(exc), what=what, node=node) from exc
-    _GUARDIAN.started(proc.pid)
+    born = _GUARDIAN.started(proc.pid)
     try:
         if on_line is None:
             try:
@@ -118,7 +118,7 @@ def run(
         proc.wait()
         raise
     finally:
-        _GUARDIAN.ended(proc)
+        _GUARDIAN.ended(proc, born)
     if check and not result.ok:
         raise CommandError(
             args, result.returncode, result.stdout + result.stderr, what=what, node=node
@@ -253,14 +253,14 @@ def run_bytes(
         )
     except OSError as exc:
         raise CommandError(args, 127, str(exc), what=what, node=node) from exc
-    _GUARDIAN.started(proc.pid)
+    born = _GUARDIAN.started(proc.pid)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _, err = _abandon(proc)
         raise CommandError(args, None, _text(err), what=what, node=node) from None
     finally:
-        _GUARDIAN.ended(proc)
+        _GUARDIAN.ended(proc, born)
     return BytesResult(args, proc.returncode, out, _text(err))
 
 
@@ -330,8 +330,9 @@ def start_time(pid: int) -> int | None:
 class _Guardian:
     """nixherd's side of the guardian: started on first use, told one line per event.
 
-    Lines are `+ PID START`, `- PID`, `d PATH`, `r PATH`; each is one write(2) shorter than
-    PIPE_BUF, so lines written by concurrent threads never interleave.
+    Lines are `+ PID START`, `- PID START`, `d PATH`, `r PATH`; each is one write(2) shorter
+    than PIPE_BUF, so lines written by concurrent threads never interleave. The start time rides
+    with `-` too: a late `-` of a reaped command must not cancel a new command given its pid.
     """
 
     def __init__(self) -> None:
@@ -339,15 +340,17 @@ class _Guardian:
         self._fd: int | None = None
         self._owner = 0  # the pid the pipe belongs to: a fork of nixherd starts its own guardian
 
-    def started(self, pid: int) -> None:
+    def started(self, pid: int) -> int | None:
+        """Announce a command just started; its start time, or None if it is already gone."""
         born = start_time(pid)
         if born is not None:
             self.tell("+", f"{pid} {born}")
+        return born
 
-    def ended(self, proc: subprocess.Popen[bytes]) -> None:
+    def ended(self, proc: subprocess.Popen[bytes], born: int | None) -> None:
         # Only once reaped: a command still running when its caller gave up stays announced.
-        if proc.poll() is not None:
-            self.tell("-", str(proc.pid))
+        if born is not None and proc.poll() is not None:
+            self.tell("-", f"{proc.pid} {born}")
 
     def tell(self, kind: str, arg: str) -> None:
         if "\n" in arg:
@@ -419,7 +422,9 @@ def guard() -> None:
                 pid, born = arg.split()
                 children[int(pid)] = int(born)
             elif kind == "-":
-                children.pop(int(arg), None)
+                pid, born = arg.split()
+                if children.get(int(pid)) == int(born):
+                    del children[int(pid)]
             elif kind == "d" and os.path.isabs(arg):
                 directories[arg] = None
             elif kind == "r":

@@ -119,15 +119,17 @@ def test_timeout_does_not_wait_for_a_pipe_held_open_elsewhere(
 
 # --- children die with nixherd ------------------------------------------------------------------
 
-# A deployer that starts a command from a worker thread (as the pipeline does) and a control
-# directory, says so on stdout, then waits to be killed. The command writes its own pid first, so
-# the test knows exactly which process it has to see die.
+# A deployer that starts a command from a worker thread (as the pipeline does), a long-lived
+# process meant to outlive it (`spawn`, as for lab hosts) and a control directory, says so on
+# stdout, then waits to be killed. Both processes write their own pid first, so the test knows
+# exactly which processes it watches.
 DEPLOYER = """
 import sys, threading, time
 from nixherd import process, ssh
-pid_file = sys.argv[1]
+command_pid, lasting_pid = sys.argv[1:]
 script = 'echo $$ > "$1.tmp" && mv "$1.tmp" "$1" && exec sleep 300'
-worker = threading.Thread(target=process.run, args=(["sh", "-c", script, "sh", pid_file],))
+process.spawn(["sh", "-c", script, "sh", lasting_pid])
+worker = threading.Thread(target=process.run, args=(["sh", "-c", script, "sh", command_pid],))
 worker.daemon = True
 worker.start()
 print(ssh._short_dir(), flush=True)
@@ -155,30 +157,34 @@ def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
 
 
 def test_children_and_control_dirs_do_not_outlive_a_killed_deployer(tmp_path: Path) -> None:
-    pid_file = tmp_path / "child.pid"
+    pid_files = [tmp_path / "command.pid", tmp_path / "lasting.pid"]
     deployer = subprocess.Popen(
-        [PY, "-c", DEPLOYER, str(pid_file)], stdout=subprocess.PIPE, text=True
+        [PY, "-c", DEPLOYER, *map(str, pid_files)], stdout=subprocess.PIPE, text=True
     )
-    child: int | None = None
+    started: dict[int, int | None] = {}
     control_dir = ""
     try:
         assert deployer.stdout is not None
         control_dir = deployer.stdout.readline().strip()
         assert control_dir.startswith("/tmp/nh-") and os.path.isdir(control_dir)
-        assert _wait(pid_file.exists, 10), "the command never started"
-        child = int(pid_file.read_text())
-        born = _start_time(child)
-        assert born is not None
+        assert _wait(lambda: all(f.exists() for f in pid_files), 10), "no process started"
+        command, lasting = (int(f.read_text()) for f in pid_files)
+        started = {pid: _start_time(pid) for pid in (command, lasting)}
+        assert None not in started.values()
         deployer.kill()  # SIGKILL: nothing of nixherd's own runs after this
         deployer.wait()
-        assert _wait(lambda: _start_time(child) != born, 10), "the command outlived nixherd"
+        assert _wait(lambda: _start_time(command) is None, 10), "the command outlived nixherd"
         assert _wait(lambda: not os.path.exists(control_dir), 10), "the control dir stayed"
+        # What `spawn` started is meant to outlive nixherd (lab hosts): the guardian, done by
+        # now (it removed the directory last), left it alone.
+        assert _start_time(lasting) == started[lasting]
     finally:
         if deployer.poll() is None:
             deployer.kill()
             deployer.wait()
-        if child is not None and _start_time(child) == born:
-            os.kill(child, signal.SIGKILL)  # the test's own leftovers (before the fix)
+        for pid, born in started.items():  # the test's own (and, before the fix, leftovers)
+            if born is not None and _start_time(pid) == born:
+                os.kill(pid, signal.SIGKILL)
         if deployer.stdout is not None:
             deployer.stdout.close()
         if control_dir.startswith("/tmp/nh-") and os.path.isdir(control_dir):
