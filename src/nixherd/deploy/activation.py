@@ -7,15 +7,25 @@ on stdin with each activation: nothing is installed on the target. Per activatio
    deploy fails at once, naming the holder), records the running system and profile generation,
    and launches the watchdog detached (`systemd-run` where systemd runs, else `setsid`), so that an
    ssh drop or a network restart cannot kill a half-done switch.
-2. The watchdog sets the profile (switch, boot), runs `switch-to-configuration GOAL` and records
-   the result; `start` itself goes on streaming its log and status (one round trip per node),
-   and if that stream is cut, nixherd follows again with `wait` over the ControlMaster. Nothing
-   on the target polls: every step blocks on a child or on a FIFO (see the script's header).
-3. With magic rollback (switch and test, on by default), the watchdog then waits for a
-   confirmation. nixherd runs the health checks and confirms over a NEW ssh connection, which
-   proves that a fresh login still works. No confirmation in time, a failed activation, or a
-   failed check (nixherd sends an abort) -> the watchdog restores the previous generation and
-   re-activates the previous system on its own.
+2. The watchdog runs `switch-to-configuration` and records the result; `start` itself goes on
+   streaming its log and status (one round trip per node), and if that stream is cut, nixherd
+   follows again with `wait` over the ControlMaster. Nothing on the target polls: every step
+   blocks on a child or on a FIFO (see the script's header).
+3. With magic rollback (switch and test, on by default), a switch is only tried out first
+   (`switch-to-configuration test`: the system profile and the boot loader's default stay on the
+   previous generation) and the watchdog waits for a confirmation. nixherd runs the health
+   checks and confirms over a NEW ssh connection, which proves that a fresh login still works;
+   only then does the watchdog set the profile and run `switch-to-configuration boot`, so an
+   unconfirmed system never survives a reboot as the one that boots. No confirmation in time,
+   a failed activation, or a failed check (nixherd sends an abort) -> the watchdog re-activates
+   the previous system on its own. Without rollback, and for `boot`, the profile is set first,
+   as NixOS does.
+
+Every status the watchdog reports carries the node's boot identity (boot id and pid 1's start
+time): a status from another boot, or an activation whose state is gone, ends the wait at once,
+and the error says what the node runs now. A run that finds an unconfirmed activation of the
+same system in flight (another run's, or one whose deployer died) never calls the node up to
+date: it waits for that activation to settle, then looks again.
 
 Ctrl-C: the keyboard never reaches the target's processes. If nixherd is interrupted while it
 waits on an activation in its main thread, it finishes that node first (checks, confirmation:
@@ -603,21 +613,26 @@ def _confirm(follow: _Follow, deadline: float, emit: EventSink) -> str | None:
     while time.monotonic() < deadline:
         tries += 1
         left = max(1.0, deadline - time.monotonic())
+        markers: list[str] = []
+        # The log goes on from where following stopped: the confirmation's own steps (the
+        # profile, the boot entry) reach the deployer's log too.
+        offset = "none" if follow.offset is None else str(follow.offset)
         try:
             result = conn.run(
-                watchdog_argv(activation_id, "confirm", "30"),
+                watchdog_argv(activation_id, "confirm", "30", offset),
                 elevate=True,
                 multiplex=False,
                 check=False,
                 timeout=min(left, 30.0) + 30,
+                on_line=follow.stream(markers),
                 what="confirm",
             )
         except CommandError:
             result = None
         if result is not None:
-            status = follow.status_of(result.stdout)
-            if status is not None:
-                return status
+            if markers:
+                follow.reached(markers[-1], until_settled=True)
+                return follow.last
             if tries == 1:
                 tail = (result.stdout + result.stderr).strip().splitlines()
                 why = tail[-1] if tail else f"exit {result.returncode}"

@@ -7,7 +7,8 @@
 #                                            (streams the log from OFFSET, `none`: no log, until
 #                                            the status settles or, unless UNTIL_SETTLED is 1,
 #                                            reaches waiting)
-#   sh watchdog.sh ID confirm MAX_SECS       (sent over a fresh ssh connection)
+#   sh watchdog.sh ID confirm MAX_SECS [OFFSET]  (over a fresh ssh connection; streams the log
+#                                            from OFFSET while the confirmation is acted on)
 #   sh watchdog.sh ID abort MAX_SECS         (reason on stdin: a health check failed)
 #   sh -s -- - info                          (what the node runs and its generations)
 #
@@ -528,9 +529,10 @@ follow() {
     printf '\n@nixherd status=%s offset=%s boot=%s\n' "${s:-missing}" "$off" "$boot"
 }
 
-# After a confirm or abort: wait until the watchdog has acted on it.
+# After a confirm or abort: wait until the watchdog has acted on it (streaming the log from
+# OFFSET if one is given: a confirmation sets the profile and the boot entry).
 answer() {
-    follow none "$1" 1
+    follow "${2:-none}" "$1" 1
 }
 
 tell() {
@@ -544,7 +546,7 @@ wait) follow "$1" "$2" "${3:-0}" ;;
 confirm)
     get s status
     [ "$s" = waiting ] && tell confirm
-    answer "$1"
+    answer "$1" "${2:-none}"
     ;;
 abort)
     cat >"$d/abort"

@@ -123,9 +123,18 @@ class Fleet:
         return result, data
 
     def current(self, node: str) -> str | None:
-        """What the node's host runs, read through its pid 1's root (no ssh involved)."""
-        system: str | None = self.lab.status(self.hosts[node]).system
-        return system
+        """What the node's host runs, read through its pid 1's root (no ssh involved: `lab
+        status` also logs in, which hangs for seconds while a test has frozen sshd, and its
+        answer would be stale by then)."""
+        lab = self.lab.lab
+        host = next(h for h in lab.hosts() if h.name == self.hosts[node])
+        init = lab.init_process(host)
+        if init is None:
+            return None
+        try:
+            return os.readlink(f"/proc/{init[0]}/root/run/current-system")
+        except OSError:
+            return None
 
     def profile(self, node: str) -> str:
         result = self.lab.ssh(

@@ -453,8 +453,10 @@ def test_start_stream_cut_mid_switch_is_followed_again_and_confirmed(
     assert http_get(port, "/")[0] == 200
     # The log reached the deployer once: what `start` streamed is not repeated by `wait`.
     log = (fleet.dir / "apply.log").read_text()
+    assert log.count("nixherd: switch-to-configuration test") == 1, log
+    # The confirmation made it the boot default, its log streamed once too.
     assert log.count("nixherd: setting the system profile") == 1, log
-    assert log.count("nixherd: switch-to-configuration switch") == 1, log
+    assert log.count("nixherd: switch-to-configuration boot") == 1, log
     supervisor = hosts.lab.status(a).pid
     assert supervisor is not None
     try:

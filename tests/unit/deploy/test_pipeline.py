@@ -22,7 +22,7 @@ from nixherd.deploy.plan import DeployOptions
 from nixherd.deploy.probe import SCRIPT
 from nixherd.deploy.rollout import Amount, Rollout
 from nixherd.errors import CommandError
-from nixherd.events import Event, NodeFinished, Outcome, Stage, StageFinished
+from nixherd.events import Event, LogLine, NodeFinished, Outcome, Stage, StageFinished
 from nixherd.fleet import NodeEval
 from nixherd.process import Result
 from nixherd.ssh import Connection
@@ -40,6 +40,7 @@ def out(name: str) -> str:
 
 
 OLD = f"/nix/store/{'p' * 32}-old"
+ACT_ID = "0123456789abcdef"
 REAL_ACTIVATE = activation.activate
 
 
@@ -61,6 +62,10 @@ class Remote:
     profile: str | None = OLD
     valid: bool = False
     reachable: bool = True
+    # An activation in flight (another run's): the system it activates, and what the node runs
+    # once it has settled (its `wait` answers with `settles_to`).
+    in_flight: str | None = None
+    settles_to: tuple[str, str] = ("confirmed", "")
 
 
 @dataclass
@@ -117,7 +122,20 @@ class Fake:
             lines += ["boot_id=b", "pid1="]
             if remote.valid or words[4] == remote.current:
                 lines.append("valid=1")
+            if remote.in_flight is not None:
+                lines.append(f"lock={ACT_ID} 99 2026-11-30T12:00:00Z other@host")
+                lines.append(f"lock_toplevel={remote.in_flight}")
             return self._ok(args, "\n".join(lines) + "\n")
+        if words[:2] == ["sh", "-c"] and words[4:6] == [ACT_ID, "wait"]:
+            status, now = remote.settles_to
+            remote.in_flight = None
+            remote.current = remote.profile = now or remote.current
+            marker = f"\n@nixherd status={status} offset=none boot=b/\n"
+            on_line = kw.get("on_line")
+            if on_line is not None:
+                for line in marker.splitlines():
+                    on_line(line)
+            return self._ok(args, marker)
         return self._ok(args, "")
 
     def _ok(self, args: tuple[str, ...], stdout: str) -> Result:
@@ -493,3 +511,54 @@ def test_early_probe_of_a_node_whose_build_failed_is_closed(
     results = run(fake, ["a", "b"], parallel=0)
     assert results["b"].outcome is Outcome.FAILED
     assert sorted(closed) == ["a", "b"]
+
+
+def test_activation_in_flight_of_the_same_system_is_waited_for(
+    fake: Fake, acts: Activations
+) -> None:
+    # The node runs the system already, but another run's activation of it is unconfirmed: not
+    # "up to date" until it settles. It is confirmed: now the node is up to date.
+    fake.nodes["a"] = Remote(current=out("a"), profile=out("a"), in_flight=out("a"))
+    events: list[Event] = []
+    results = run(fake, ["a"], events=events)
+    assert results["a"].outcome is Outcome.UP_TO_DATE
+    waits = [w for w in fake.remote_words() if w[4:6] == [ACT_ID, "wait"]]
+    assert len(waits) == 1 and waits[0][6:] == ["none", "120", "1"]
+    probes = [w for w in fake.remote_words() if w[:3] == ["sh", "-c", SCRIPT]]
+    assert len(probes) == 2  # again once the other run's activation settled
+    assert acts.calls == []
+    lines = [e.line for e in events if isinstance(e, LogLine)]
+    assert any("other@host" in x and "waiting for it to settle" in x for x in lines)
+
+
+def test_activation_in_flight_that_rolls_back_is_followed_by_our_own(
+    fake: Fake, acts: Activations
+) -> None:
+    fake.nodes["a"] = Remote(
+        current=out("a"),
+        profile=OLD,
+        in_flight=out("a"),
+        settles_to=("rolled-back aborted", OLD),
+        valid=True,
+    )
+    results = run(fake, ["a"])
+    assert results["a"].outcome is Outcome.OK
+    assert [c[:2] for c in acts.calls] == [("a", out("a"))]
+
+
+def test_activation_in_flight_of_another_system_is_not_waited_for(
+    fake: Fake, acts: Activations
+) -> None:
+    # Ours is another system: the activation fails on the lock at once (the watchdog's answer).
+    fake.nodes["a"] = Remote(in_flight=OLD)
+    results = run(fake, ["a"])
+    assert not [w for w in fake.remote_words() if w[4:6] == [ACT_ID, "wait"]]
+    assert [c[:2] for c in acts.calls] == [("a", out("a"))]
+    assert results["a"].outcome is Outcome.OK
+
+
+def test_probe_is_elevated_for_a_non_root_user(fake: Fake) -> None:
+    # The watchdog's lock is root's alone: the probe reads it through sudo.
+    run(fake, ["a"], nodes=[FakeNode("a", user="deploy")])
+    probes = [w for w in fake.remote_words() if SCRIPT in w]
+    assert probes and all(w[:3] == ["sudo", "-n", "--"] for w in probes)

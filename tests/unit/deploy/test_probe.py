@@ -10,7 +10,7 @@ import pytest
 
 from nixherd import process
 from nixherd.deploy.goal import Goal
-from nixherd.deploy.probe import SCRIPT, NodeState, boot_marker, parse, probe
+from nixherd.deploy.probe import BOOTMARK_SH, SCRIPT, NodeState, boot_marker, parse, probe
 from nixherd.process import Result
 from nixherd.ssh import Connection, Target
 
@@ -100,3 +100,50 @@ def test_probe_argv_is_quoted_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert argv[:3] == ("ssh", "-T", "-x")
     assert argv[-2] == "deploy@192.0.2.1"
     assert shlex.split(argv[-1]) == ["sh", "-c", SCRIPT, "nixherd-probe", TOP]
+
+
+LOCK = "0123456789abcdef 4242 2026-11-30T12:00:00Z me@here"
+
+
+def test_parse_an_activation_in_flight() -> None:
+    got = parse(f"current={TOP}\nprofile={OLD}\nlock={LOCK}\nlock_toplevel={TOP}\n")
+    assert got.lock == LOCK
+    assert got.in_flight == "0123456789abcdef"
+    assert got.lock_toplevel == TOP
+    # A lock whose id nixherd did not make names no activation to follow.
+    assert parse("lock=../x 1 2 3\n").in_flight is None
+
+
+@pytest.mark.parametrize("goal", [Goal.SWITCH, Goal.BOOT, Goal.TEST, Goal.DRY_ACTIVATE])
+def test_a_node_with_an_activation_in_flight_is_never_up_to_date(goal: Goal) -> None:
+    # Everything says "up to date" but the lock: until that activation is confirmed, the node
+    # may still roll back.
+    done = state(current=TOP, profile=TOP, lock=LOCK, lock_toplevel=TOP)
+    assert done.up_to_date(goal, TOP) is False
+    assert state(current=TOP, profile=TOP).up_to_date(goal, TOP) is True
+
+
+def test_push_does_not_care_about_an_activation_in_flight() -> None:
+    assert state(has_target=True, lock=LOCK).up_to_date(Goal.PUSH, TOP) is True
+
+
+def test_bootmark_sh_agrees_with_boot_marker() -> None:
+    result = process.run(["sh", "-c", BOOTMARK_SH + '\nbootmark\nprintf "%s" "$boot"'])
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot_id = f.read().strip()
+    with open("/proc/1/stat") as f:
+        assert result.stdout == boot_marker(boot_id, f.read())
+
+
+def test_elevated_probe_goes_through_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, ...]] = []
+
+    def fake(argv: tuple[str, ...], **_kw: object) -> Result:
+        calls.append(tuple(argv))
+        return Result(tuple(argv), 0, f"current={TOP}\nlock={LOCK}\n", "")
+
+    monkeypatch.setattr(process, "run", fake)
+    conn = Connection(Target("web-1", "192.0.2.1", "deploy", 2222), control_dir="/tmp/nh-x")
+    got = probe(conn, TOP, elevate=True)
+    assert got.in_flight == "0123456789abcdef"
+    assert shlex.split(calls[0][-1])[:3] == ["sudo", "-n", "--"]
