@@ -189,3 +189,33 @@ def test_children_and_control_dirs_do_not_outlive_a_killed_deployer(tmp_path: Pa
             deployer.stdout.close()
         if control_dir.startswith("/tmp/nh-") and os.path.isdir(control_dir):
             os.rmdir(control_dir)
+
+
+def test_the_guardian_kills_what_still_runs_and_spares_reused_pids(tmp_path: Path) -> None:
+    # The guardian alone, told by hand what nixherd would tell it, then the end of its input.
+    procs = [subprocess.Popen(["sleep", "300"], start_new_session=True) for _ in range(3)]
+    try:
+        running, ended, reused = procs
+        born = {p.pid: process.start_time(p.pid) or 0 for p in procs}
+        control = tmp_path / "nh-control"
+        control.mkdir()
+        (control / "stale-socket-name").write_text("")  # not a socket: no ssh asked about it
+        lines = [
+            f"+ {running.pid} {born[running.pid]}",
+            f"- {running.pid} {born[running.pid] + 1}",  # a late end of an older holder of the pid
+            f"+ {ended.pid} {born[ended.pid]}",
+            f"- {ended.pid} {born[ended.pid]}",  # it ended: forgotten
+            f"+ {reused.pid} {born[reused.pid] - 1}",  # the pid now names another process
+            f"d {control}",
+            "+ 12",  # a line torn by a kill mid-write
+        ]
+        guardian = [PY, "-c", "from nixherd import process; process.guard()"]
+        subprocess.run(guardian, input="\n".join(lines).encode(), timeout=30, check=True)
+        assert running.wait(timeout=5) == -signal.SIGKILL
+        assert ended.poll() is None and reused.poll() is None
+        assert not control.exists()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
