@@ -28,6 +28,8 @@
 #   lab.fail.activation         activation exits 1 after moving /run/current-system and the files
 #   lab.fail.hang               activation hangs after moving them, in a helper process that
 #                               ignores SIGTERM (only SIGKILL of the activation ends it)
+#   lab.fail.boot               switch and boot fail (exit 1) to install the boot entry, as a
+#                               broken boot loader does; nothing is activated or changed
 #   lab.fail.cutSsh             activation freezes the host's sshd listener (SIGSTOP): new SSH
 #                               connections hang, open ones keep working. Any later activation
 #                               without it (the rollback to the previous generation) thaws it; a
@@ -202,6 +204,7 @@ let
           activation = flag "activation";
           hang = flag "hang";
           cutSsh = flag "cutSsh";
+          boot = flag "boot";
         };
       };
       valid =
@@ -212,7 +215,7 @@ let
         && check (options.service.port == null || (isInt options.service.port && options.service.port > 0 && options.service.port < 65536)) "lab.service.port must be a port number"
         && check (isInt options.payload.sharedMB && isInt options.payload.nodeMB && options.payload.sharedMB >= 0 && options.payload.nodeMB >= 0) "lab.payload.sharedMB and nodeMB must be integers >= 0"
         && check (safe "[A-Za-z0-9._+-]+" options.payload.seed) "lab.payload.seed may hold only letters, digits and ._+-"
-        && check (all isBool (map flag [ "activation" "hang" "cutSsh" ])) "lab.fail.* must be booleans";
+        && check (all isBool (map flag [ "activation" "hang" "cutSsh" "boot" ])) "lab.fail.* must be booleans";
     in
     assert valid;
     options;
@@ -385,6 +388,10 @@ let
     fi
 
     if [ "$action" = switch ] || [ "$action" = boot ]; then
+      if [ -e "$out/lab/fail-boot" ]; then
+        echo "lab: installing the boot loader fails on purpose (lab.fail.boot)" >&2
+        exit 1
+      fi
       # The boot loader boots the system profile's generation, as NixOS installs it; with no
       # profile, this system.
       target=$out
@@ -508,7 +515,7 @@ let
             ""
         }${
           if service.port != null then "printf '%s' ${toString service.port} >\"$out/lab/service-port\"\n" else ""
-        }${flagFile "fail-activation" options.fail.activation}${flagFile "fail-hang" options.fail.hang}${flagFile "cut-ssh" options.fail.cutSsh}
+        }${flagFile "fail-activation" options.fail.activation}${flagFile "fail-hang" options.fail.hang}${flagFile "cut-ssh" options.fail.cutSsh}${flagFile "fail-boot" options.fail.boot}
       '';
     in
     derivation (

@@ -102,6 +102,7 @@ def test_pkgs_is_no_package_set() -> None:
         ('{ lab.service.port = "80"; }', "lab.service.port"),
         ("{ lab.payload.nodeMB = -1; }", "lab.payload"),
         ('{ lab.fail.hang = "yes"; }', "lab.fail"),
+        ("{ lab.fail.boot = 1; }", "lab.fail"),
         ('{ networking.hostName = "a b"; }', "networking.hostName"),
     ],
 )
@@ -171,3 +172,8 @@ def test_no_payload_no_service_no_extras() -> None:
     assert not list((out / "lab").glob("fail-*"))
     closure = process.run(["nix-store", "--query", "--requisites", str(out)]).stdout.split()
     assert closure == [str(out)]
+
+
+def test_fail_flags_become_marker_files() -> None:
+    out = build('{ networking.hostName = "f"; lab.fail = { boot = true; hang = true; }; }')
+    assert sorted(p.name for p in (out / "lab").glob("fail-*")) == ["fail-boot", "fail-hang"]

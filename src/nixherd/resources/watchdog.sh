@@ -12,13 +12,14 @@
 #   sh watchdog.sh ID abort MAX_SECS         (reason on stdin: a health check failed)
 #   sh -s -- - info                          (what the node runs and its generations)
 #
-# State lives in /run/nixherd/act-ID (tmpfs: a reboot forgets it). /run/nixherd must be a real
-# directory of root's alone (the ssh side checks before it writes anything there, and so does
-# `start`): nothing written here as root may go through a path another user controls. The
-# per-node lock is the symlink /run/nixherd/lock whose text is "ID PID SINCE BY": creating a
-# symlink is atomic and carries its owner with it. The watchdog holds the lock until the
-# activation is settled (confirmed, rolled back, or finished; it lets go just before it says
-# so), so a second deploy fails at once.
+# State lives in /run/nixherd/act-ID (tmpfs: a reboot forgets it). /run and /run/nixherd must be
+# real directories that only root can write (the command that writes this script there checks
+# that first, activation.py's _BOOT, and refuses otherwise): nothing written here as root may go
+# through a path another user controls. The per-node lock is the symlink /run/nixherd/lock whose
+# text is "ID PID SINCE BY": creating a symlink is atomic and carries its owner with it. The
+# watchdog holds the lock until the activation is settled (confirmed, rolled back, or finished;
+# it lets go just before it says so), so a second deploy fails at once; the deployer's probe
+# reads it too, and never calls a node with an activation in flight up to date.
 #
 # An unconfirmed system never becomes what the node boots. With magic rollback, a switch runs
 # in two steps: `switch-to-configuration test` first (the new system runs; the system profile
@@ -27,8 +28,9 @@
 # reboot at any moment before the confirmation therefore boots the previous system, with
 # nothing installed on the node to roll back at boot (the other way, keeping the old order and
 # undoing it early at boot, needs a boot-time unit on every target). A timeout or an abort
-# re-activates the previous system with `test`: its profile and boot entry never moved.
-# Without rollback (or for `boot`) the order is NixOS's: profile, then the action itself.
+# re-activates the previous system with `test`: its profile and boot entry never moved. (If
+# setting them fails after the confirmation, both are put back and the previous system is
+# switched to.) Without rollback (or for `boot`) the order is NixOS's: profile, then the action.
 #
 # Every status the followers see carries the boot identity (`bootmark`: the kernel's boot id
 # and the start time of pid 1, which also changes when a container or a lab host reboots on a

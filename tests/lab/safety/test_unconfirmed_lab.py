@@ -180,6 +180,27 @@ def test_second_run_of_the_same_system_waits_for_the_first_and_reports_the_truth
     assert fleet.profile("alpha") == v2
 
 
+def test_a_boot_entry_that_cannot_be_written_on_confirmation_rolls_everything_back(
+    hosts: HostPool, tmp_path: Path
+) -> None:
+    # The switch itself goes well (it runs as `test`); making it the boot default after the
+    # confirmation fails: the node must not run one system while it would boot another.
+    fleet, a = deployed_single(hosts, tmp_path)
+    v1 = fleet.current("alpha")
+    fleet.write({"alpha": {"vars": {"version": "2", "fail": {"boot": True}}}})
+    result, data = fleet.apply("switch")
+    assert not result.ok
+    node = by_node(data)["alpha"]
+    assert node["result"] == "rolled back", node
+    assert node["rollback_reason"] == "making the confirmed system the boot default failed (exit 1)"
+    assert "nixherd: switch-to-configuration boot" in node["error"]["output"]
+    assert fleet.current("alpha") == v1
+    assert fleet.profile("alpha") == v1
+    assert boot_default(hosts.lab, a) == v1
+    links = hosts.lab.ssh(a, "ls", "/nix/var/nix/profiles").stdout.split()
+    assert sorted(x for x in links if x.startswith("system-")) == ["system-1-link"]
+
+
 def test_activation_timeout_kills_the_whole_activation_before_rolling_back(
     hosts: HostPool, tmp_path: Path
 ) -> None:
