@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,13 +68,14 @@ class DeployOptions:
 
     def __post_init__(self) -> None:
         if self.parallel < 0:
-            raise UsageError(f"--parallel must be >= 0, got {self.parallel}")
+            raise UsageError(f"parallel must be >= 0, got {self.parallel}")
         if self.build_on_target and not self.goal.copies:
             raise UsageError("--build-on-target needs a goal that reaches the nodes, not build")
         if self.reboot and self.goal not in (Goal.SWITCH, Goal.BOOT):
             raise UsageError(f"--reboot goes with switch or boot, not {self.goal.value}")
-        if self.confirm_timeout <= 0 or self.reboot_timeout <= 0:
-            raise UsageError("timeouts must be positive")
+        timeouts = (self.confirm_timeout, self.reboot_timeout)
+        if not all(math.isfinite(t) and t > 0 for t in timeouts):
+            raise UsageError("timeouts must be finite and positive")
 
     def to_data(self) -> dict[str, Any]:
         rollout = self.rollout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -66,14 +68,45 @@ def test_defaults() -> None:
     [
         (["test", "--reboot"], "--reboot goes with switch or boot"),
         (["build", "--build-on-target"], "--build-on-target needs a goal"),
-        (["--parallel", "-1"], "--parallel must be >= 0"),
         (["--batch", "ten"], "--batch: expected N or P%"),
-        (["--confirm-timeout", "0"], "timeouts must be positive"),
     ],
 )
 def test_conflicting_options_are_usage_errors(argv: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse(*argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parallel", "-1"], "argument --parallel: must be an integer 0..1000"),
+        (["--confirm-timeout", "0"], "argument --confirm-timeout: must be a number of seconds"),
+    ],
+)
+def test_numbers_out_of_bounds_are_refused_by_the_parser(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The command line's parsers bound every number (cli/numbers.py), before options exist.
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"parallel": -1}, "parallel must be >= 0"),
+        ({"confirm_timeout": 0.0}, "timeouts must be finite and positive"),
+        ({"confirm_timeout": math.nan}, "timeouts must be finite and positive"),
+        ({"reboot_timeout": math.inf}, "timeouts must be finite and positive"),
+    ],
+)
+def test_options_made_without_the_parser_are_checked_too(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        DeployOptions(**fields)
 
 
 def test_steps_follow_the_goal() -> None:
