@@ -33,8 +33,8 @@ from typing import Any
 
 import rtoml
 
-from nixherd import process
 from nixherd.lab.hosts import Lab
+from nixherd.run import process
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nixherd import process
+from nixherd.run import process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 import tomlkit
 
-from nixherd import nix, process
 from nixherd.errors import CommandError, LabError
 from nixherd.lab.hosts import HostStatus, Lab, port_free
-from nixherd.process import Result
+from nixherd.run import nix, process
+from nixherd.run.process import Result
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from labkit import LabFactory, free_base
 
-from nixherd import nix, process
 from nixherd.errors import LabError
 from nixherd.lab.hosts import Lab, port_free, ssh_banner
 from nixherd.lab.proc import alive, mounts_under, namespace_pids, starttime
+from nixherd.run import nix, process
 
 pytestmark = pytest.mark.lab
 

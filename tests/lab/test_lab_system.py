@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from labkit import LabFactory, LabHosts, free_ports, http_json, lab_system
 
-from nixherd import process
 from nixherd.errors import CommandError
+from nixherd.run import process
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nixherd import nix
+from nixherd.run import nix
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "nix" / "lib.nix"

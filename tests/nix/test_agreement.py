@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nixfleet import LIB, STUB_SYSTEM
 
-from nixherd import inventory, nix
+from nixherd import inventory
+from nixherd.run import nix
 
 pytestmark = pytest.mark.nix
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from nixfleet import REPO, STUB_SYSTEM
 
-from nixherd import nix, process
+from nixherd.run import nix, process
 
 pytestmark = pytest.mark.nix
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from nixfleet import Fleet, write_fleet
 
-from nixherd import fleet as fleet_mod
-from nixherd import nix, process
 from nixherd.errors import CommandError
+from nixherd.fleet import evaluate as fleet_mod
+from nixherd.run import nix, process
 
 pytestmark = pytest.mark.nix
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from nixherd import nix, process
 from nixherd.errors import CommandError
+from nixherd.run import nix, process
 
 pytestmark = pytest.mark.nix
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from nixfleet import LAB_MK_SYSTEM, LIB, STUB_MK_SYSTEM, STUB_SYSTEM, Fleet, write_fleet
 
-from nixherd import fleet as fleet_mod
-from nixherd import nix
 from nixherd.errors import CommandError
+from nixherd.fleet import evaluate as fleet_mod
+from nixherd.run import nix
 
 pytestmark = pytest.mark.nix
 

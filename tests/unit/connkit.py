@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from nixherd import process
-from nixherd.process import LineCallback, Result
-from nixherd.ssh import Connection, Target
+from nixherd.run import process
+from nixherd.run.process import LineCallback, Result
+from nixherd.run.ssh import Connection, Target
 
 
 class LocalConnection(Connection):

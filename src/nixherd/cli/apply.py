@@ -10,8 +10,8 @@ from nixherd.cli import numbers, runs
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from nixherd.deploy.delivery import System
-    from nixherd.deploy.plan import DeployOptions
+    from nixherd.fleet.plan import DeployOptions
+    from nixherd.node.delivery import System
 
 HELP = "deploy the selected nodes (goal: build, push, switch, boot, test, dry-activate)"
 
@@ -101,9 +101,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def options_from(args: argparse.Namespace) -> DeployOptions:
     """The core's DeployOptions from the command line (the Namespace stops here)."""
-    from nixherd.deploy.goal import Goal
-    from nixherd.deploy.plan import DeployOptions
-    from nixherd.deploy.rollout import Amount, Rollout
+    from nixherd.fleet.plan import DeployOptions
+    from nixherd.fleet.rollout import Amount, Rollout
+    from nixherd.node.goal import Goal
 
     rollout = Rollout(
         canary=args.canary,
@@ -133,9 +133,9 @@ def options_from(args: argparse.Namespace) -> DeployOptions:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from nixherd.deploy import pipeline
-    from nixherd.deploy.plan import describe
     from nixherd.errors import NixherdError, UsageError
+    from nixherd.fleet import pipeline
+    from nixherd.fleet.plan import describe
 
     options = options_from(args)
     inventory, nodes = runs.load_nodes(args)
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     with runs.progress(args, names, title=f"apply {options.goal.value}") as view:
 
         def ask(systems: Mapping[str, System]) -> bool:
-            from nixherd.deploy.diff import plan_text
+            from nixherd.node.diff import plan_text
 
             diffs = pipeline.closure_diffs(
                 nodes, systems, ssh_config=inventory.ssh_config, parallel=options.parallel

@@ -19,9 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from nixherd.deploy import pipeline
-    from nixherd.deploy.goal import Goal
-    from nixherd.deploy.plan import DeployOptions
+    from nixherd.fleet import pipeline
+    from nixherd.fleet.plan import DeployOptions
+    from nixherd.node.goal import Goal
 
     inventory, nodes = runs.load_nodes(args)
     options = DeployOptions(

@@ -84,14 +84,14 @@ def _report_problems(args: argparse.Namespace, problems: tuple[Problem, ...]) ->
 
 
 def _eval(nodes: list[Node], path: str) -> tuple[dict[str, Any], int]:
-    """Evaluate the nodes' systems with `nixherd.fleet` (the flake next to the inventory).
+    """Evaluate the nodes' systems with `nixherd.fleet.evaluate` (the flake next to the inventory).
 
     Returns the per-node results as data and how many failed; failures are printed as they are
     found (on stderr, with a line per node that evaluated).
     """
     import sys
 
-    from nixherd import fleet
+    from nixherd.fleet import evaluate as fleet
 
     results = fleet.eval_nodes(fleet.flake_for(path), [node.name for node in nodes])
     failed = 0

@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nixherd.deploy.checks import check_nodes
+    from nixherd.node.checks import check_nodes
 
     inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from nixherd.cli.keys import add_node_options, error_text, finish, load_selection, progress
 
 if TYPE_CHECKING:
-    from nixherd.data import DataResult, FileDiff
     from nixherd.errors import NixherdError
+    from nixherd.node.data import DataResult, FileDiff
 
 HELP = "show (diff) or push the nodes' runtime data files, without a rebuild"
 
@@ -25,9 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nixherd import data
     from nixherd.events import Outcome
-    from nixherd.fleetops import on_nodes
+    from nixherd.fleet.fleetops import on_nodes
+    from nixherd.node import data
 
     inventory, names = load_selection(args)
     with_data = [name for name in names if inventory.nodes[name].data]

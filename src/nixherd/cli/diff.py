@@ -21,8 +21,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from nixherd.cli.progress import Progress
-    from nixherd.deploy.diff import ClosureDiff, diff_fleet, plan_text
     from nixherd.errors import NodesFailedError
+    from nixherd.node.diff import ClosureDiff, diff_fleet, plan_text
 
     inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]

@@ -19,8 +19,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from nixherd import fleet
     from nixherd.errors import NodesFailedError
+    from nixherd.fleet import evaluate as fleet
 
     _, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]

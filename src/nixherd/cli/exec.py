@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from nixherd.cli.progress import Progress, print_summary
-    from nixherd.deploy.execute import exec_everywhere
     from nixherd.errors import UsageError
+    from nixherd.node.execute import exec_everywhere
 
     command = list(args.command)
     if command and command[0] == "--":

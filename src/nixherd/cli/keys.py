@@ -86,8 +86,8 @@ def error_text(error: NixherdError) -> str:
 def run(args: argparse.Namespace) -> int:
     from nixherd.errors import NixherdError
     from nixherd.events import Outcome
-    from nixherd.fleetops import on_nodes
-    from nixherd.secrets import KeysResult, summary, upload_keys
+    from nixherd.fleet.fleetops import on_nodes
+    from nixherd.node.keys import KeysResult, summary, upload_keys
 
     inventory, names = load_selection(args)
     base_dir = str(inventory.path.parent)

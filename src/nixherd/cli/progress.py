@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from nixherd.deploy.report import NodeResult, RunReport
     from nixherd.events import Event
+    from nixherd.fleet.report import NodeResult, RunReport
 
 # How many nodes the live view lists before it folds the rest into one line.
 MAX_ROWS_FALLBACK = 40

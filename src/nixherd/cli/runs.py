@@ -12,7 +12,7 @@ from nixherd.cli import numbers
 
 if TYPE_CHECKING:
     from nixherd.cli.progress import Progress
-    from nixherd.deploy.report import RunReport
+    from nixherd.fleet.report import RunReport
     from nixherd.inventory.model import Inventory, Node
 
 DEFAULT_LOG_BASE = os.path.join(".nixherd", "logs")
@@ -61,8 +61,8 @@ def flake_ref(args: argparse.Namespace) -> str:
     given: str | None = getattr(args, "flake", None)
     if given:
         return given
-    from nixherd import fleet
     from nixherd.cli import inventory_path
+    from nixherd.fleet import evaluate as fleet
 
     return fleet.flake_for(inventory_path(args))
 
@@ -111,8 +111,8 @@ def progress(args: argparse.Namespace, names: list[str], title: str) -> Progress
 def finish(args: argparse.Namespace, report: RunReport, *, summary: bool = True) -> int:
     """Write the JSON report, print the summary; the exit code (NodesFailedError when failed)."""
     from nixherd.cli.progress import print_summary
-    from nixherd.deploy.report import to_json_text, write_json
     from nixherd.errors import NodesFailedError
+    from nixherd.fleet.report import to_json_text, write_json
 
     target = getattr(args, "json", None)
     if target == "-":

@@ -35,15 +35,15 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from nixherd.deploy.status import node_status
     from nixherd.errors import NodesFailedError
+    from nixherd.node.status import node_status
 
     inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
     expected: dict[str, str | None] | None = None
     eval_errors: dict[str, str] = {}
     if args.eval:
-        from nixherd import fleet
+        from nixherd.fleet import evaluate as fleet
 
         evals = fleet.eval_nodes(runs.flake_ref(args), names)
         expected = {name: evals[name].out_path for name in names}

@@ -46,10 +46,10 @@ class Node:
     ssh_options: tuple[str, ...] = ()
     host_key_policy: str = "strict"
     # Deployer-side only, never in `to_data()` (so never in Nix): secrets to upload
-    # (nixherd.secrets) and runtime data files (nixherd.data), by entry name.
+    # (nixherd.node.keys) and runtime data files (nixherd.node.data), by entry name.
     keys: Mapping[str, Any] = field(default_factory=dict, hash=False)
     data: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    # Deployer-side only too: health checks (nixherd.deploy.checks), by name.
+    # Deployer-side only too: health checks (nixherd.node.checks), by name.
     checks: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # The key path of the node's own table (`nodes.web-1`, `roles.vps.targets[2]`), for messages.
     source: str = field(default="", compare=False)

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from nixherd.inventory.schema import KEY_DIR
 
-DATA_BACKUP_SUFFIX: Final = ".nixherd-prev"  # a data file's previous copy (nixherd.data)
+DATA_BACKUP_SUFFIX: Final = ".nixherd-prev"  # a data file's previous copy (nixherd.node.data)
 # A dotted quad as inet_ntoa writes it; anything else numeric is read the way ssh's resolver
 # reads it (inet_aton: `127.1`, `0x7f.0.0.1`, octal `010`).
 _CANONICAL_IPV4 = re.compile(

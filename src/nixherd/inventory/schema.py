@@ -468,7 +468,7 @@ def _targets(value: Any) -> list[Issue] | None:
     return _one(f"must be an array of tables ([[roles.<role>.targets]]), {got(value)}")
 
 
-# --- keys and data: deployer-side tables (nixherd.secrets, nixherd.data) -------------------------
+# --- keys and data: deployer-side tables (nixherd.node.keys, nixherd.node.data) ---------------
 # Never part of the Nix data: editing them must never change an evaluation or a build, and a
 # key's source (a path, a sops command) has no business in a NixOS module.
 
@@ -532,7 +532,7 @@ def _choice(*choices: str) -> Check:
 
 
 def _var_path(value: Any) -> list[Issue] | None:
-    from nixherd import template  # a light module (only `re`)
+    from nixherd.inventory import template  # a light module (only `re`)
 
     if type(value) is not str:
         return _one(f"must be a string, {got(value)}")
@@ -546,7 +546,7 @@ def _var_path(value: Any) -> list[Issue] | None:
 
 
 def _template(value: Any) -> list[Issue] | None:
-    from nixherd import template
+    from nixherd.inventory import template
 
     if type(value) is not str:
         return _one(f"must be a string, {got(value)}")
@@ -622,7 +622,7 @@ def _data(value: Any) -> list[Issue] | None:
 
 def _health_check(value: Any) -> list[Issue] | None:
     """One `checks.<name>` entry; the check kinds are declared with the checks themselves."""
-    from nixherd.deploy.checks import validate  # loaded only for inventories that have checks
+    from nixherd.node.checks import validate  # loaded only for inventories that have checks
 
     return validate(value)
 

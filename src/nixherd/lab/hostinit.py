@@ -10,7 +10,7 @@ the `reboot`/`poweroff`/`halt` tools on every host's PATH; never imported by nix
                         namespace's pid 1 only (SIGHUP for a restart, SIGINT for a power-off)
 
 pid 1 starts its processes itself (posix_spawn through `proc.spawn`, never a shell): it must reap
-every process of its host, orphans included, so it cannot hand children to `nixherd.process`.
+every process of its host, orphans included, so it cannot hand children to `nixherd.run.process`.
 """
 
 from __future__ import annotations

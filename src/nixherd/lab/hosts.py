@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nixherd import process
 from nixherd.errors import CommandError, LabError
 from nixherd.lab import render
 from nixherd.lab.proc import alive, mounts_under, namespace_pids
 from nixherd.lab.render import Account, HostFiles
+from nixherd.run import process
 
 DEFAULT_DIR = "lab-state"
 DEFAULT_BASE_PORT = 2201

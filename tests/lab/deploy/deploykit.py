@@ -20,8 +20,8 @@ from typing import Any
 import rtoml
 from labkit import LabHosts, fleet_flake
 
-from nixherd import process
-from nixherd.process import Result
+from nixherd.run import process
+from nixherd.run.process import Result
 
 HOSTS = 4
 _versions = itertools.count(1)

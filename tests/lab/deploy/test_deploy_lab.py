@@ -16,8 +16,8 @@ import pytest
 from deploykit import HOSTS, Fleet, by_node, make_fleet
 from labkit import LabFactory, LabHosts, http_json
 
-from nixherd import nix, process
-from nixherd.process import Result
+from nixherd.run import nix, process
+from nixherd.run.process import Result
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
 

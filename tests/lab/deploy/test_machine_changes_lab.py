@@ -16,7 +16,7 @@ import pytest
 from deploykit import by_node, make_fleet
 from labkit import LabFactory
 
-from nixherd import process
+from nixherd.run import process
 
 pytestmark = pytest.mark.lab
 

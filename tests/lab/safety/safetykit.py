@@ -17,10 +17,10 @@ from typing import Any
 import rtoml
 from labkit import LabHosts, fleet_flake, free_base, free_ports
 
-from nixherd import process
 from nixherd.errors import LabError
 from nixherd.lab.hosts import Lab
-from nixherd.process import Result
+from nixherd.run import process
+from nixherd.run.process import Result
 
 NODE_MODULE = """{ node, ... }: {
   lab.version = node.vars.version;

@@ -21,8 +21,8 @@ import rtoml
 from labkit import LabHosts, free_base
 from safetykit import Fleet, HostPool, by_node, make_fleet, wait_for
 
-from nixherd import process
 from nixherd.lab.hosts import Lab
+from nixherd.run import process
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
 

@@ -29,12 +29,12 @@ from safetykit import (
     wait_for,
 )
 
-from nixherd import process
-from nixherd.deploy.activation import ActivationOptions, activate
-from nixherd.deploy.checks import CheckKind, HealthCheck
-from nixherd.deploy.goal import Goal
 from nixherd.events import Event
-from nixherd.ssh import Connection, Target
+from nixherd.node.activation import ActivationOptions, activate
+from nixherd.node.checks import CheckKind, HealthCheck
+from nixherd.node.goal import Goal
+from nixherd.run import process
+from nixherd.run.ssh import Connection, Target
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
 

@@ -19,8 +19,8 @@ import pytest
 import rtoml
 from labkit import LabFactory, LabHosts, files_holding, fleet_flake, new_store_paths, store_paths
 
-from nixherd import process
-from nixherd.process import Result
+from nixherd.run import process
+from nixherd.run.process import Result
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
 

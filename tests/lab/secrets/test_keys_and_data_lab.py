@@ -21,8 +21,8 @@ import pytest
 import tomlkit
 from labkit import LabFactory, LabHosts, files_holding, new_store_paths, store_paths
 
-from nixherd import process
-from nixherd.process import Result
+from nixherd.run import process
+from nixherd.run.process import Result
 
 pytestmark = [pytest.mark.lab]
 

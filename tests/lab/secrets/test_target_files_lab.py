@@ -29,11 +29,11 @@ import pytest
 import tomlkit
 from labkit import LabFactory, LabHosts
 
-from nixherd import data as data_mod
-from nixherd import process
-from nixherd.data import DataError, push_node
-from nixherd.process import Result
-from nixherd.ssh import Connection, Target
+from nixherd.node import data as data_mod
+from nixherd.node.data import DataError, push_node
+from nixherd.run import process
+from nixherd.run.process import Result
+from nixherd.run.ssh import Connection, Target
 
 pytestmark = [pytest.mark.lab]
 

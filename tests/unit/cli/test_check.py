@@ -134,7 +134,7 @@ def test_hostile_inventories_through_the_cli(text: str) -> None:
 def test_entry_point_refuses_what_would_only_break_at_run_time(tmp_path: Path) -> None:
     """Through the installed `nixherd`: check entries that used to pass and then fail mid-apply
     (after the switch) or write over each other, one of each class; exit 2, every one named."""
-    from nixherd import process
+    from nixherd.run import process
 
     path = tmp_path / "inventory.toml"
     path.write_text(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nixherd.cli import runs
-from nixherd.fleet import FlakeError
+from nixherd.fleet.evaluate import FlakeError
 
 
 def _args(tmp_path: Path, **kw: object) -> argparse.Namespace:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nixherd import process
 from nixherd.cli import COMMANDS, build_parser, main, requested_command
+from nixherd.run import process
 
 ROOT = Path(__file__).resolve().parents[3]
 SEED = ROOT / "examples" / "seed-fleet" / "inventory.toml"
@@ -160,8 +160,8 @@ def test_start_up_imports_nothing_heavy() -> None:
         "import sys\n"
         "from nixherd.cli import main\n"
         f"code = main(['-i', {str(SEED)!r}, 'nodes', '--json', '--on', '@vps'])\n"
-        "heavy = ('rich', 'msgspec', 'tomllib', 'tomlkit', 'nixherd.nix', 'nixherd.ssh',\n"
-        "         'nixherd.process', 'nixherd.deploy', 'nixherd.fleet', 'subprocess', 'difflib')\n"
+        "heavy = ('rich', 'msgspec', 'tomllib', 'tomlkit', 'nixherd.run', 'nixherd.node',\n"
+        "         'nixherd.fleet', 'subprocess', 'difflib')\n"
         "loaded = sorted(m for m in sys.modules if m.startswith(heavy))\n"
         "print(code, loaded, file=sys.stderr)\n"
     )

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nixherd import process
 from nixherd.cli import main
+from nixherd.run import process
 
 # A node nothing listens for (port 1): should a command ever get past parsing by mistake, its ssh
 # fails at once instead of deploying anything.

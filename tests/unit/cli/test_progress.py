@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from nixherd.cli.progress import Progress, new_log_dir, print_summary
-from nixherd.deploy.report import ErrorInfo, NodeResult, RunReport
 from nixherd.events import (
     RUN_WIDE,
     LogLine,
@@ -17,6 +16,7 @@ from nixherd.events import (
     StageFinished,
     StageStarted,
 )
+from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport
 
 
 def feed(view: Progress) -> None:

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixherd.cli import main
-from nixherd.deploy.checks import checks_of
 from nixherd.errors import InventoryError
 from nixherd.inventory import loads
+from nixherd.node.checks import checks_of
 
 
 def toml_number() -> st.SearchStrategy[str]:

@@ -589,8 +589,8 @@ def test_huge_keys_are_cut_in_key_paths() -> None:
 
 
 def test_the_backup_validation_guards_is_the_one_data_writes() -> None:
-    from nixherd.data import BACKUP_SUFFIX
     from nixherd.inventory.normal import DATA_BACKUP_SUFFIX
+    from nixherd.node.data import BACKUP_SUFFIX
 
     assert BACKUP_SUFFIX == DATA_BACKUP_SUFFIX
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nixherd import process
 from nixherd.errors import LabError
 from nixherd.lab import boot, hostinit, proc
 from nixherd.lab.hosts import Lab
+from nixherd.run import process
 
 
 def wait_status(*, exit_code: int | None = None, sig: int | None = None) -> int:

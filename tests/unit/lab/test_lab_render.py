@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from nixherd import process
 from nixherd.inventory import load
 from nixherd.lab import render
 from nixherd.lab.render import Account, HostFiles
+from nixherd.run import process
 
 HOSTS = [
     HostFiles(name="lab-1", port=2201, dir="/srv/lab/hosts/lab-1"),

@@ -1,1 +1,0 @@
-"""Deploying: the per-node pipeline, activation with magic rollback, checks, rollouts, reports."""

@@ -1,0 +1,160 @@
+"""What a deploy is asked to do (options), and the plan `--dry-run` shows before doing it."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nixherd.errors import UsageError
+from nixherd.fleet.rollout import Rollout, WaveKind
+from nixherd.node.goal import Goal
+from nixherd.run.ssh import Target
+
+DEFAULT_PARALLEL = 10
+STATE_DIR = ".nixherd"
+
+
+class DeployNode(Protocol):
+    """What deploying needs of an inventory node (`nixherd.inventory.Node` has it all)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def ssh_options(self) -> Sequence[str]: ...
+    @property
+    def host_key_policy(self) -> str: ...
+
+
+def target_of(node: DeployNode, ssh_config: str | None) -> Target:
+    """How to reach the node over ssh (validated at the ssh boundary)."""
+    return Target(
+        node=node.name,
+        host=node.host,
+        user=node.user,
+        port=node.port,
+        ssh_config=ssh_config,
+        options=tuple(node.ssh_options),
+        host_key_policy=node.host_key_policy,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeployOptions:
+    """Everything `apply` was asked, free of the command line's types."""
+
+    goal: Goal = Goal.SWITCH
+    flake: str = "."
+    parallel: int = DEFAULT_PARALLEL  # 0: every node at once
+    keep_result: bool = False
+    results_dir: str = os.path.join(STATE_DIR, "results")
+    substitute_on_destination: bool = False
+    build_on_target: bool = False
+    reboot: bool = False
+    reboot_timeout: float = 300.0
+    rollback: bool = True
+    confirm_timeout: float = 30.0
+    activation_timeout: float = 600.0
+    keys: bool = True
+    rollout: Rollout = field(default_factory=Rollout)
+
+    def __post_init__(self) -> None:
+        if self.parallel < 0:
+            raise UsageError(f"parallel must be >= 0, got {self.parallel}")
+        if self.build_on_target and not self.goal.copies:
+            raise UsageError("--build-on-target needs a goal that reaches the nodes, not build")
+        if self.reboot and self.goal not in (Goal.SWITCH, Goal.BOOT):
+            raise UsageError(f"--reboot goes with switch or boot, not {self.goal.value}")
+        timeouts = (self.confirm_timeout, self.reboot_timeout)
+        if not all(math.isfinite(t) and t > 0 for t in timeouts):
+            raise UsageError("timeouts must be finite and positive")
+
+    def to_data(self) -> dict[str, Any]:
+        rollout = self.rollout
+        return {
+            "goal": self.goal.value,
+            "flake": self.flake,
+            "parallel": self.parallel,
+            "keep_result": self.keep_result,
+            "substitute_on_destination": self.substitute_on_destination,
+            "build_on_target": self.build_on_target,
+            "reboot": self.reboot,
+            "rollback": self.rollback,
+            "confirm_timeout": self.confirm_timeout,
+            "keys": self.keys,
+            "canary": rollout.canary,
+            "batch": None if rollout.batch is None else str(rollout.batch),
+            "max_failures": None if rollout.max_failures is None else str(rollout.max_failures),
+        }
+
+
+def steps(options: DeployOptions) -> list[str]:
+    """The steps each node goes through, in order, for these options."""
+    goal = options.goal
+    out = ["evaluate"]
+    if goal is Goal.BUILD or not options.build_on_target:
+        out.append("build (here, one nix process for all nodes)")
+    if goal is Goal.BUILD:
+        return out
+    out.append("probe (skip the node if it already runs its system)")
+    out.append(
+        "copy the derivations and build on the node"
+        if options.build_on_target
+        else "copy the closure (nix copy)"
+        + (" with --substitute-on-destination" if options.substitute_on_destination else "")
+    )
+    if goal is Goal.PUSH:
+        return out
+    if options.keys:
+        out.append("upload keys (pre-activation)")
+    if goal.sets_profile:
+        out.append("set the system profile")
+    activation = f"switch-to-configuration {goal.value}"
+    if goal.changes_running_system and options.rollback:
+        activation += f", then confirm within {options.confirm_timeout:g} s or roll back"
+    out.append(activation)
+    if options.keys:
+        out.append("upload keys (post-activation)")
+    if options.reboot:
+        out.append(f"reboot and wait (up to {options.reboot_timeout:g} s)")
+    return out
+
+
+def describe(
+    nodes: Sequence[DeployNode],
+    options: DeployOptions,
+    *,
+    ssh_config: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The plan as lines of text: nothing is evaluated, built or contacted to make it."""
+    names = [n.name for n in nodes]
+    parallel = "all" if options.parallel == 0 else str(options.parallel)
+    lines = [
+        f"goal: {options.goal.value}",
+        f"flake: {options.flake}",
+        f"nodes: {len(names)} (at most {parallel} at once)",
+        f"rollout: {options.rollout.describe(len(names))}",
+    ]
+    if ssh_config:
+        lines.append(f"ssh config: {ssh_config}")
+    for key, value in (extra or {}).items():
+        lines.append(f"{key}: {value}")
+    lines.append("steps per node:")
+    lines.extend(f"  {i}. {step}" for i, step in enumerate(steps(options), 1))
+    by_name = {n.name: n for n in nodes}
+    for wave in options.rollout.waves(names):
+        label = "canary" if wave.kind is WaveKind.CANARY else "batch"
+        lines.append(f"{label} ({len(wave.nodes)}):")
+        for name in wave.nodes:
+            node = by_name[name]
+            lines.append(f"  {name}  {node.user}@{node.host}:{node.port}")
+    return lines

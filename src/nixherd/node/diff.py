@@ -1,0 +1,293 @@
+"""Closure diffs: what a new system changes against the one a node runs (packages, versions, size).
+
+Both closures come from `nix path-info -r --json` (the node's through its ssh store), so the diff
+needs nothing on the node but Nix. Packages are recognised from store path names the way Nix
+splits `name-version`: the version starts at the first `-` followed by a digit.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nixherd.errors import NixherdError
+from nixherd.events import EventSink, Stage, StageFinished, StageStarted, discard
+from nixherd.run import nix
+from nixherd.run.ssh import Connection
+
+if TYPE_CHECKING:
+    from nixherd.fleet.plan import DeployNode
+
+_HASH = re.compile(r"^[0-9a-z]{32}-")
+# Outputs other than `out` end the name of their path; they are the same package.
+_OUTPUTS = ("bin", "dev", "lib", "man", "doc", "info", "out", "debug", "static", "devdoc")
+_OUTPUT_SUFFIX = re.compile(r"-(?:" + "|".join(_OUTPUTS) + r")$")
+_VERSION_START = re.compile(r"-(?=[0-9])")
+
+
+def split_name(path: str) -> tuple[str, str]:
+    """`/nix/store/<hash>-hello-2.12.1` -> ("hello", "2.12.1"); no version -> (name, "")."""
+    base = _HASH.sub("", path.rsplit("/", 1)[-1])
+    base = _OUTPUT_SUFFIX.sub("", base)
+    match = _VERSION_START.search(base)
+    if match is None:
+        return base, ""
+    return base[: match.start()], base[match.end() :]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionChange:
+    name: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {', '.join(self.before) or '-'} -> {', '.join(self.after) or '-'}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClosureDiff:
+    """The difference between a node's current system and a new one."""
+
+    before: str | None  # the system the node runs (None: nothing yet)
+    after: str
+    added: tuple[tuple[str, tuple[str, ...]], ...]  # (name, versions) new in the closure
+    removed: tuple[tuple[str, tuple[str, ...]], ...]
+    changed: tuple[VersionChange, ...]
+    paths_added: int
+    paths_removed: int
+    # Same name and version, different store path (rebuilt: a dependency or option changed).
+    rebuilt: tuple[str, ...]
+    size_before: int
+    size_after: int
+
+    @property
+    def identical(self) -> bool:
+        return self.before == self.after
+
+    @property
+    def size_change(self) -> int:
+        return self.size_after - self.size_before
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "before": self.before,
+            "after": self.after,
+            "identical": self.identical,
+            "added": {name: list(v) for name, v in self.added},
+            "removed": {name: list(v) for name, v in self.removed},
+            "changed": {
+                c.name: {"before": list(c.before), "after": list(c.after)} for c in self.changed
+            },
+            "rebuilt": list(self.rebuilt),
+            "paths_added": self.paths_added,
+            "paths_removed": self.paths_removed,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "size_change": self.size_change,
+        }
+
+
+def _packages(paths: Sequence[str]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in paths:
+        name, version = split_name(path)
+        found.setdefault(name, set()).add(version)
+    return found
+
+
+def _versions(values: set[str]) -> tuple[str, ...]:
+    return tuple(sorted(v for v in values if v)) or (("",) if "" in values else ())
+
+
+def diff_closures(
+    before: Mapping[str, int],
+    after: Mapping[str, int],
+    *,
+    before_system: str | None,
+    after_system: str,
+) -> ClosureDiff:
+    """Compare two closures (store path -> NAR size)."""
+    gone = [p for p in before if p not in after]
+    new = [p for p in after if p not in before]
+    old_pkgs, new_pkgs = _packages(list(before)), _packages(list(after))
+    added = tuple(
+        (name, _versions(new_pkgs[name])) for name in sorted(new_pkgs) if name not in old_pkgs
+    )
+    removed = tuple(
+        (name, _versions(old_pkgs[name])) for name in sorted(old_pkgs) if name not in new_pkgs
+    )
+    changed = tuple(
+        VersionChange(name, _versions(old_pkgs[name]), _versions(new_pkgs[name]))
+        for name in sorted(old_pkgs.keys() & new_pkgs.keys())
+        if old_pkgs[name] != new_pkgs[name]
+    )
+    changed_names = {c.name for c in changed}
+    gone_keys = {split_name(p) for p in gone}
+    rebuilt = tuple(
+        sorted(
+            {
+                name
+                for name, version in (split_name(p) for p in new)
+                if (name, version) in gone_keys and name not in changed_names
+            }
+        )
+    )
+    return ClosureDiff(
+        before=before_system,
+        after=after_system,
+        added=added,
+        removed=removed,
+        changed=changed,
+        paths_added=len(new),
+        paths_removed=len(gone),
+        rebuilt=rebuilt,
+        size_before=sum(before.values()),
+        size_after=sum(after.values()),
+    )
+
+
+def current_system(conn: Connection) -> str | None:
+    """The system the node runs now (`/run/current-system`), or None."""
+    result = conn.run(
+        ["sh", "-c", "if [ -e /run/current-system ]; then readlink -f /run/current-system; fi"],
+        timeout=60,
+        what="read current system",
+    )
+    path = result.stdout.strip()
+    return path or None
+
+
+def node_diff(conn: Connection, toplevel: str, *, timeout: float | None = 600) -> ClosureDiff:
+    """What deploying `toplevel` (built here) would change on the node behind `conn`."""
+    before_system = current_system(conn)
+    after = nix.closure_sizes([toplevel], timeout=timeout)
+    if before_system is None:
+        before: dict[str, int] = {}
+    elif before_system == toplevel:
+        before = dict(after)
+    else:
+        before = nix.closure_sizes(
+            [before_system],
+            store=conn.store_uri("ssh"),
+            env=conn.nix_env(),
+            timeout=timeout,
+            node=conn.target.node,
+        )
+    return diff_closures(before, after, before_system=before_system, after_system=toplevel)
+
+
+def human_size(size: int, *, signed: bool = False) -> str:
+    sign = ("+" if size > 0 else "-" if size < 0 else "±") if signed else ""
+    value = float(abs(size))
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def node_text(node: str, diff: ClosureDiff, *, limit: int = 50) -> str:
+    """The diff of one node, as lines for a terminal."""
+    if diff.identical:
+        return f"{node}: up to date ({diff.after})\n"
+    head = f"{node}: {diff.before or '(no system)'} -> {diff.after}"
+    lines = [
+        head,
+        f"  {diff.paths_added} paths added, {diff.paths_removed} removed; closure "
+        f"{human_size(diff.size_before)} -> {human_size(diff.size_after)} "
+        f"({human_size(diff.size_change, signed=True)})",
+    ]
+    entries: list[str] = []
+    entries += [f"  ~ {c}" for c in diff.changed]
+    entries += [f"  + {name} {', '.join(v)}".rstrip() for name, v in diff.added]
+    entries += [f"  - {name} {', '.join(v)}".rstrip() for name, v in diff.removed]
+    if diff.rebuilt:
+        shown = ", ".join(diff.rebuilt[:8]) + (" ..." if len(diff.rebuilt) > 8 else "")
+        entries.append(f"  * rebuilt: {shown}")
+    if len(entries) > limit:
+        entries = [*entries[:limit], f"  ... and {len(entries) - limit} more"]
+    return "\n".join(lines + entries) + "\n"
+
+
+def plan_text(diffs: Mapping[str, ClosureDiff | BaseException]) -> str:
+    """Every node's diff (or why it could not be computed): what `apply --confirm` shows."""
+    parts: list[str] = []
+    for node, diff in diffs.items():
+        if isinstance(diff, BaseException):
+            first = (str(diff).splitlines() or [type(diff).__name__])[0]
+            parts.append(f"{node}: cannot diff: {first}\n")
+        else:
+            parts.append(node_text(node, diff))
+    changing = sum(1 for d in diffs.values() if isinstance(d, ClosureDiff) and not d.identical)
+    parts.append(f"{changing} of {len(diffs)} nodes change.\n")
+    return "".join(parts)
+
+
+def diff_nodes(
+    nodes: Sequence[DeployNode],
+    toplevels: Mapping[str, str],
+    *,
+    ssh_config: str | None = None,
+    parallel: int = 10,
+    emit: EventSink = discard,
+    cancel: threading.Event | None = None,
+) -> dict[str, ClosureDiff | NixherdError]:
+    """Each node's diff against its built `toplevels[name]`, in parallel (the nodes' order)."""
+    from nixherd.fleet.fanout import fan_out
+    from nixherd.fleet.plan import target_of
+
+    by_name = {n.name: n for n in nodes}
+
+    def work(name: str) -> ClosureDiff | NixherdError:
+        emit(StageStarted(name, Stage.STATUS))
+        started = time.monotonic()
+        try:
+            with Connection(target_of(by_name[name], ssh_config)) as conn:
+                return node_diff(conn, toplevels[name])
+        except NixherdError as exc:
+            return exc
+        finally:
+            emit(StageFinished(name, Stage.STATUS, time.monotonic() - started))
+
+    names = [n.name for n in nodes if n.name in toplevels]
+    run = fan_out(names, work, parallel=parallel, cancel=cancel or threading.Event())
+    return {name: run.results[name] for name in names if name in run.results}
+
+
+def diff_fleet(
+    nodes: Sequence[DeployNode],
+    flake: str,
+    *,
+    ssh_config: str | None = None,
+    parallel: int = 10,
+    emit: EventSink = discard,
+) -> dict[str, ClosureDiff | NixherdError]:
+    """Evaluate (one nix process) and build (one nix-store --realise) the nodes, then diff each.
+
+    A node that does not evaluate or build gets its error in place of a diff.
+    """
+    from nixherd.fleet.pipeline import build, evaluate
+    from nixherd.node.delivery import System
+
+    names = [n.name for n in nodes]
+    evals, _ = evaluate(names, flake, emit=emit)
+    out: dict[str, ClosureDiff | NixherdError] = {}
+    systems: dict[str, System] = {}
+    for name in names:
+        ev = evals[name]
+        if ev.ok and ev.drv_path and ev.out_path:
+            systems[name] = System(ev.drv_path, ev.out_path)
+        else:
+            out[name] = NixherdError(f"evaluation failed: {ev.error or 'no system'}")
+    failures, _ = build(systems, emit=emit)
+    for name, error in failures.items():
+        out[name] = NixherdError(error.message)
+        del systems[name]
+    toplevels = {name: system.out_path for name, system in systems.items()}
+    out.update(diff_nodes(nodes, toplevels, ssh_config=ssh_config, parallel=parallel, emit=emit))
+    return {name: out[name] for name in names if name in out}

@@ -1,0 +1,147 @@
+"""plan.py and `apply`'s options: what --dry-run prints, which options go together."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from nixherd.cli import apply
+from nixherd.errors import UsageError
+from nixherd.fleet.plan import DeployOptions, describe, steps
+from nixherd.fleet.rollout import Amount, Rollout
+from nixherd.node.goal import Goal
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    name: str
+    host: str = "192.0.2.1"
+    user: str = "root"
+    port: int = 22
+    ssh_options: tuple[str, ...] = ()
+    host_key_policy: str = "strict"
+
+
+def parse(*argv: str) -> DeployOptions:
+    parser = argparse.ArgumentParser()
+    apply.configure(parser)
+    return apply.options_from(parser.parse_args(list(argv)))
+
+
+def test_command_line_to_options() -> None:
+    options = parse(
+        "boot",
+        "--parallel",
+        "0",
+        "--flake",
+        "path:/f",
+        "--keep-result",
+        "--substitute-on-destination",
+        "--no-keys",
+        "--canary",
+        "2",
+        "--batch",
+        "25%",
+        "--max-failures",
+        "1",
+        "--reboot",
+    )
+    assert options.goal is Goal.BOOT and options.parallel == 0 and options.flake == "path:/f"
+    assert options.keep_result and options.substitute_on_destination and not options.keys
+    assert options.rollout == Rollout(2, Amount(25, True), Amount(1))
+    assert options.reboot and options.rollback
+
+
+def test_defaults() -> None:
+    options = parse()
+    assert options.goal is Goal.SWITCH and options.parallel == 10
+    assert options.rollback and options.confirm_timeout == 30 and options.keys
+    assert options.rollout == Rollout()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["test", "--reboot"], "--reboot goes with switch or boot"),
+        (["build", "--build-on-target"], "--build-on-target needs a goal"),
+        (["--batch", "ten"], "--batch: expected N or P%"),
+    ],
+)
+def test_conflicting_options_are_usage_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse(*argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--parallel", "-1"], "argument --parallel: must be an integer 0..1000"),
+        (["--confirm-timeout", "0"], "argument --confirm-timeout: must be a number of seconds"),
+    ],
+)
+def test_numbers_out_of_bounds_are_refused_by_the_parser(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The command line's parsers bound every number (cli/numbers.py), before options exist.
+    with pytest.raises(SystemExit) as exit_info:
+        parse(*argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"parallel": -1}, "parallel must be >= 0"),
+        ({"confirm_timeout": 0.0}, "timeouts must be finite and positive"),
+        ({"confirm_timeout": math.nan}, "timeouts must be finite and positive"),
+        ({"reboot_timeout": math.inf}, "timeouts must be finite and positive"),
+    ],
+)
+def test_options_made_without_the_parser_are_checked_too(
+    fields: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        DeployOptions(**fields)
+
+
+def test_steps_follow_the_goal() -> None:
+    assert steps(DeployOptions(goal=Goal.BUILD)) == [
+        "evaluate",
+        "build (here, one nix process for all nodes)",
+    ]
+    push = steps(DeployOptions(goal=Goal.PUSH, build_on_target=True))
+    assert push[-1] == "copy the derivations and build on the node"
+    assert not any("build (here" in s for s in push)
+    switch = steps(DeployOptions(confirm_timeout=12, reboot=True))
+    assert "set the system profile" in switch
+    assert "switch-to-configuration switch, then confirm within 12 s or roll back" in switch
+    assert switch[-1].startswith("reboot and wait")
+    boot = steps(DeployOptions(goal=Goal.BOOT, keys=False))
+    assert "switch-to-configuration boot" in boot and not any("keys" in s for s in boot)
+
+
+def test_describe_lists_waves_and_destinations() -> None:
+    nodes = [FakeNode("a"), FakeNode("b", user="deploy", port=2222), FakeNode("c")]
+    options = DeployOptions(rollout=Rollout(canary=1, batch=Amount(1)), parallel=0)
+    lines = describe(nodes, options, ssh_config="/lab/ssh_config")
+    assert lines[:4] == [
+        "goal: switch",
+        "flake: .",
+        "nodes: 3 (at most all at once)",
+        "rollout: 1 canary node(s) first, batches of 1 (1 nodes)",
+    ]
+    assert "ssh config: /lab/ssh_config" in lines
+    tail = lines[lines.index("canary (1):") :]
+    assert tail == [
+        "canary (1):",
+        "  a  root@192.0.2.1:22",
+        "batch (1):",
+        "  b  deploy@192.0.2.1:2222",
+        "batch (1):",
+        "  c  root@192.0.2.1:22",
+    ]
