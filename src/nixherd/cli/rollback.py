@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nixherd.node.activation import rollback_nodes
+    from nixherd.fleet.commands import rollback_nodes
 
     inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]

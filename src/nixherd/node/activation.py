@@ -42,18 +42,16 @@ import math
 import re
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from nixherd.errors import CommandError, NixherdError
 from nixherd.events import (
     EventSink,
     LogLine,
-    Outcome,
     Stage,
     StageFinished,
     StageStarted,
@@ -63,10 +61,6 @@ from nixherd.node.goal import Goal
 from nixherd.node.probe import BOOTMARK_SH, probe
 from nixherd.run.process import Result
 from nixherd.run.ssh import Connection
-
-if TYPE_CHECKING:
-    from nixherd.fleet.plan import DeployNode
-    from nixherd.fleet.report import RunReport
 
 STATE_DIR = "/run/nixherd"
 PROFILE = "/nix/var/nix/profiles/system"
@@ -816,75 +810,3 @@ def rollback(
         generation=number,
     )
     return gens, activate(conn, gens.systems[number], options, checks=checks, emit=emit)
-
-
-def rollback_nodes(
-    nodes: Sequence[DeployNode],
-    *,
-    ssh_config: str | None = None,
-    parallel: int = 10,
-    confirm_timeout: float = 30.0,
-    timeout: float = 600.0,
-    emit: EventSink,
-    cancel: threading.Event | None = None,
-) -> RunReport:
-    """`nixherd rollback`: every node back to its previous generation, in parallel, checked."""
-    from nixherd.fleet.fanout import report_per_node
-    from nixherd.fleet.plan import target_of
-    from nixherd.fleet.report import ErrorInfo, NodeResult
-    from nixherd.node.checks import checks_of
-
-    by_name = {n.name: n for n in nodes}
-
-    def work(name: str) -> NodeResult:
-        node = by_name[name]
-        started = time.monotonic()
-        outcome, error, detail = Outcome.FAILED, None, None
-        previous = store_path = None
-        rolled_back = False
-        reason: str | None = None
-        try:
-            checks = checks_of(name, getattr(node, "checks", None) or {})
-            with Connection(target_of(node, ssh_config)) as conn:
-                gens, result = rollback(
-                    conn,
-                    node=name,
-                    checks=checks,
-                    confirm_timeout=confirm_timeout,
-                    timeout=timeout,
-                    emit=emit,
-                )
-            previous = result.previous or gens.current
-            number = gens.previous()
-            store_path = gens.systems.get(number) if number is not None else None
-            outcome, detail = Outcome.OK, f"now on generation {number}"
-        except ActivationError as exc:
-            previous = exc.previous
-            rolled_back, reason = exc.rolled_back, exc.reason
-            outcome = Outcome.ROLLED_BACK if exc.rolled_back else Outcome.FAILED
-            error = ErrorInfo(exc.message, output="\n".join(exc.log[-20:]) or None)
-        except NixherdError as exc:
-            error = ErrorInfo.from_exception(exc)
-        seconds = time.monotonic() - started
-        return NodeResult(
-            node=name,
-            outcome=outcome,
-            store_path=store_path,
-            previous=previous,
-            stages={Stage.ACTIVATE.value: seconds},
-            error=error,
-            rolled_back=rolled_back,
-            rollback_reason=reason,
-            detail=detail,
-        )
-
-    return report_per_node(
-        [n.name for n in nodes],
-        work,
-        command="rollback",
-        goal=Goal.SWITCH.value,
-        options={"parallel": parallel, "confirm_timeout": confirm_timeout},
-        parallel=parallel,
-        emit=emit,
-        cancel=cancel,
-    )
