@@ -36,9 +36,24 @@
 # and the start time of pid 1, which also changes when a container or a lab host reboots on a
 # shared kernel), so a deployer notices a reboot the moment the node answers again.
 #
-# Status words (file `status`): starting, activating, waiting (for the confirmation),
-# confirming (setting the profile and the boot entry), rolling-back, and the settled ones:
-# done, confirmed, failed REASON, rolled-back REASON, rollback-failed REASON.
+# Status words: the file `status`, and the line that ends every start, wait, confirm and abort,
+# `@nixherd status=WORD[ REASON] offset=N|none boot=BOOTMARK`. A settled status is final (the
+# lock is let go first). The deployer reads them with node/protocol.py, whose `Status` holds
+# these rows word for word (a unit test compares the two; `settled` below agrees too):
+#
+#   starting                 running  the lock is taken; the detached watchdog is launched
+#   activating               running  switch-to-configuration runs
+#   waiting                  running  the new system runs; the deployer's confirmation is awaited
+#   confirming               running  confirmed; the profile and the boot entry are set
+#   rolling-back REASON      running  the previous system is being restored
+#   done                     settled  activated; no confirmation was asked for
+#   confirmed                settled  confirmed; the new system runs and is the one that boots
+#   failed REASON            settled  failed where there was nothing to roll back
+#   rolled-back REASON       settled  the previous system runs again
+#   rollback-failed REASON   settled  the node may run neither system
+#   lost STATUS              settled  the watchdog died at STATUS (said to followers only)
+#   missing                  settled  no state for this activation (said to followers only)
+#   rebooted                 settled  a status from another boot (the deployer's word only)
 #
 # Nothing polls. Every step blocks on something that wakes it: `wait` on a child, or a read
 # from one of two FIFOs in the state dir. `ctl` carries words to the watchdog (confirm, abort,
