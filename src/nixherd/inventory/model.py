@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nixherd.inventory.schema import NIX_FIELDS, NODE_FIELDS
+from nixherd.run.ssh import Target
 
 
 class Origin(Enum):
@@ -51,6 +52,8 @@ class Node:
     data: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Deployer-side only too: health checks (nixherd.node.checks), by name.
     checks: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # Deployer-side too: the inventory's `[defaults] ssh_config`, absolute (see `target`).
+    ssh_config: str | None = field(default=None, compare=False)
     # The key path of the node's own table (`nodes.web-1`, `roles.vps.targets[2]`), for messages.
     source: str = field(default="", compare=False)
     # The tables the node was merged from, kept so that origins are computed only when asked for.
@@ -68,6 +71,20 @@ class Node:
         node = object.__new__(cls)
         object.__setattr__(node, "__dict__", fields)
         return node
+
+    @property
+    def target(self) -> Target:
+        """How the node is reached over ssh; its values are validated there (at the argv
+        boundary), so an unsafe one fails this node only, naming it."""
+        return Target(
+            node=self.name,
+            host=self.host,
+            user=self.user,
+            port=self.port,
+            ssh_config=self.ssh_config,
+            options=tuple(self.ssh_options),
+            host_key_policy=self.host_key_policy,
+        )
 
     def to_data(self, *, deployer: bool = False) -> dict[str, Any]:
         """The resolved node as JSON-able data, in the shape the Nix resolver produces; with

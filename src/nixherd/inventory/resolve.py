@@ -155,6 +155,8 @@ class _Resolver:
         self.built: dict[str, Node] = {}
         self.sources: dict[str, str] = {}  # node name -> key path of its table
         self.endpoints: dict[tuple[str, int], str] = {}  # (host, port) -> node name
+        # `[defaults] ssh_config`, absolute: every node carries it in its ssh target.
+        self.ssh_config: str | None = None
 
     def report(self, path: str, message: str) -> None:
         self.problems.append(Problem(self.file, path, message))
@@ -184,6 +186,8 @@ class _Resolver:
         defaults = self.layer(defaults, DEFAULTS_TABLE, "defaults")
         base = apply_layer(_SKELETON, defaults)
         base_layers: tuple[Layer, ...] = ((Origin.DEFAULTS, defaults),) if defaults else ()
+        ssh_config = defaults.get("ssh_config")
+        self.ssh_config = None if ssh_config is None else str(path.parent / ssh_config)
 
         roles = self.table(doc.get("roles", {}), "roles") or {}
         nodes = self.table(doc.get("nodes", {}), "nodes") or {}
@@ -253,12 +257,11 @@ class _Resolver:
 
         if self.problems:
             raise InventoryError(self.problems)
-        ssh_config = defaults.get("ssh_config")
         return Inventory(
             path=path,
             nodes=dict(sorted(self.built.items())),
             roles=tuple(sorted(roles)),
-            ssh_config=None if ssh_config is None else str(path.parent / ssh_config),
+            ssh_config=self.ssh_config,
         )
 
     def check_name(self, check: Callable[[Any], Any], name: str, path: str) -> bool:
@@ -306,6 +309,7 @@ class _Resolver:
         fields["role"] = role
         fields["source"] = source
         fields["layers"] = layers
+        fields["ssh_config"] = self.ssh_config
         self.built[name] = Node.from_fields(fields)
 
 
