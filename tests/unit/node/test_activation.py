@@ -16,7 +16,7 @@ import pytest
 
 from nixherd.errors import CommandError, NixherdError
 from nixherd.events import Event, LogLine, Stage, StageFinished, StageStarted
-from nixherd.node import activation
+from nixherd.node import activation, watchdog
 from nixherd.node.activation import (
     ActivationError,
     ActivationOptions,
@@ -28,6 +28,7 @@ from nixherd.node.activation import (
 from nixherd.node.checks import CheckKind, HealthCheck, parse_check
 from nixherd.node.goal import Goal
 from nixherd.node.probe import boot_marker
+from nixherd.node.protocol import parse_marker
 from nixherd.run import process
 from nixherd.run.process import Result
 from nixherd.run.ssh import Connection, Target
@@ -109,7 +110,7 @@ class FakeNode:
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, list[Reply]]], FakeNode]]:
-    monkeypatch.setattr(activation, "_RETRY", 0.0)
+    monkeypatch.setattr(watchdog, "_RETRY", 0.0)
 
     def make(replies: dict[str, list[Reply]]) -> FakeNode:
         node = FakeNode(replies)
@@ -195,7 +196,8 @@ def test_a_later_step_whose_state_is_gone_says_so_with_the_boot() -> None:
     # Run for real: no /run/nixherd/act-ID here, as on a node that rebooted.
     argv = watchdog_argv(activation.new_activation_id(), "wait", "0", "120")
     result = subprocess.run(argv, capture_output=True, text=True, check=True)
-    status, offset, boot = activation._parse_marker(result.stdout.strip().splitlines()[-1])
+    got = parse_marker(result.stdout.strip().splitlines()[-1])
+    status, offset, boot = got.status, got.offset, got.boot
     assert (status, offset) == ("missing", None)
     assert boot == this_boot()
 
