@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from nixherd.errors import CommandError, NixherdError
 from nixherd.node.goal import Goal
+from nixherd.node.protocol import BootMark, Lock
 from nixherd.run.ssh import Connection
 
 PROFILE = "/nix/var/nix/profiles/system"
@@ -79,7 +80,7 @@ class NodeState:
     profile: str | None  # what the system profile points at (the next boot's system)
     generation: int | None  # the system profile's generation number
     generation_time: int | None  # when that generation was made (epoch seconds)
-    boot: str  # changes across every boot (a lab host's boot too)
+    boot: BootMark  # changes across every boot (a lab host's boot too)
     has_target: bool = False  # the wanted store path is valid on the node
     # The lock of an activation in flight ("ID PID SINCE BY"; read as root only) and the system
     # it activates (None: no activation holds the node).
@@ -87,12 +88,15 @@ class NodeState:
     lock_toplevel: str | None = None
 
     @property
+    def holder(self) -> Lock | None:
+        """Who holds the node's activation lock, if anyone."""
+        return None if self.lock is None else Lock.from_link(self.lock)
+
+    @property
     def in_flight(self) -> str | None:
         """The id of the activation in flight on the node, if any."""
-        if self.lock is None:
-            return None
-        word = self.lock.split(" ", 1)[0]
-        return word if re.fullmatch(r"[0-9a-f]{16}", word) else None
+        holder = self.holder
+        return None if holder is None else holder.activation_id
 
     def up_to_date(self, goal: Goal, toplevel: str) -> bool:
         """Whether `goal` would change nothing on this node (so nothing is copied or run).
@@ -135,7 +139,7 @@ def parse(output: str) -> NodeState:
     )
 
 
-def boot_marker(boot_id: str, pid1_stat: str) -> str:
+def boot_marker(boot_id: str, pid1_stat: str) -> BootMark:
     """An id that changes on every boot: the kernel's boot id plus the start time of pid 1.
 
     A lab host reboots without a new kernel (same boot_id) but with a new pid 1, whose start time

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import NewType
+from typing import TypeAlias
 
 from nixherd.errors import NixherdError
 
@@ -33,8 +33,9 @@ UNSAFE_EXIT = 77
 ACTIVATION_ID = re.compile(r"^[0-9a-f]{16}$")
 
 # A node's boot identity: "KERNEL-BOOT-ID/PID1-START-TIME" (probe.boot_marker, the script's
-# `bootmark`). Only compared for equality: a different one means the node rebooted.
-BootMark = NewType("BootMark", str)
+# `bootmark`). Only compared for equality: a different one means the node rebooted. An alias,
+# not a NewType: it is the probe's plain text, which tests and reports compare as such.
+BootMark: TypeAlias = str
 
 
 class ProtocolError(NixherdError):
@@ -123,7 +124,7 @@ def parse_marker(line: str) -> Marker:
         status,
         reason,
         int(offset) if offset is not None and offset.isdigit() else None,
-        BootMark(boot) if boot else None,
+        boot or None,
     )
 
 

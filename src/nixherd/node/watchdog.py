@@ -376,7 +376,7 @@ def start(
             log=(result.stdout + result.stderr).strip().splitlines(),
         )
     previous = values.get("previous") or None
-    follow.boot = BootMark(values["boot"]) if values.get("boot") else None
+    follow.boot = values.get("boot") or None
     marker = follow.ended(markers, result)
     return previous, follow.reached(marker) if marker else None
 

@@ -10,6 +10,7 @@ import pytest
 
 from nixherd.node.goal import Goal
 from nixherd.node.probe import BOOTMARK_SH, SCRIPT, NodeState, boot_marker, parse, probe
+from nixherd.node.protocol import Lock
 from nixherd.run import process
 from nixherd.run.process import Result
 from nixherd.run.ssh import Connection, Target
@@ -147,3 +148,10 @@ def test_elevated_probe_goes_through_sudo(monkeypatch: pytest.MonkeyPatch) -> No
     got = probe(conn, TOP, elevate=True)
     assert got.in_flight == "0123456789abcdef"
     assert shlex.split(calls[0][-1])[:3] == ["sudo", "-n", "--"]
+
+
+def test_the_lock_holder_is_the_protocols_lock() -> None:
+    got = parse(f"current={TOP}\nlock={LOCK}\n")
+    assert got.holder == Lock.from_link(LOCK)
+    assert got.holder is not None and got.holder.activation_id == got.in_flight
+    assert parse(f"current={TOP}\n").holder is None

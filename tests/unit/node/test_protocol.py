@@ -8,7 +8,6 @@ import pytest
 
 from nixherd.node.activation import watchdog_script
 from nixherd.node.protocol import (
-    BootMark,
     Lock,
     Marker,
     ProtocolError,
@@ -71,16 +70,16 @@ def test_every_word_the_script_sets_is_in_the_table() -> None:
     [
         (
             "@nixherd status=rolled-back timeout offset=123 boot=b/7",
-            Marker(Status.ROLLED_BACK, "timeout", 123, BootMark("b/7")),
+            Marker(Status.ROLLED_BACK, "timeout", 123, "b/7"),
         ),
         (
             "@nixherd status=missing offset=none boot=two/9",
-            Marker(Status.MISSING, "", None, BootMark("two/9")),
+            Marker(Status.MISSING, "", None, "two/9"),
         ),
         ("@nixherd status=confirmed", Marker(Status.CONFIRMED)),
         (
             "@nixherd status=lost rolling-back aborted offset=0 boot=x/",
-            Marker(Status.LOST, "rolling-back aborted", 0, BootMark("x/")),
+            Marker(Status.LOST, "rolling-back aborted", 0, "x/"),
         ),
         ("@nixherd status=waiting offset=5\n", Marker(Status.WAITING, "", 5)),
     ],
