@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from nixherd.fleet.plan import DeployOptions
+    from nixherd.fleet.rollout import Rollout
     from nixherd.node.delivery import System
 
 HELP = "deploy the selected nodes (goal: build, push, switch, boot, test, dry-activate)"
@@ -101,9 +102,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def options_from(args: argparse.Namespace) -> DeployOptions:
     """The core's DeployOptions from the command line (the Namespace stops here)."""
-    from nixherd.fleet.plan import DeployOptions
+    from nixherd.errors import UsageError
+    from nixherd.fleet.plan import OptionError
     from nixherd.fleet.rollout import Amount, Rollout
-    from nixherd.node.goal import Goal
 
     rollout = Rollout(
         canary=args.canary,
@@ -114,6 +115,27 @@ def options_from(args: argparse.Namespace) -> DeployOptions:
             else None
         ),
     )
+    try:
+        return _options(args, rollout)
+    except OptionError as exc:
+        # The core says what does not go together; the command line says it with its flags.
+        hint = _FLAG_HINTS.get(exc.option)
+        if hint is None:
+            raise
+        raise UsageError(hint.format(goal=args.goal)) from None
+
+
+# Options the core refuses together, worded with the flags that set them.
+_FLAG_HINTS = {
+    "reboot": "--reboot goes with switch or boot, not {goal}",
+    "build_on_target": "--build-on-target needs a goal that reaches the nodes, not {goal}",
+}
+
+
+def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
+    from nixherd.fleet.plan import DeployOptions
+    from nixherd.node.goal import Goal
+
     return DeployOptions(
         goal=Goal(args.goal),
         flake=runs.flake_ref(args),
@@ -134,13 +156,13 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from nixherd.errors import NixherdError, UsageError
-    from nixherd.fleet import pipeline
+    from nixherd.fleet import commands, pipeline
     from nixherd.fleet.plan import describe
 
     options = options_from(args)
     inventory, nodes = runs.load_nodes(args)
     if args.dry_run:
-        for line in describe(nodes, options, ssh_config=inventory.ssh_config):
+        for line in describe(nodes, options):
             sys.stdout.write(line + "\n")
         return 0
     if args.confirm and not sys.stdin.isatty():
@@ -151,9 +173,7 @@ def run(args: argparse.Namespace) -> int:
         def ask(systems: Mapping[str, System]) -> bool:
             from nixherd.node.diff import plan_text
 
-            diffs = pipeline.closure_diffs(
-                nodes, systems, ssh_config=inventory.ssh_config, parallel=options.parallel
-            )
+            diffs = commands.closure_diffs(nodes, systems, parallel=options.parallel)
             with view.suspended():
                 sys.stdout.write(plan_text(dict(diffs)))
                 sys.stdout.flush()
@@ -163,7 +183,6 @@ def run(args: argparse.Namespace) -> int:
         report = pipeline.deploy(
             nodes,
             options,
-            ssh_config=inventory.ssh_config,
             base_dir=str(inventory.path.parent),
             emit=view,
             confirm=ask if args.confirm else None,

@@ -32,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
         report = pipeline.deploy(
             nodes,
             options,
-            ssh_config=inventory.ssh_config,
             base_dir=str(inventory.path.parent),
             emit=view,
             command="build",

@@ -16,12 +16,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nixherd.node.checks import check_nodes
+    from nixherd.fleet.commands import check_health
 
-    inventory, nodes = runs.load_nodes(args)
+    _inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
     with runs.progress(args, names, title="check-health") as view:
-        report = check_nodes(
-            nodes, ssh_config=inventory.ssh_config, parallel=args.parallel, emit=view
-        )
+        report = check_health(nodes, parallel=args.parallel, emit=view)
     return runs.finish(args, report)

@@ -25,9 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nixherd.events import Outcome
-    from nixherd.fleet.fleetops import on_nodes
-    from nixherd.node import data
+    from nixherd.fleet import commands
 
     inventory, names = load_selection(args)
     with_data = [name for name in names if inventory.nodes[name].data]
@@ -37,23 +35,9 @@ def run(args: argparse.Namespace) -> int:
     nodes = [inventory.nodes[name] for name in with_data]
     with progress(with_data, f"data {args.action}") as emit:
         if args.action == "diff":
-            diffs = on_nodes(
-                nodes,
-                lambda conn, node: data.diff_node(conn, node, emit=emit),
-                ssh_config=inventory.ssh_config,
-                outcome=lambda r: Outcome.OK if any(d.changed for d in r) else Outcome.UP_TO_DATE,
-                emit=emit,
-                parallel=args.parallel,
-            )
+            diffs = commands.data_diff(nodes, emit=emit, parallel=args.parallel).outcomes()
         else:
-            pushes = on_nodes(
-                nodes,
-                lambda conn, node: data.push_node(conn, node, emit=emit),
-                ssh_config=inventory.ssh_config,
-                outcome=lambda r: Outcome.OK if r.changed else Outcome.UP_TO_DATE,
-                emit=emit,
-                parallel=args.parallel,
-            )
+            pushes = commands.data_push(nodes, emit=emit, parallel=args.parallel).outcomes()
     if args.action == "diff":
         return _diff_summary(diffs, json_mode=args.json, note=note)
     return _push_summary(pushes, json_mode=args.json, note=note)

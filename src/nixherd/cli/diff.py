@@ -22,15 +22,15 @@ def run(args: argparse.Namespace) -> int:
 
     from nixherd.cli.progress import Progress
     from nixherd.errors import NodesFailedError
-    from nixherd.node.diff import ClosureDiff, diff_fleet, plan_text
+    from nixherd.fleet.commands import diff_fleet
+    from nixherd.node.diff import ClosureDiff, plan_text
 
-    inventory, nodes = runs.load_nodes(args)
+    _inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
     with Progress(names, title="diff", show_lines=False) as view:
         diffs = diff_fleet(
             nodes,
             runs.flake_ref(args),
-            ssh_config=inventory.ssh_config,
             parallel=args.parallel,
             emit=view,
         )

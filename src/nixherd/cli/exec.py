@@ -31,14 +31,14 @@ def run(args: argparse.Namespace) -> int:
 
     from nixherd.cli.progress import Progress, print_summary
     from nixherd.errors import UsageError
-    from nixherd.node.execute import exec_everywhere
+    from nixherd.fleet.commands import exec_everywhere
 
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise UsageError("exec: give the command after --, e.g. nixherd exec -- uname -a")
-    inventory, nodes = runs.load_nodes(args)
+    _inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
     # The command's output is this command's product: plain prefixed lines on stdout.
     stream = sys.stderr if args.json == "-" else sys.stdout
@@ -46,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
         report = exec_everywhere(
             nodes,
             command,
-            ssh_config=inventory.ssh_config,
             parallel=args.parallel,
             elevate=args.sudo,
             timeout=args.timeout,

@@ -85,23 +85,20 @@ def error_text(error: NixherdError) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from nixherd.errors import NixherdError
-    from nixherd.events import Outcome
-    from nixherd.fleet.fleetops import on_nodes
-    from nixherd.node.keys import KeysResult, summary, upload_keys
+    from nixherd.fleet.commands import upload_keys_everywhere
+    from nixherd.node.keys import KeysResult, summary
 
     inventory, names = load_selection(args)
     base_dir = str(inventory.path.parent)
     with_keys = [name for name in names if inventory.nodes[name].keys]
 
     with progress(with_keys, "keys upload") as emit:
-        results = on_nodes(
+        results = upload_keys_everywhere(
             [inventory.nodes[name] for name in with_keys],
-            lambda conn, node: upload_keys(conn, node, None, emit=emit, base_dir=base_dir),
-            ssh_config=inventory.ssh_config,
-            outcome=lambda r: Outcome.OK if r.sent else Outcome.UP_TO_DATE,
+            base_dir=base_dir,
             emit=emit,
             parallel=args.parallel,
-        )
+        ).outcomes()
 
     def rows(name: str, r: KeysResult | NixherdError) -> list[str]:
         if isinstance(r, NixherdError):

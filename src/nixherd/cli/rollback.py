@@ -26,12 +26,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from nixherd.fleet.commands import rollback_nodes
 
-    inventory, nodes = runs.load_nodes(args)
+    _inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
     with runs.progress(args, names, title="rollback") as view:
         report = rollback_nodes(
             nodes,
-            ssh_config=inventory.ssh_config,
             parallel=args.parallel,
             confirm_timeout=args.confirm_timeout,
             emit=view,

@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from nixherd.errors import NodesFailedError
-    from nixherd.node.status import node_status
+    from nixherd.fleet.commands import status
 
-    inventory, nodes = runs.load_nodes(args)
+    _inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
     expected: dict[str, str | None] | None = None
     eval_errors: dict[str, str] = {}
@@ -48,9 +48,7 @@ def run(args: argparse.Namespace) -> int:
         evals = fleet.eval_nodes(runs.flake_ref(args), names)
         expected = {name: evals[name].out_path for name in names}
         eval_errors = {n: e.error for n, e in evals.items() if e.error}
-    rows = node_status(
-        nodes, ssh_config=inventory.ssh_config, expected=expected, parallel=args.parallel
-    )
+    rows = status(nodes, expected=expected, parallel=args.parallel)
     if args.json:
         data = [row.to_data() | {"eval_error": eval_errors.get(row.node)} for row in rows]
         sys.stdout.write(json.dumps(data, indent=2) + "\n")

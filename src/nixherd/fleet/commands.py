@@ -1,30 +1,175 @@
-"""The fleet-wide commands: one operation per node over a selection, gathered into one report.
+"""The fleet-wide commands: one per-node operation (nixherd.node, one module each) run over the
+selected nodes by the fleet runner, gathered into one report.
 
-The per-node operations live in nixherd.node (one module each); here they are run over the
-selected nodes.
+Each command hands the runner its per-node work; the runner owns the parallelism, the Ctrl-C
+rule and the report. Commands whose output is a table of every node (status, keys, data, the
+`apply --confirm` diff) raise KeyboardInterrupt when a Ctrl-C stopped the run, once the nodes in
+flight are done.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from nixherd.errors import NixherdError
-from nixherd.events import EventSink, Outcome, Stage
-from nixherd.fleet.fanout import report_per_node
-from nixherd.fleet.plan import DeployNode, target_of
+from nixherd.errors import NixherdError, UsageError
+from nixherd.events import EventSink, Outcome, Stage, StageFinished, StageStarted, discard
+from nixherd.fleet.plan import DeployNode
 from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport
+from nixherd.fleet.runner import FleetRun, reported, run_nodes
+from nixherd.fleet.stages import health_checks
+from nixherd.fleet.systems import build, evaluate
+from nixherd.inventory.model import Node
+from nixherd.node import data
 from nixherd.node.activation import ActivationError, rollback
-from nixherd.node.checks import checks_of
+from nixherd.node.checks import failed, run_checks, summary
+from nixherd.node.delivery import System
+from nixherd.node.diff import ClosureDiff, node_diff
+from nixherd.node.execute import SSH_FAILED, run_command
 from nixherd.node.goal import Goal
+from nixherd.node.keys import KeysResult, upload_keys
+from nixherd.node.status import NodeStatus, read_status
 from nixherd.run.ssh import Connection
+
+
+def exec_everywhere(
+    nodes: Sequence[DeployNode],
+    argv: Sequence[str],
+    *,
+    parallel: int = 10,
+    elevate: bool = False,
+    timeout: float | None = None,
+    emit: EventSink = discard,
+    cancel: threading.Event | None = None,
+) -> RunReport:
+    """`nixherd exec`: run `argv` on every node; a result (and exit code) per node."""
+    if not argv:
+        raise UsageError("exec: no command given")
+    command = tuple(argv)
+
+    def work(node: DeployNode) -> NodeResult:
+        name = node.name
+        emit(StageStarted(name, Stage.EXEC))
+        started = time.monotonic()
+        outcome, code, error = Outcome.FAILED, None, None
+        try:
+            result = run_command(node.target, command, elevate=elevate, timeout=timeout, emit=emit)
+            code = result.returncode
+            if code == 0:
+                outcome = Outcome.OK
+            else:
+                tail = "\n".join(result.stdout.rstrip().splitlines()[-5:]) or None
+                why = "ssh failed or the command exited with 255" if code == SSH_FAILED else None
+                error = ErrorInfo(why or f"exited with {code}", returncode=code, output=tail)
+        except NixherdError as exc:
+            error = ErrorInfo.from_exception(exc)
+        seconds = time.monotonic() - started
+        emit(StageFinished(name, Stage.EXEC, seconds))
+        return NodeResult(
+            node=name,
+            outcome=outcome,
+            stages={Stage.EXEC.value: seconds},
+            error=error,
+            detail=f"exit {code}" if code is not None else None,
+            exit_code=code,
+        )
+
+    return run_nodes(
+        nodes,
+        work,
+        command="exec",
+        result=reported,
+        options={"argv": list(command), "parallel": parallel, "elevate": elevate},
+        parallel=parallel,
+        emit=emit,
+        cancel=cancel,
+    ).report
+
+
+def status(
+    nodes: Sequence[DeployNode],
+    *,
+    expected: Mapping[str, str | None] | None = None,
+    parallel: int = 10,
+    emit: EventSink = discard,
+    cancel: threading.Event | None = None,
+) -> list[NodeStatus]:
+    """`nixherd status`: probe every node (one ssh round trip each); rows in the nodes' order."""
+    want = expected or {}
+
+    def work(node: DeployNode) -> NodeStatus:
+        return read_status(node.target, expected=want.get(node.name), emit=emit)
+
+    def result(name: str, row: NodeStatus) -> NodeResult:
+        if row.reachable:
+            return NodeResult(name, Outcome.OK)
+        return NodeResult(name, Outcome.FAILED, error=ErrorInfo(row.error or "unreachable"))
+
+    run = run_nodes(
+        nodes, work, command="status", result=result, parallel=parallel, emit=emit, cancel=cancel
+    ).completed()
+    rows = run.outcomes()
+    return [
+        row
+        if isinstance(row, NodeStatus)
+        else NodeStatus(name, False, None, want.get(name), row.render().splitlines()[0])
+        for name, row in rows.items()
+    ]
+
+
+def check_health(
+    nodes: Sequence[DeployNode],
+    *,
+    parallel: int = 10,
+    emit: EventSink,
+    cancel: threading.Event | None = None,
+) -> RunReport:
+    """`nixherd check-health`: every selected node's checks, in parallel; a result per node."""
+
+    def work(node: DeployNode) -> NodeResult:
+        name = node.name
+        started = time.monotonic()
+        outcome, error, detail = Outcome.FAILED, None, None
+        try:
+            checks = health_checks(node)
+            if not checks:
+                outcome, detail = Outcome.OK, "no checks"
+            else:
+                with Connection(node.target) as conn:
+                    results = run_checks(conn, checks, emit=emit)
+                bad = failed(results)
+                detail = f"{len(results) - len(bad)}/{len(results)} checks passed"
+                if bad:
+                    error = ErrorInfo(f"{detail}: {summary(results)}")
+                else:
+                    outcome = Outcome.OK
+        except NixherdError as exc:
+            error = ErrorInfo.from_exception(exc)
+        seconds = time.monotonic() - started
+        return NodeResult(
+            node=name,
+            outcome=outcome,
+            stages={Stage.CHECK.value: seconds},
+            error=error,
+            detail=detail,
+        )
+
+    return run_nodes(
+        nodes,
+        work,
+        command="check-health",
+        result=reported,
+        options={"parallel": parallel},
+        parallel=parallel,
+        emit=emit,
+        cancel=cancel,
+    ).report
 
 
 def rollback_nodes(
     nodes: Sequence[DeployNode],
     *,
-    ssh_config: str | None = None,
     parallel: int = 10,
     confirm_timeout: float = 30.0,
     timeout: float = 600.0,
@@ -32,18 +177,17 @@ def rollback_nodes(
     cancel: threading.Event | None = None,
 ) -> RunReport:
     """`nixherd rollback`: every node back to its previous generation, in parallel, checked."""
-    by_name = {n.name: n for n in nodes}
 
-    def work(name: str) -> NodeResult:
-        node = by_name[name]
+    def work(node: DeployNode) -> NodeResult:
+        name = node.name
         started = time.monotonic()
         outcome, error, detail = Outcome.FAILED, None, None
         previous = store_path = None
         rolled_back = False
         reason: str | None = None
         try:
-            checks = checks_of(name, getattr(node, "checks", None) or {})
-            with Connection(target_of(node, ssh_config)) as conn:
+            checks = health_checks(node)
+            with Connection(node.target) as conn:
                 gens, result = rollback(
                     conn,
                     node=name,
@@ -76,13 +220,158 @@ def rollback_nodes(
             detail=detail,
         )
 
-    return report_per_node(
-        [n.name for n in nodes],
+    return run_nodes(
+        nodes,
         work,
         command="rollback",
+        result=reported,
         goal=Goal.SWITCH.value,
         options={"parallel": parallel, "confirm_timeout": confirm_timeout},
         parallel=parallel,
         emit=emit,
         cancel=cancel,
+    ).report
+
+
+def upload_keys_everywhere(
+    nodes: Sequence[Node],
+    *,
+    base_dir: str,
+    parallel: int = 10,
+    emit: EventSink,
+    cancel: threading.Event | None = None,
+) -> FleetRun[KeysResult]:
+    """`nixherd keys upload`: every key of every node that differs, without a rebuild."""
+
+    def work(node: Node) -> KeysResult:
+        with Connection(node.target) as conn:
+            return upload_keys(conn, node, None, emit=emit, base_dir=base_dir)
+
+    def result(name: str, r: KeysResult) -> NodeResult:
+        return NodeResult(name, Outcome.OK if r.sent else Outcome.UP_TO_DATE)
+
+    return run_nodes(
+        nodes,
+        work,
+        command="keys upload",
+        result=result,
+        parallel=parallel,
+        emit=emit,
+        cancel=cancel,
+    ).completed()
+
+
+def data_diff(
+    nodes: Sequence[Node],
+    *,
+    parallel: int = 10,
+    emit: EventSink,
+    cancel: threading.Event | None = None,
+) -> FleetRun[list[data.FileDiff]]:
+    """`nixherd data diff`: per node, how each data file differs from its rendering."""
+
+    def work(node: Node) -> list[data.FileDiff]:
+        with Connection(node.target) as conn:
+            return data.diff_node(conn, node, emit=emit)
+
+    def result(name: str, diffs: list[data.FileDiff]) -> NodeResult:
+        changes = any(d.changed for d in diffs)
+        return NodeResult(name, Outcome.OK if changes else Outcome.UP_TO_DATE)
+
+    return run_nodes(
+        nodes, work, command="data diff", result=result, parallel=parallel, emit=emit, cancel=cancel
+    ).completed()
+
+
+def data_push(
+    nodes: Sequence[Node],
+    *,
+    parallel: int = 10,
+    emit: EventSink,
+    cancel: threading.Event | None = None,
+) -> FleetRun[data.DataResult]:
+    """`nixherd data push`: write the data files that differ, then run their reloads."""
+
+    def work(node: Node) -> data.DataResult:
+        with Connection(node.target) as conn:
+            return data.push_node(conn, node, emit=emit)
+
+    def result(name: str, r: data.DataResult) -> NodeResult:
+        return NodeResult(name, Outcome.OK if r.changed else Outcome.UP_TO_DATE)
+
+    return run_nodes(
+        nodes, work, command="data push", result=result, parallel=parallel, emit=emit, cancel=cancel
+    ).completed()
+
+
+def diff_nodes(
+    nodes: Sequence[DeployNode],
+    toplevels: Mapping[str, str],
+    *,
+    parallel: int = 10,
+    emit: EventSink = discard,
+    cancel: threading.Event | None = None,
+) -> FleetRun[ClosureDiff]:
+    """Each node's closure diff against its built `toplevels[name]`, in parallel (the nodes of
+    `nodes` that have one)."""
+
+    def work(node: DeployNode) -> ClosureDiff:
+        emit(StageStarted(node.name, Stage.STATUS))
+        started = time.monotonic()
+        try:
+            with Connection(node.target) as conn:
+                return node_diff(conn, toplevels[node.name])
+        finally:
+            emit(StageFinished(node.name, Stage.STATUS, time.monotonic() - started))
+
+    def result(name: str, diff: ClosureDiff) -> NodeResult:
+        return NodeResult(name, Outcome.UP_TO_DATE if diff.identical else Outcome.OK)
+
+    return run_nodes(
+        [n for n in nodes if n.name in toplevels],
+        work,
+        command="diff",
+        result=result,
+        parallel=parallel,
+        emit=emit,
+        cancel=cancel,
     )
+
+
+def diff_fleet(
+    nodes: Sequence[DeployNode],
+    flake: str,
+    *,
+    parallel: int = 10,
+    emit: EventSink = discard,
+) -> dict[str, ClosureDiff | NixherdError]:
+    """`nixherd diff`: evaluate (one nix process) and build (one nix-store --realise) the nodes,
+    then diff each. A node that does not evaluate or build gets its error in place of a diff."""
+    names = [n.name for n in nodes]
+    evals, _ = evaluate(names, flake, emit=emit)
+    out: dict[str, ClosureDiff | NixherdError] = {}
+    systems: dict[str, System] = {}
+    for name in names:
+        ev = evals[name]
+        if ev.ok and ev.drv_path and ev.out_path:
+            systems[name] = System(ev.drv_path, ev.out_path)
+        else:
+            out[name] = NixherdError(f"evaluation failed: {ev.error or 'no system'}")
+    failures, _ = build(systems, emit=emit)
+    for name, error in failures.items():
+        out[name] = NixherdError(error.message)
+        del systems[name]
+    toplevels = {name: system.out_path for name, system in systems.items()}
+    out.update(diff_nodes(nodes, toplevels, parallel=parallel, emit=emit).outcomes())
+    return {name: out[name] for name in names if name in out}
+
+
+def closure_diffs(
+    nodes: Sequence[DeployNode],
+    systems: Mapping[str, System],
+    *,
+    parallel: int = 10,
+) -> dict[str, ClosureDiff | NixherdError]:
+    """Per node, what its new system changes against the one it runs (for `apply --confirm`)."""
+    toplevels = {name: system.out_path for name, system in systems.items()}
+    return diff_nodes(nodes, toplevels, parallel=parallel).completed().outcomes()

@@ -18,33 +18,22 @@ STATE_DIR = ".nixherd"
 
 
 class DeployNode(Protocol):
-    """What deploying needs of an inventory node (`nixherd.inventory.Node` has it all)."""
+    """What the fleet commands need of a node: its name and how it is reached
+    (`nixherd.inventory.Node` has both)."""
 
     @property
     def name(self) -> str: ...
     @property
-    def host(self) -> str: ...
-    @property
-    def user(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def ssh_options(self) -> Sequence[str]: ...
-    @property
-    def host_key_policy(self) -> str: ...
+    def target(self) -> Target: ...
 
 
-def target_of(node: DeployNode, ssh_config: str | None) -> Target:
-    """How to reach the node over ssh (validated at the ssh boundary)."""
-    return Target(
-        node=node.name,
-        host=node.host,
-        user=node.user,
-        port=node.port,
-        ssh_config=ssh_config,
-        options=tuple(node.ssh_options),
-        host_key_policy=node.host_key_policy,
-    )
+class OptionError(UsageError):
+    """Options that do not go together, in the core's words; `option` names the field (the
+    command line maps it to its flag)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +59,13 @@ class DeployOptions:
         if self.parallel < 0:
             raise UsageError(f"parallel must be >= 0, got {self.parallel}")
         if self.build_on_target and not self.goal.copies:
-            raise UsageError("--build-on-target needs a goal that reaches the nodes, not build")
+            raise OptionError(
+                "build_on_target", "building on the target needs a goal that reaches the nodes"
+            )
         if self.reboot and self.goal not in (Goal.SWITCH, Goal.BOOT):
-            raise UsageError(f"--reboot goes with switch or boot, not {self.goal.value}")
+            raise OptionError(
+                "reboot", f"reboot goes with the switch or boot goal, not {self.goal.value}"
+            )
         timeouts = (self.confirm_timeout, self.reboot_timeout)
         if not all(math.isfinite(t) and t > 0 for t in timeouts):
             raise UsageError("timeouts must be finite and positive")
@@ -132,11 +125,13 @@ def describe(
     nodes: Sequence[DeployNode],
     options: DeployOptions,
     *,
-    ssh_config: str | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The plan as lines of text: nothing is evaluated, built or contacted to make it."""
     names = [n.name for n in nodes]
+    targets = {n.name: n.target for n in nodes}
+    # One inventory, one ssh_config: every node carries the same.
+    ssh_config = next((t.ssh_config for t in targets.values() if t.ssh_config), None)
     parallel = "all" if options.parallel == 0 else str(options.parallel)
     lines = [
         f"goal: {options.goal.value}",
@@ -150,11 +145,10 @@ def describe(
         lines.append(f"{key}: {value}")
     lines.append("steps per node:")
     lines.extend(f"  {i}. {step}" for i, step in enumerate(steps(options), 1))
-    by_name = {n.name: n for n in nodes}
     for wave in options.rollout.waves(names):
         label = "canary" if wave.kind is WaveKind.CANARY else "batch"
         lines.append(f"{label} ({len(wave.nodes)}):")
         for name in wave.nodes:
-            node = by_name[name]
-            lines.append(f"  {name}  {node.user}@{node.host}:{node.port}")
+            target = targets[name]
+            lines.append(f"  {name}  {target.destination}:{target.port}")
     return lines

@@ -65,7 +65,7 @@ class Rollout:
         """Split `nodes` (in order) into the canary wave and the batches that follow it."""
         names = tuple(nodes)
         if self.canary < 0:
-            raise UsageError(f"--canary must be >= 0, got {self.canary}")
+            raise UsageError(f"the canary count must be >= 0, got {self.canary}")
         waves: list[Wave] = []
         canaries, rest = names[: self.canary], names[self.canary :]
         if canaries:

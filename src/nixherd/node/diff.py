@@ -8,19 +8,12 @@ splits `name-version`: the version starts at the first `-` followed by a digit.
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nixherd.errors import NixherdError
-from nixherd.events import EventSink, Stage, StageFinished, StageStarted, discard
 from nixherd.run import nix
 from nixherd.run.ssh import Connection
-
-if TYPE_CHECKING:
-    from nixherd.fleet.plan import DeployNode
 
 _HASH = re.compile(r"^[0-9a-z]{32}-")
 # Outputs other than `out` end the name of their path; they are the same package.
@@ -226,68 +219,3 @@ def plan_text(diffs: Mapping[str, ClosureDiff | BaseException]) -> str:
     changing = sum(1 for d in diffs.values() if isinstance(d, ClosureDiff) and not d.identical)
     parts.append(f"{changing} of {len(diffs)} nodes change.\n")
     return "".join(parts)
-
-
-def diff_nodes(
-    nodes: Sequence[DeployNode],
-    toplevels: Mapping[str, str],
-    *,
-    ssh_config: str | None = None,
-    parallel: int = 10,
-    emit: EventSink = discard,
-    cancel: threading.Event | None = None,
-) -> dict[str, ClosureDiff | NixherdError]:
-    """Each node's diff against its built `toplevels[name]`, in parallel (the nodes' order)."""
-    from nixherd.fleet.fanout import fan_out
-    from nixherd.fleet.plan import target_of
-
-    by_name = {n.name: n for n in nodes}
-
-    def work(name: str) -> ClosureDiff | NixherdError:
-        emit(StageStarted(name, Stage.STATUS))
-        started = time.monotonic()
-        try:
-            with Connection(target_of(by_name[name], ssh_config)) as conn:
-                return node_diff(conn, toplevels[name])
-        except NixherdError as exc:
-            return exc
-        finally:
-            emit(StageFinished(name, Stage.STATUS, time.monotonic() - started))
-
-    names = [n.name for n in nodes if n.name in toplevels]
-    run = fan_out(names, work, parallel=parallel, cancel=cancel or threading.Event())
-    return {name: run.results[name] for name in names if name in run.results}
-
-
-def diff_fleet(
-    nodes: Sequence[DeployNode],
-    flake: str,
-    *,
-    ssh_config: str | None = None,
-    parallel: int = 10,
-    emit: EventSink = discard,
-) -> dict[str, ClosureDiff | NixherdError]:
-    """Evaluate (one nix process) and build (one nix-store --realise) the nodes, then diff each.
-
-    A node that does not evaluate or build gets its error in place of a diff.
-    """
-    from nixherd.fleet.pipeline import build, evaluate
-    from nixherd.node.delivery import System
-
-    names = [n.name for n in nodes]
-    evals, _ = evaluate(names, flake, emit=emit)
-    out: dict[str, ClosureDiff | NixherdError] = {}
-    systems: dict[str, System] = {}
-    for name in names:
-        ev = evals[name]
-        if ev.ok and ev.drv_path and ev.out_path:
-            systems[name] = System(ev.drv_path, ev.out_path)
-        else:
-            out[name] = NixherdError(f"evaluation failed: {ev.error or 'no system'}")
-    failures, _ = build(systems, emit=emit)
-    for name, error in failures.items():
-        out[name] = NixherdError(error.message)
-        del systems[name]
-    toplevels = {name: system.out_path for name, system in systems.items()}
-    out.update(diff_nodes(nodes, toplevels, ssh_config=ssh_config, parallel=parallel, emit=emit))
-    return {name: out[name] for name in names if name in out}

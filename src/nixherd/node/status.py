@@ -1,27 +1,15 @@
-"""`status`: what each node runs, whether it is the flake's build, when it was deployed."""
+"""`status` of one node: what it runs, whether it is the flake's build, when it was deployed."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from nixherd.errors import NixherdError
-from nixherd.events import (
-    EventSink,
-    NodeFinished,
-    Outcome,
-    Stage,
-    StageFinished,
-    StageStarted,
-    discard,
-)
-from nixherd.fleet.fanout import fan_out
-from nixherd.fleet.plan import DeployNode, target_of
+from nixherd.events import EventSink, Stage, StageFinished, StageStarted, discard
 from nixherd.node.probe import NodeState, probe
-from nixherd.run.ssh import Connection
+from nixherd.run.ssh import Connection, Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,38 +44,20 @@ class NodeStatus:
         }
 
 
-def node_status(
-    nodes: Sequence[DeployNode],
-    *,
-    ssh_config: str | None = None,
-    expected: Mapping[str, str | None] | None = None,
-    parallel: int = 10,
-    emit: EventSink = discard,
-    cancel: threading.Event | None = None,
-) -> list[NodeStatus]:
-    """Probe every node (one ssh round trip each, in parallel); results in the nodes' order."""
-    by_name = {n.name: n for n in nodes}
-    want = expected or {}
-
-    def work(name: str) -> NodeStatus:
-        node = by_name[name]
-        emit(StageStarted(name, Stage.STATUS))
-        started = time.monotonic()
-        target = target_of(node, ssh_config)
-        conn = Connection(target)
-        try:
-            state = probe(conn, multiplex=False, timeout=30)
-            status = NodeStatus(name, True, state, want.get(name))
-        except NixherdError as exc:
-            status = NodeStatus(name, False, None, want.get(name), str(exc).splitlines()[0])
-        finally:
-            conn.close()
-        emit(StageFinished(name, Stage.STATUS, time.monotonic() - started))
-        emit(NodeFinished(name, Outcome.OK if status.reachable else Outcome.FAILED, status.error))
-        return status
-
-    names = [n.name for n in nodes]
-    run = fan_out(names, work, parallel=parallel, cancel=cancel or threading.Event())
-    if run.interrupted:
-        raise KeyboardInterrupt
-    return [run.results[n] for n in names]
+def read_status(
+    target: Target, *, expected: str | None = None, emit: EventSink = discard
+) -> NodeStatus:
+    """Probe the node (one ssh round trip, no master); an unreachable node is a status too."""
+    name = target.node
+    emit(StageStarted(name, Stage.STATUS))
+    started = time.monotonic()
+    conn = Connection(target)
+    try:
+        state = probe(conn, multiplex=False, timeout=30)
+        status = NodeStatus(name, True, state, expected)
+    except NixherdError as exc:
+        status = NodeStatus(name, False, None, expected, str(exc).splitlines()[0])
+    finally:
+        conn.close()
+    emit(StageFinished(name, Stage.STATUS, time.monotonic() - started))
+    return status

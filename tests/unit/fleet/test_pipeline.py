@@ -26,7 +26,7 @@ from nixherd.node.goal import Goal
 from nixherd.node.probe import SCRIPT
 from nixherd.run import process
 from nixherd.run.process import Result
-from nixherd.run.ssh import Connection
+from nixherd.run.ssh import Connection, Target
 
 FLAKE = "path:/srv/fleet"
 EXP = ("--extra-experimental-features", "nix-command flakes")
@@ -53,6 +53,19 @@ class FakeNode:
     port: int = 22
     ssh_options: tuple[str, ...] = ()
     host_key_policy: str = "strict"
+    ssh_config: str | None = "/lab/ssh_config"
+
+    @property
+    def target(self) -> Target:
+        return Target(
+            node=self.name,
+            host=self.host,
+            user=self.user,
+            port=self.port,
+            ssh_config=self.ssh_config,
+            options=self.ssh_options,
+            host_key_policy=self.host_key_policy,
+        )
 
 
 @dataclass
@@ -201,7 +214,6 @@ def run(
     report = pipeline.deploy(
         nodes or [FakeNode(n) for n in names],
         opts,
-        ssh_config="/lab/ssh_config",
         emit=sink.append,
         cancel=cancel,
         evaluator=fake.evaluate,

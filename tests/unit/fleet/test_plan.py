@@ -14,6 +14,7 @@ from nixherd.errors import UsageError
 from nixherd.fleet.plan import DeployOptions, describe, steps
 from nixherd.fleet.rollout import Amount, Rollout
 from nixherd.node.goal import Goal
+from nixherd.run.ssh import Target
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,19 @@ class FakeNode:
     port: int = 22
     ssh_options: tuple[str, ...] = ()
     host_key_policy: str = "strict"
+    ssh_config: str | None = None
+
+    @property
+    def target(self) -> Target:
+        return Target(
+            node=self.name,
+            host=self.host,
+            user=self.user,
+            port=self.port,
+            ssh_config=self.ssh_config,
+            options=self.ssh_options,
+            host_key_policy=self.host_key_policy,
+        )
 
 
 def parse(*argv: str) -> DeployOptions:
@@ -126,9 +140,14 @@ def test_steps_follow_the_goal() -> None:
 
 
 def test_describe_lists_waves_and_destinations() -> None:
-    nodes = [FakeNode("a"), FakeNode("b", user="deploy", port=2222), FakeNode("c")]
+    lab = "/lab/ssh_config"
+    nodes = [
+        FakeNode("a", ssh_config=lab),
+        FakeNode("b", user="deploy", port=2222, ssh_config=lab),
+        FakeNode("c", ssh_config=lab),
+    ]
     options = DeployOptions(rollout=Rollout(canary=1, batch=Amount(1)), parallel=0)
-    lines = describe(nodes, options, ssh_config="/lab/ssh_config")
+    lines = describe(nodes, options)
     assert lines[:4] == [
         "goal: switch",
         "flake: .",

@@ -11,9 +11,10 @@ import pytest
 
 from nixherd.errors import CommandError, UsageError
 from nixherd.events import Event, LogLine, Outcome
-from nixherd.node.execute import exec_everywhere
+from nixherd.fleet.commands import exec_everywhere
 from nixherd.run import process
 from nixherd.run.process import Result
+from nixherd.run.ssh import Target
 
 HOSTILE = ["echo", "$(touch /tmp/pwned)", "a;b", "it's", '"q"', "`id`", "x\ny", "-oProxyCommand=z"]
 
@@ -26,6 +27,19 @@ class FakeNode:
     port: int = 2200
     ssh_options: tuple[str, ...] = ("ServerAliveInterval=7",)
     host_key_policy: str = "strict"
+    ssh_config: str | None = None
+
+    @property
+    def target(self) -> Target:
+        return Target(
+            node=self.name,
+            host=self.host,
+            user=self.user,
+            port=self.port,
+            ssh_config=self.ssh_config,
+            options=self.ssh_options,
+            host_key_policy=self.host_key_policy,
+        )
 
 
 def test_argv_reaches_the_remote_shell_as_the_same_words(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,7 +52,7 @@ def test_argv_reaches_the_remote_shell_as_the_same_words(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(process, "run", fake)
     events: list[Event] = []
-    report = exec_everywhere([FakeNode("a")], HOSTILE, ssh_config="/c", emit=events.append)
+    report = exec_everywhere([FakeNode("a", ssh_config="/c")], HOSTILE, emit=events.append)
     (argv,) = seen
     dash = argv.index("--")
     assert argv[dash + 1] == "deploy@192.0.2.20"

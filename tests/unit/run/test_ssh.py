@@ -8,7 +8,6 @@ import shlex
 import pytest
 
 from nixherd.errors import InventoryError, UsageError
-from nixherd.fleet.plan import target_of
 from nixherd.inventory import loads
 from nixherd.run.ssh import Connection, Elevation, Target
 
@@ -173,7 +172,7 @@ def test_host_key_policy_resolves_like_any_scalar_and_reaches_the_argv() -> None
     policies = {name: node.host_key_policy for name, node in nodes.items()}
     assert policies == {"web-10-0-0-1": "accept-new", "web-10-0-0-2": "strict", "db": "strict"}
     for name, expected in [("web-10-0-0-1", "accept-new"), ("web-10-0-0-2", "yes")]:
-        c = Connection(target_of(nodes[name], None), control_dir="/tmp/nh-test")
+        c = Connection(nodes[name].target, control_dir="/tmp/nh-test")
         assert _values(c.argv(["true"]), "StrictHostKeyChecking") == [expected]
 
 

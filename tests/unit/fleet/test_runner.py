@@ -1,4 +1,4 @@
-"""fanout.py: the parallel limit, stopping, cancelling, and a Ctrl-C in the scheduling thread."""
+"""The fleet runner's engine: the parallel limit, stopping, cancelling, a Ctrl-C in the scheduler."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import _thread
 import threading
 import time
 
-from nixherd.fleet.fanout import fan_out
+from nixherd.fleet.runner import fan_out
 
 NAMES = [f"n{i}" for i in range(12)]
 
