@@ -26,6 +26,7 @@ from nixherd.node.probe import BOOTMARK_SH
 from nixherd.node.protocol import (
     ACTIVATION_ID,
     LOCKED_EXIT,
+    MARKER,
     PROGRESS,
     UNSAFE_EXIT,
     BootMark,
@@ -189,7 +190,7 @@ _LATER = (
     'if [ -f "$f" ] && [ -O "$f" ]; then exec sh "$f" "$@"; fi\n'
     f"{BOOTMARK_SH}\n"
     "bootmark\n"
-    f"printf '\\n@nixherd status={Status.MISSING} offset=none boot=%s\\n' \"$boot\"\n"
+    f"printf '\\n{MARKER}{Status.MISSING} offset=none boot=%s\\n' \"$boot\"\n"
 )
 
 
