@@ -11,7 +11,7 @@ import pytest
 
 from nixherd.cli import apply
 from nixherd.errors import UsageError
-from nixherd.fleet.plan import DeployOptions, describe, steps
+from nixherd.fleet.plan import DeployOptions, OptionError, describe, steps
 from nixherd.fleet.rollout import Amount, Rollout
 from nixherd.node.goal import Goal
 from nixherd.run.ssh import Target
@@ -164,3 +164,24 @@ def test_describe_lists_waves_and_destinations() -> None:
         "batch (1):",
         "  c  root@192.0.2.1:22",
     ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "option", "message"),
+    [
+        ({"goal": Goal.TEST, "reboot": True}, "reboot", "reboot goes with the switch or boot goal"),
+        (
+            {"goal": Goal.BUILD, "build_on_target": True},
+            "build_on_target",
+            "building on the target needs a goal that reaches the nodes",
+        ),
+    ],
+)
+def test_the_core_names_the_option_in_its_own_words(
+    fields: dict[str, Any], option: str, message: str
+) -> None:
+    # The core knows no command line: no flag in its message; the CLI maps `option` to its flag.
+    with pytest.raises(OptionError, match=message) as info:
+        DeployOptions(**fields)
+    assert info.value.option == option
+    assert "--" not in str(info.value)

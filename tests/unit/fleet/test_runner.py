@@ -1,12 +1,18 @@
-"""The fleet runner's engine: the parallel limit, stopping, cancelling, a Ctrl-C in the scheduler."""
+"""The fleet runner: its engine (parallel limit, stopping, Ctrl-C) and run_nodes, its report."""
 
 from __future__ import annotations
 
 import _thread
 import threading
 import time
+from dataclasses import dataclass
 
-from nixherd.fleet.runner import fan_out
+import pytest
+
+from nixherd.errors import NixherdError
+from nixherd.events import Event, NodeFinished, Outcome
+from nixherd.fleet.report import NodeResult
+from nixherd.fleet.runner import fan_out, run_nodes
 
 NAMES = [f"n{i}" for i in range(12)]
 
@@ -88,3 +94,96 @@ def test_ctrl_c_in_the_scheduler_waits_for_running_nodes() -> None:
 def test_empty() -> None:
     result = fan_out([], lambda n: n, parallel=4, cancel=threading.Event())
     assert result.results == {} and result.not_started == ()
+
+
+# --- run_nodes: the runner every fleet command uses ---
+
+
+@dataclass(frozen=True)
+class Named:
+    name: str
+
+
+def test_run_nodes_reports_every_node_in_order_and_announces_each() -> None:
+    events: list[Event] = []
+
+    def work(node: Named) -> int:
+        time.sleep(0.05 if node.name == "n0" else 0.0)  # n0 ends last, is reported first
+        if node.name == "n3":
+            raise NixherdError("n3: no route to host")
+        return int(node.name[1:])
+
+    def result(name: str, value: int) -> NodeResult:
+        return NodeResult(name, Outcome.OK, detail=f"got {value}")
+
+    run = run_nodes(
+        [Named(n) for n in NAMES[:5]],
+        work,
+        command="probe",
+        result=result,
+        parallel=0,
+        emit=events.append,
+        options={"parallel": 0},
+    )
+    report = run.report
+    assert [r.node for r in report.nodes] == NAMES[:5]
+    assert report.command == "probe" and report.options == {"parallel": 0}
+    assert not report.interrupted
+    failed = report.nodes[3]
+    assert failed.outcome is Outcome.FAILED
+    assert failed.error is not None and failed.error.message == "n3: no route to host"
+    assert [r.detail for r in report.nodes if r.node != "n3"] == [
+        "got 0",
+        "got 1",
+        "got 2",
+        "got 4",
+    ]
+    assert run.values == {"n0": 0, "n1": 1, "n2": 2, "n4": 4}
+    assert list(run.errors) == ["n3"]
+    assert list(run.outcomes()) == NAMES[:5]  # values and errors, in the nodes' order
+    finished = {e.node: e for e in events if isinstance(e, NodeFinished)}
+    assert set(finished) == set(NAMES[:5])
+    assert (
+        finished["n3"].outcome is Outcome.FAILED and finished["n3"].error == "n3: no route to host"
+    )
+    assert finished["n1"].outcome is Outcome.OK and finished["n1"].error == "got 1"
+
+
+def test_run_nodes_after_ctrl_c_starts_no_node_and_reports_the_rest_not_attempted() -> None:
+    cancel = threading.Event()
+    events: list[Event] = []
+    started: list[str] = []
+
+    def work(node: Named) -> str:
+        started.append(node.name)
+        if node.name == "n0":
+            cancel.set()  # what the runner's SIGINT handler does on the first Ctrl-C
+            time.sleep(0.3)  # still in flight: it must finish and be reported
+        return node.name
+
+    run = run_nodes(
+        [Named(n) for n in NAMES],
+        work,
+        command="exec",
+        result=reported_ok,
+        parallel=2,
+        emit=events.append,
+        cancel=cancel,
+    )
+    report = run.report
+    assert report.interrupted
+    ran = set(started)
+    assert "n0" in ran and len(ran) <= 2  # the node beside n0 may have started, no other
+    by = {r.node: r for r in report.nodes}
+    assert all(by[n].outcome is Outcome.OK for n in ran)
+    rest = [n for n in NAMES if n not in ran]
+    assert rest and all(by[n].outcome is Outcome.NOT_ATTEMPTED for n in rest)
+    assert all(by[n].detail == "interrupted" for n in rest)
+    announced = [e.node for e in events if isinstance(e, NodeFinished)]
+    assert sorted(announced) == sorted(NAMES)
+    with pytest.raises(KeyboardInterrupt):
+        run.completed()
+
+
+def reported_ok(name: str, _value: str) -> NodeResult:
+    return NodeResult(name, Outcome.OK)
