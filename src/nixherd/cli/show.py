@@ -79,7 +79,7 @@ def _rows(
     value: Any, origins: Any, *, top: bool = False, prefix: str = ""
 ) -> Iterator[tuple[str, str]]:
     """(value, origin) rows: one per scalar, list element, or leaf of a table."""
-    from nixherd.inventory.schema import key_segment
+    from nixherd.inventory.validate import key_segment
 
     if isinstance(origins, dict):
         if not value:

@@ -6,10 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nixherd.inventory.schema import NIX_FIELDS, NODE_FIELDS
-from nixherd.run.ssh import Target
+from nixherd.inventory.entries import DataFile, HealthCheck, Key
+from nixherd.inventory.fields import BUILTIN, NIX_FIELDS, NODE_FIELDS, Merge
+
+if TYPE_CHECKING:
+    from nixherd.run.ssh import Target
 
 
 class Origin(Enum):
@@ -47,11 +50,12 @@ class Node:
     ssh_options: tuple[str, ...] = ()
     host_key_policy: str = "strict"
     # Deployer-side only, never in `to_data()` (so never in Nix): secrets to upload
-    # (nixherd.node.keys) and runtime data files (nixherd.node.data), by entry name.
-    keys: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    data: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # (nixherd.node.keys) and runtime data files (nixherd.node.data), by entry name, in
+    # declaration order; typed entries (inventory/entries.py) built once by the resolver.
+    keys: Mapping[str, Key] = field(default_factory=dict, hash=False)
+    data: Mapping[str, DataFile] = field(default_factory=dict, hash=False)
     # Deployer-side only too: health checks (nixherd.node.checks), by name.
-    checks: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    checks: Mapping[str, HealthCheck] = field(default_factory=dict, hash=False)
     # Deployer-side too: the inventory's `[defaults] ssh_config`, absolute (see `target`).
     ssh_config: str | None = field(default=None, compare=False)
     # The key path of the node's own table (`nodes.web-1`, `roles.vps.targets[2]`), for messages.
@@ -76,6 +80,10 @@ class Node:
     def target(self) -> Target:
         """How the node is reached over ssh; its values are validated there (at the argv
         boundary), so an unsafe one fails this node only, naming it."""
+        # Imported here: the ssh layer loads subprocess, which `nixherd nodes` (reading the
+        # inventory only) must start without.
+        from nixherd.run.ssh import Target
+
         return Target(
             node=self.name,
             host=self.host,
@@ -91,7 +99,11 @@ class Node:
         `deployer`, also the deployer-side fields Nix never sees (keys, data)."""
         data: dict[str, Any] = {"name": self.name, "role": self.role}
         for f in NODE_FIELDS if deployer else NIX_FIELDS:
-            data[f.name] = plain(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.merge is Merge.NAMED:
+                # Typed entries are shown as the inventory declares them.
+                value = {name: entry.declared for name, entry in value.items()}
+            data[f.name] = plain(value)
         return data
 
     def summary(self) -> dict[str, Any]:
@@ -108,8 +120,6 @@ class Node:
     def origins(self, *, deployer: bool = False) -> dict[str, Any]:
         """Where every value of `to_data(deployer=...)` came from, in the same shape: an `Origin`
         for a scalar, one per element for a list field, one per leaf for vars/config."""
-        from nixherd.inventory.resolve import provenance
-
         return provenance(self, deployer=deployer)
 
 
@@ -131,3 +141,73 @@ class Inventory:
     roles: tuple[str, ...]  # role names, sorted
     # `[defaults] ssh_config`, made absolute (a str, as `ssh.Target` takes it), or None.
     ssh_config: str | None = None
+
+
+# --- provenance: the merge replayed, recording who set what ---------------------------------------
+
+
+def _leaf_origins(value: Any, origin: Origin) -> Any:
+    # An empty table is a leaf: it has an origin, not an empty tree of them.
+    if type(value) is dict and value:
+        return {key: _leaf_origins(element, origin) for key, element in value.items()}
+    return origin
+
+
+def _deep_origins(
+    earlier: Mapping[str, Any], origins: Mapping[str, Any], later: Mapping[str, Any], origin: Origin
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    merged, merged_origins = dict(earlier), dict(origins)
+    for key, value in later.items():
+        old = merged.get(key)
+        if type(old) is dict and type(value) is dict:
+            if not value:
+                continue  # merging an empty table changes nothing (as in deep_merge)
+            old_origins = origins.get(key)
+            if not isinstance(old_origins, dict):
+                old_origins = {}  # an empty table (a leaf) gets keys
+            merged[key], merged_origins[key] = _deep_origins(old, old_origins, value, origin)
+        else:
+            merged[key], merged_origins[key] = value, _leaf_origins(value, origin)
+    return merged, merged_origins
+
+
+def _field_origins(f_name: str, merge: Merge, node: Node) -> Any:
+    """Replay the merge of one field over the node's layers, recording who set what."""
+    value: Any = BUILTIN.get(f_name)
+    origins: Any
+    if merge is Merge.UNION:
+        origins = [Origin.DEFAULT] * len(value)
+    elif merge is Merge.DEEP or merge is Merge.NAMED:
+        origins = {}  # built-in defaults of tables are empty
+    else:
+        origins = Origin.DEFAULT
+    for origin, table in node.layers:
+        if f_name not in table:
+            continue
+        later = table[f_name]
+        if merge is Merge.REPLACE:
+            value, origins = later, origin
+        elif merge is Merge.UNION:
+            for element in later:
+                if element not in value:
+                    value = (*value, element)
+                    origins = [*origins, origin]
+        elif merge is Merge.DEEP:
+            value, origins = _deep_origins(value, origins, later, origin)
+        elif merge is Merge.NAMED:
+            value = {**value, **later}
+            origins = {**origins, **dict.fromkeys(later, origin)}
+        else:  # pragma: no cover - only node fields reach here
+            raise AssertionError(merge)
+    return origins
+
+
+def provenance(node: Node, *, deployer: bool = False) -> dict[str, Any]:
+    """The origin of every value of `node.to_data(deployer=...)`, in the same shape."""
+    own = node.layers[-1][0] if node.layers else Origin.NODE
+    role_origin = Origin.DEFAULT if node.role is None else own
+    result: dict[str, Any] = {"name": own, "role": role_origin}
+    for f in NODE_FIELDS:
+        if f.nix or deployer:
+            result[f.name] = _field_origins(f.name, f.merge, node)
+    return result

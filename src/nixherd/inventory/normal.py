@@ -9,11 +9,9 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Mapping
-from typing import Any, Final
 
-from nixherd.inventory.schema import KEY_DIR
+from nixherd.inventory.entries import DATA_BACKUP_SUFFIX, DataFile, Key
 
-DATA_BACKUP_SUFFIX: Final = ".nixherd-prev"  # a data file's previous copy (nixherd.node.data)
 # A dotted quad as inet_ntoa writes it; anything else numeric is read the way ssh's resolver
 # reads it (inet_aton: `127.1`, `0x7f.0.0.1`, octal `010`).
 _CANONICAL_IPV4 = re.compile(
@@ -55,7 +53,7 @@ def endpoint_host(host: str) -> str:
     return host
 
 
-def destination_clash(fields: Mapping[str, Any]) -> str | None:
+def destination_clash(keys: Mapping[str, Key], data: Mapping[str, DataFile]) -> str | None:
     """Two keys or data files of one node writing one file, however spelled, including the
     previous copy a data file keeps beside itself (the last writer would win silently)."""
     seen: dict[str, str] = {}
@@ -68,14 +66,12 @@ def destination_clash(fields: Mapping[str, Any]) -> str | None:
         seen[normal] = who
         return None
 
-    for name, entry in (fields.get("keys") or {}).items():
-        clash = claim(entry.get("dest", f"{KEY_DIR}/{name}"), f"keys.{name}")
+    for name, key in keys.items():
+        clash = claim(key.dest, f"keys.{name}")
         if clash is not None:
             return clash
-    for name, entry in (fields.get("data") or {}).items():
-        path = entry.get("path")
-        if path is None:
-            continue
+    for name, data_file in data.items():
+        path = data_file.path
         clash = claim(path, f"data.{name}") or claim(
             path + DATA_BACKUP_SUFFIX, f"the backup of data.{name}"
         )

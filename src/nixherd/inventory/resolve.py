@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from nixherd.errors import InventoryError, Problem
-from nixherd.inventory.model import Inventory, Layer, Node, Origin
-from nixherd.inventory.normal import destination_clash, endpoint_host
-from nixherd.inventory.schema import (
+from nixherd.inventory.fields import (
+    BUILTIN,
     DEFAULTS_TABLE,
     NODE_FIELDS,
-    NODE_NAME,
     NODE_TABLE,
     ROLE_TABLE,
     TARGET_TABLE,
@@ -26,12 +24,11 @@ from nixherd.inventory.schema import (
     TableSchema,
     check_node_name,
     check_role_name,
-    got,
-    is_name,
-    join,
-    shown,
-    unknown_field_message,
 )
+from nixherd.inventory.model import Inventory, Layer, Node, Origin
+from nixherd.inventory.normal import destination_clash, endpoint_host
+from nixherd.inventory.parse_entries import build_check, build_data, build_key
+from nixherd.inventory.validate import got, is_name, join, shown, unknown_field_message
 
 Values = dict[str, Any]
 
@@ -81,7 +78,6 @@ _MERGE_BY_FIELD: dict[str, Callable[[Any, Any], Any]] = {
     f.name: MERGERS[f.merge] for f in NODE_FIELDS if f.merge is not Merge.REPLACE
 }
 _REPLACED = frozenset(f.name for f in NODE_FIELDS if f.merge is Merge.REPLACE)
-BUILTIN: Values = {f.name: f.default for f in NODE_FIELDS if f.default is not NODE_NAME}
 # Every key a node's storage ends up with, so that the per-node copy is made at its final size;
 # `add` fills in the placeholders (None, "", ()).
 _SKELETON: Values = {
@@ -143,6 +139,14 @@ def merge_checked(values: Values, table: Mapping[str, Any], plan: Plan) -> Value
     return out
 
 
+# The named-table fields whose entries the resolver turns into typed values (entries.py).
+_ENTRY_BUILDERS: tuple[tuple[str, Callable[[str, Any], Any]], ...] = (
+    ("keys", build_key),
+    ("data", build_data),
+    ("checks", build_check),
+)
+
+
 def fanout_name(role: str, host: str) -> str:
     """The name of a fan-out target without `name`: `<role>-<host>`, `.` and `:` turned into `-`."""
     return f"{role}-{host.replace('.', '-').replace(':', '-')}"
@@ -155,6 +159,8 @@ class _Resolver:
         self.built: dict[str, Node] = {}
         self.sources: dict[str, str] = {}  # node name -> key path of its table
         self.endpoints: dict[tuple[str, int], str] = {}  # (host, port) -> node name
+        # id(merged table) -> (that table, its typed entries); see `entries`.
+        self.built_entries: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
         # `[defaults] ssh_config`, absolute: every node carries it in its ssh target.
         self.ssh_config: str | None = None
 
@@ -264,6 +270,17 @@ class _Resolver:
             ssh_config=self.ssh_config,
         )
 
+    def entries(self, tables: Mapping[str, Any], build: Callable[[str, Any], Any]) -> Any:
+        """The typed entries of one named-table field (valid by now), built once per table: the
+        nodes of a role share the role's merged table, so its entries are built once for all."""
+        cached = self.built_entries.get(id(tables))
+        # The table is kept in the cache, so its id cannot be reused while the cache lives.
+        if cached is not None and cached[0] is tables:
+            return cached[1]
+        built = {name: build(name, table) for name, table in tables.items()}
+        self.built_entries[id(tables)] = (tables, built)
+        return built
+
     def check_name(self, check: Callable[[Any], Any], name: str, path: str) -> bool:
         found = check(name)
         if found is None:
@@ -299,7 +316,10 @@ class _Resolver:
             )
             return
         self.endpoints[endpoint] = name
-        clash = destination_clash(fields)
+        for f_name, build in _ENTRY_BUILDERS:
+            if fields[f_name]:
+                fields[f_name] = self.entries(fields[f_name], build)
+        clash = destination_clash(fields["keys"], fields["data"])
         if clash is not None:
             self.report(source, clash)
             return
@@ -330,73 +350,3 @@ def resolve(doc: Mapping[str, Any], *, file: str, path: Path) -> Inventory:
     to its directory).
     """
     return _Resolver(file).run(doc, path)
-
-
-# --- provenance -----------------------------------------------------------------------------------
-
-
-def _leaf_origins(value: Any, origin: Origin) -> Any:
-    # An empty table is a leaf: it has an origin, not an empty tree of them.
-    if type(value) is dict and value:
-        return {key: _leaf_origins(element, origin) for key, element in value.items()}
-    return origin
-
-
-def _deep_origins(
-    earlier: Mapping[str, Any], origins: Mapping[str, Any], later: Mapping[str, Any], origin: Origin
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    merged, merged_origins = dict(earlier), dict(origins)
-    for key, value in later.items():
-        old = merged.get(key)
-        if type(old) is dict and type(value) is dict:
-            if not value:
-                continue  # merging an empty table changes nothing (as in deep_merge)
-            old_origins = origins.get(key)
-            if not isinstance(old_origins, dict):
-                old_origins = {}  # an empty table (a leaf) gets keys
-            merged[key], merged_origins[key] = _deep_origins(old, old_origins, value, origin)
-        else:
-            merged[key], merged_origins[key] = value, _leaf_origins(value, origin)
-    return merged, merged_origins
-
-
-def _field_origins(f_name: str, merge: Merge, node: Node) -> Any:
-    """Replay the merge of one field over the node's layers, recording who set what."""
-    value: Any = BUILTIN.get(f_name)
-    origins: Any
-    if merge is Merge.UNION:
-        origins = [Origin.DEFAULT] * len(value)
-    elif merge is Merge.DEEP or merge is Merge.NAMED:
-        origins = {}  # built-in defaults of tables are empty
-    else:
-        origins = Origin.DEFAULT
-    for origin, table in node.layers:
-        if f_name not in table:
-            continue
-        later = table[f_name]
-        if merge is Merge.REPLACE:
-            value, origins = later, origin
-        elif merge is Merge.UNION:
-            for element in later:
-                if element not in value:
-                    value = (*value, element)
-                    origins = [*origins, origin]
-        elif merge is Merge.DEEP:
-            value, origins = _deep_origins(value, origins, later, origin)
-        elif merge is Merge.NAMED:
-            value = {**value, **later}
-            origins = {**origins, **dict.fromkeys(later, origin)}
-        else:  # pragma: no cover - only node fields reach here
-            raise AssertionError(merge)
-    return origins
-
-
-def provenance(node: Node, *, deployer: bool = False) -> dict[str, Any]:
-    """The origin of every value of `node.to_data(deployer=...)`, in the same shape."""
-    own = node.layers[-1][0] if node.layers else Origin.NODE
-    role_origin = Origin.DEFAULT if node.role is None else own
-    result: dict[str, Any] = {"name": own, "role": role_origin}
-    for f in NODE_FIELDS:
-        if f.nix or deployer:
-            result[f.name] = _field_origins(f.name, f.merge, node)
-    return result

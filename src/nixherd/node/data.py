@@ -24,16 +24,17 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Protocol
 
 from nixherd.errors import CommandError, NixherdError
 from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
 from nixherd.inventory import template as tmpl
+from nixherd.inventory.entries import DATA_BACKUP_SUFFIX, DataFile
+from nixherd.inventory.entries import Format as Format
 from nixherd.node import transfer
 from nixherd.run.ssh import Connection
 
-BACKUP_SUFFIX = ".nixherd-prev"
+BACKUP_SUFFIX = DATA_BACKUP_SUFFIX
 RELOAD_TIMEOUT = 300.0
 # After the reload's session got SIGTERM, how long before SIGKILL.
 KILL_GRACE = 5
@@ -84,68 +85,8 @@ exit "$rc"
 """
 
 
-class Format(Enum):
-    JSON = "json"
-    TOML = "toml"
-    TEXT = "text"
-
-
 class DataError(NixherdError):
     """A data file could not be rendered or pushed; the message names the node and the file."""
-
-
-@dataclass(frozen=True, slots=True)
-class DataSpec:
-    """One data file of a node as the inventory declares it."""
-
-    name: str
-    path: str
-    format: Format
-    # json/toml: the dotted var path rendered (None: all vars); text: unused.
-    source: str | None
-    # text: the template; json/toml: unused.
-    template: str | None
-    ownership: transfer.Ownership
-    reload: tuple[str, ...] = ()
-
-    @classmethod
-    def from_table(cls, name: str, table: Mapping[str, Any]) -> DataSpec:
-        """Build from a validated inventory table (`[nodes.X.data.<name>]`)."""
-        path = str(table["path"])
-        if not path.startswith("/") or path.endswith("/") or "\x00" in path or "\n" in path:
-            raise ValueError(f"data {name!r}: path must be an absolute file path, got {path!r}")
-        fmt = Format(table.get("format", "json"))
-        source = table.get("source")
-        template = table.get("template")
-        if fmt is Format.TEXT:
-            if not isinstance(template, str):
-                raise ValueError(f"data {name!r}: a text file needs a template")
-            tmpl.check(template)
-        elif template is not None:
-            raise ValueError(f'data {name!r}: template is only for format = "text"')
-        if source is not None:
-            if fmt is Format.TEXT:
-                raise ValueError(f"data {name!r}: source is only for json and toml")
-            tmpl.var_path(str(source))
-        ownership = transfer.Ownership(
-            user=str(table.get("user", "root")),
-            group=str(table.get("group", "root")),
-            mode=transfer.parse_mode(str(table.get("mode", "0644"))),
-        )
-        reload = tuple(str(word) for word in table.get("reload", ()))
-        return cls(
-            name,
-            path,
-            fmt,
-            None if source is None else str(source),
-            template,
-            ownership,
-            reload,
-        )
-
-    @property
-    def backup(self) -> str:
-        return self.path + BACKUP_SUFFIX
 
 
 class DataNode(Protocol):
@@ -158,7 +99,7 @@ class DataNode(Protocol):
     def vars(self) -> Mapping[str, Any]: ...
 
     @property
-    def data(self) -> Mapping[str, Mapping[str, Any]]: ...
+    def data(self) -> Mapping[str, DataFile]: ...
 
 
 def _lookup(vars: Mapping[str, Any], path: Sequence[str], what: str) -> Any:
@@ -201,7 +142,7 @@ def _sorted(value: Any) -> Any:
     return value
 
 
-def render(spec: DataSpec, vars: Mapping[str, Any], *, node: str) -> bytes:
+def render(spec: DataFile, vars: Mapping[str, Any], *, node: str) -> bytes:
     """The bytes of the file for a node with these vars; DataError if a var is missing."""
     what = f"{node}: data {spec.name!r}"
     if spec.format is Format.TEXT:
@@ -228,17 +169,21 @@ def render(spec: DataSpec, vars: Mapping[str, Any], *, node: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
-    spec: DataSpec
+    spec: DataFile
     content: bytes
 
     @property
     def digest(self) -> str:
         return transfer.sha256(self.content)
 
+    @property
+    def ownership(self) -> transfer.Ownership:
+        return transfer.Ownership(self.spec.user, self.spec.group, self.spec.mode)
 
-def data_specs(node: DataNode) -> list[DataSpec]:
+
+def data_specs(node: DataNode) -> list[DataFile]:
     """The node's data files, sorted by name."""
-    return [DataSpec.from_table(name, table) for name, table in sorted(node.data.items())]
+    return [data_file for _, data_file in sorted(node.data.items())]
 
 
 def render_node(node: DataNode) -> list[Rendered]:
@@ -300,11 +245,9 @@ def _diff(
         return FileDiff(spec.name, spec.path, exists, text, None, remote.kind.value, note)
     ownership = None
     state = remote.state
-    if not state.matches(state.sha256, spec.ownership):
-        ownership = (
-            f"{state.user}:{state.group} {state.mode:04o} -> "
-            f"{spec.ownership.owner} {spec.ownership.octal}"
-        )
+    want = item.ownership
+    if not state.matches(state.sha256, want):
+        ownership = f"{state.user}:{state.group} {state.mode:04o} -> {want.owner} {want.octal}"
     return FileDiff(spec.name, spec.path, True, text, ownership)
 
 
@@ -330,7 +273,7 @@ def push_node(conn: Connection, node: DataNode, *, emit: EventSink) -> DataResul
     emit(StageStarted(name, Stage.DATA))
     started = time.monotonic()
     same = transfer.unchanged(
-        conn, [(item.spec.path, item.digest, item.spec.ownership) for item in rendered]
+        conn, [(item.spec.path, item.digest, item.ownership) for item in rendered]
     )
     todo: list[Rendered] = []
     unchanged: list[str] = []
@@ -347,7 +290,7 @@ def push_node(conn: Connection, node: DataNode, *, emit: EventSink) -> DataResul
                     conn,
                     item.spec.path,
                     item.content,
-                    item.spec.ownership,
+                    item.ownership,
                     backup=item.spec.backup,
                 )
             except transfer.RefusedError as exc:

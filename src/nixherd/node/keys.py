@@ -15,78 +15,30 @@ import shlex
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from nixherd.errors import CommandError, NixherdError, UsageError
 from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
-from nixherd.inventory.schema import KEY_DIR
+from nixherd.inventory.entries import Key, SourceKind
+from nixherd.inventory.entries import Upload as Upload
 from nixherd.node import transfer
 from nixherd.run import process
 from nixherd.run.ssh import Connection
 
-DEFAULT_DIR = KEY_DIR
 # A secret command (sops, pass, a vault CLI) that does not answer in this time is broken.
 SOURCE_TIMEOUT = 120.0
 
 
-class Upload(Enum):
-    """When a key is written, relative to activation."""
-
-    PRE = "pre-activation"
-    POST = "post-activation"
-
-
-class SourceKind(Enum):
-    FILE = "file"
-    COMMAND = "command"
-    ENV = "env"
+def describe_source(key: Key) -> str:
+    """Where the key comes from, for messages (a path, a command line, a variable name)."""
+    if key.kind is SourceKind.COMMAND:
+        return f"command {shlex.join(key.source)}"
+    return f"{key.kind.value} {key.source[0]}"
 
 
-@dataclass(frozen=True, slots=True)
-class KeySpec:
-    """One key of a node as the inventory declares it: where it comes from and where it goes."""
-
-    name: str
-    kind: SourceKind
-    # file: (absolute path,); command: argv; env: (variable name,)
-    source: tuple[str, ...]
-    dest: str
-    ownership: transfer.Ownership
-    upload: Upload = Upload.PRE
-    # Directory a relative `file` and a `command` are resolved in: the inventory's.
-    base_dir: str = "."
-
-    @classmethod
-    def from_table(cls, name: str, table: Mapping[str, Any], *, base_dir: str) -> KeySpec:
-        """Build from a validated inventory table (`[nodes.X.keys.<name>]`)."""
-        kinds = [kind for kind in SourceKind if kind.value in table]
-        if len(kinds) != 1:
-            raise ValueError(f"key {name!r}: exactly one of file, command, env is required")
-        kind = kinds[0]
-        raw = table[kind.value]
-        if kind is SourceKind.COMMAND:
-            source = tuple(str(word) for word in raw)
-        elif kind is SourceKind.FILE:
-            source = (os.path.normpath(os.path.join(base_dir, str(raw))),)
-        else:
-            source = (str(raw),)
-        dest = str(table.get("dest", f"{DEFAULT_DIR}/{name}"))
-        if not dest.startswith("/") or "\x00" in dest or "\n" in dest:
-            raise ValueError(f"key {name!r}: dest must be an absolute path, got {dest!r}")
-        ownership = transfer.Ownership(
-            user=str(table.get("user", "root")),
-            group=str(table.get("group", "root")),
-            mode=transfer.parse_mode(str(table.get("mode", "0400"))),
-        )
-        upload = Upload(table.get("upload", Upload.PRE.value))
-        return cls(name, kind, source, dest, ownership, upload, base_dir)
-
-    def describe_source(self) -> str:
-        """Where the key comes from, for messages (a path, a command line, a variable name)."""
-        if self.kind is SourceKind.COMMAND:
-            return f"command {shlex.join(self.source)}"
-        return f"{self.kind.value} {self.source[0]}"
+def source_file(key: Key, base_dir: str) -> str:
+    """A `file` key's path on the deployer: relative paths are the inventory directory's."""
+    return os.path.normpath(os.path.join(base_dir, key.source[0]))
 
 
 class KeyedNode(Protocol):
@@ -96,7 +48,7 @@ class KeyedNode(Protocol):
     def name(self) -> str: ...
 
     @property
-    def keys(self) -> Mapping[str, Mapping[str, Any]]: ...
+    def keys(self) -> Mapping[str, Key]: ...
 
 
 class KeySourceError(NixherdError):
@@ -107,12 +59,16 @@ class KeySourceError(NixherdError):
 class PreparedKey:
     """A key with its bytes read from the source (the bytes never appear in a repr)."""
 
-    spec: KeySpec
+    spec: Key
     content: bytes = field(repr=False)
 
     @property
     def digest(self) -> str:
         return transfer.sha256(self.content)
+
+    @property
+    def ownership(self) -> transfer.Ownership:
+        return transfer.Ownership(self.spec.user, self.spec.group, self.spec.mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,23 +95,24 @@ class KeysResult:
         return len(self.sent)
 
 
-def key_specs(node: KeyedNode, *, base_dir: str) -> list[KeySpec]:
+def key_specs(node: KeyedNode) -> list[Key]:
     """The node's keys, sorted by name."""
-    return [
-        KeySpec.from_table(name, table, base_dir=base_dir)
-        for name, table in sorted(node.keys.items())
-    ]
+    return [key for _, key in sorted(node.keys.items())]
 
 
-def read_source(spec: KeySpec, *, node: str, env: Mapping[str, str] | None = None) -> bytes:
-    """The bytes of one key from its source on the deployer; KeySourceError if unavailable."""
+def read_source(
+    spec: Key, *, node: str, base_dir: str, env: Mapping[str, str] | None = None
+) -> bytes:
+    """The bytes of one key from its source on the deployer; KeySourceError if unavailable.
+    A relative `file` and a `command` are resolved in `base_dir` (the inventory's directory)."""
     where = f"{node}: key {spec.name!r}"
     if spec.kind is SourceKind.FILE:
+        path = source_file(spec, base_dir)
         try:
-            with open(spec.source[0], "rb") as handle:
+            with open(path, "rb") as handle:
                 return handle.read()
         except OSError as exc:
-            raise KeySourceError(f"{where}: cannot read {spec.source[0]}: {exc.strerror}") from None
+            raise KeySourceError(f"{where}: cannot read {path}: {exc.strerror}") from None
     if spec.kind is SourceKind.ENV:
         environ = os.environ if env is None else env
         value = environ.get(spec.source[0])
@@ -164,18 +121,18 @@ def read_source(spec: KeySpec, *, node: str, env: Mapping[str, str] | None = Non
         return value.encode()
     try:
         result = process.run_bytes(
-            spec.source, cwd=spec.base_dir, timeout=SOURCE_TIMEOUT, what=f"key {spec.name}"
+            spec.source, cwd=base_dir, timeout=SOURCE_TIMEOUT, what=f"key {spec.name}"
         )
     except CommandError as exc:
         status = "timed out" if exc.returncode is None else "could not start"
         raise KeySourceError(
-            f"{where}: {spec.describe_source()} {status}\n{exc.tail(5)}".rstrip()
+            f"{where}: {describe_source(spec)} {status}\n{exc.tail(5)}".rstrip()
         ) from None
     if not result.ok:
         # stderr only: a failing secret command may have printed part of the secret on stdout.
         tail = "\n".join(result.stderr.rstrip().splitlines()[-5:])
         raise KeySourceError(
-            f"{where}: {spec.describe_source()} exited with {result.returncode}\n{tail}".rstrip()
+            f"{where}: {describe_source(spec)} exited with {result.returncode}\n{tail}".rstrip()
         )
     return result.stdout
 
@@ -184,10 +141,12 @@ def prepare_keys(
     node: KeyedNode, *, base_dir: str, env: Mapping[str, str] | None = None
 ) -> PreparedKeys:
     """Read every key source of the node (both upload times), before the node is touched."""
-    specs = key_specs(node, base_dir=base_dir)
     return PreparedKeys(
         node.name,
-        tuple(PreparedKey(spec, read_source(spec, node=node.name, env=env)) for spec in specs),
+        tuple(
+            PreparedKey(spec, read_source(spec, node=node.name, base_dir=base_dir, env=env))
+            for spec in key_specs(node)
+        ),
     )
 
 
@@ -205,7 +164,7 @@ def upload_prepared(
         return KeysResult(node)
     emit(StageStarted(node, Stage.KEYS))
     started = time.monotonic()
-    same = transfer.unchanged(conn, [(k.spec.dest, k.digest, k.spec.ownership) for k in keys])
+    same = transfer.unchanged(conn, [(k.spec.dest, k.digest, k.ownership) for k in keys])
     sent: list[str] = []
     unchanged: list[str] = []
     for key, is_same in zip(keys, same, strict=True):
@@ -213,11 +172,11 @@ def upload_prepared(
             unchanged.append(key.spec.name)
             continue
         try:
-            transfer.write(conn, key.spec.dest, key.content, key.spec.ownership)
+            transfer.write(conn, key.spec.dest, key.content, key.ownership)
         except transfer.RefusedError as exc:
             raise transfer.RefusedError(node, f"key {key.spec.name!r}: {exc.reason}") from None
         sent.append(key.spec.name)
-        own = key.spec.ownership
+        own = key.ownership
         emit(LogLine(node, f"key {key.spec.name}: wrote {key.spec.dest} ({own.owner} {own.octal})"))
     if unchanged:
         emit(LogLine(node, f"keys unchanged: {', '.join(unchanged)}"))
@@ -275,12 +234,12 @@ def store_exposed(
     if found is None:
         return []
     root, git_only = os.path.realpath(found[0]), found[1]
-    inside: list[tuple[str, KeySpec, str]] = []
+    inside: list[tuple[str, Key, str]] = []
     for node in nodes:
-        for spec in key_specs(node, base_dir=base_dir):
+        for spec in key_specs(node):
             if spec.kind is not SourceKind.FILE:
                 continue
-            real = os.path.realpath(spec.source[0])
+            real = os.path.realpath(source_file(spec, base_dir))
             if os.path.commonpath([root, real]) == root:
                 inside.append((node.name, spec, real))
     if git_only and inside:
@@ -301,9 +260,9 @@ def store_exposed(
         inside = [entry for entry in inside if entry[2] in tracked]
     how = "tracked in the git flake" if git_only else "inside the path: flake"
     return [
-        f"{name}: key {spec.name!r}: {spec.source[0]} is {how} {root}: evaluating it would copy "
-        "the secret into the world-readable Nix store (keep the file outside the flake, or "
-        "use a command source such as sops -d)"
+        f"{name}: key {spec.name!r}: {source_file(spec, base_dir)} is {how} {root}: "
+        "evaluating it would copy the secret into the world-readable Nix store (keep the file "
+        "outside the flake, or use a command source such as sops -d)"
         for name, spec, _ in inside
     ]
 

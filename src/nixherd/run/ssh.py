@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from nixherd.errors import UsageError
-from nixherd.inventory.schema import FORBIDDEN_SSH_OPTIONS, HOST_KEY_POLICIES
 from nixherd.run import process
 from nixherd.run.process import LineCallback, Result
+from nixherd.sshrules import FORBIDDEN_SSH_OPTIONS, HOST_KEY_POLICIES
 
 # Re-checked here although the inventory validates them: this is the boundary where a value
 # becomes ssh argv, and a host such as `-oProxyCommand=...` must never get through.

@@ -29,6 +29,8 @@ import pytest
 import tomlkit
 from labkit import LabFactory, LabHosts
 
+from nixherd.inventory.entries import DataFile
+from nixherd.inventory.parse_entries import build_data
 from nixherd.node import data as data_mod
 from nixherd.node.data import DataError, push_node
 from nixherd.run import process
@@ -52,7 +54,7 @@ class Node:
 
     name: str
     vars: Mapping[str, Any]
-    data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    data: Mapping[str, DataFile] = field(default_factory=dict)
 
 
 @dataclass
@@ -381,7 +383,8 @@ def test_a_hanging_reload_is_killed_with_its_session_and_the_file_restored(
     started = time.monotonic()
     try:
         with pytest.raises(DataError) as caught:
-            push_node(conn, Node(node, {"x": {"a": 1}}, {"app": spec}), emit=lambda _e: None)
+            app = build_data("app", spec)
+            push_node(conn, Node(node, {"x": {"a": 1}}, {"app": app}), emit=lambda _e: None)
         took = time.monotonic() - started
         message = str(caught.value)
         assert "timed out" in message and "restored the previous" in message, message

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from nixherd.cli import main
 from nixherd.errors import InventoryError
 from nixherd.inventory import loads
-from nixherd.node.checks import checks_of
 
 
 def toml_number() -> st.SearchStrategy[str]:
@@ -75,7 +74,7 @@ def test_inventory_numbers_are_bounded_or_refused(values: dict[str, str]) -> Non
         return
     node = inventory.nodes["a"]
     assert 1 <= node.port <= 65535
-    for check in checks_of("a", node.checks):
+    for check in node.checks.values():
         for seconds in (check.timeout, check.interval, check.budget):
             assert math.isfinite(seconds) and 0 <= seconds < threading.TIMEOUT_MAX
         assert check.timeout > 0 and 100 <= check.status <= 599

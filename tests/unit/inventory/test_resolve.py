@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from nixherd.inventory import Inventory, Node, Origin, load, loads
+from nixherd.inventory.fields import NODE_FIELDS, Merge
 from nixherd.inventory.resolve import MERGERS, deep_merge, fanout_name
-from nixherd.inventory.schema import NODE_FIELDS, Merge
 
 D = Origin.DEFAULT
 DS = Origin.DEFAULTS

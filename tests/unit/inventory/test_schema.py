@@ -6,15 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from nixherd.inventory import Origin, loads
-from nixherd.inventory.schema import (
-    FIELDS,
-    NODE_FIELDS,
+from nixherd.inventory.fields import FIELDS, NODE_FIELDS, reference
+from nixherd.inventory.validate import (
     integer,
     list_of,
     name_check,
     named_table,
     record,
-    reference,
     shown,
     string,
 )
@@ -87,10 +85,11 @@ command = ["pass", "show", "acme"]
 """
     node = loads(text).nodes["w1"]
     # The node's acme replaces the role's whole: its mode does not survive.
-    assert node.keys == {
+    assert node.to_data(deployer=True)["keys"] == {
         "token": {"env": "TOKEN"},
         "acme": {"command": ["pass", "show", "acme"]},
     }
+    assert node.keys["acme"].mode == 0o400 and node.keys["acme"].source == ("pass", "show", "acme")
     origins = node.origins(deployer=True)
     assert origins["keys"] == {"token": Origin.DEFAULTS, "acme": Origin.NODE}
     assert "keys" not in node.to_data()  # deployer-side: never in the Nix data

@@ -6,7 +6,7 @@ import pytest
 
 from nixherd.errors import InventoryError
 from nixherd.inventory import loads
-from nixherd.inventory.schema import MAX_DEPTH
+from nixherd.inventory.validate import MAX_DEPTH
 
 NAME_RULE = "matching [A-Za-z0-9][A-Za-z0-9_.-]* (at most 63 characters)"
 HOST_RULE = "must be a hostname, an IPv4 or an IPv6 address"
@@ -589,7 +589,7 @@ def test_huge_keys_are_cut_in_key_paths() -> None:
 
 
 def test_the_backup_validation_guards_is_the_one_data_writes() -> None:
-    from nixherd.inventory.normal import DATA_BACKUP_SUFFIX
+    from nixherd.inventory.entries import DATA_BACKUP_SUFFIX
     from nixherd.node.data import BACKUP_SUFFIX
 
     assert BACKUP_SUFFIX == DATA_BACKUP_SUFFIX

@@ -16,6 +16,7 @@ import pytest
 
 from nixherd.errors import CommandError, NixherdError
 from nixherd.events import Event, LogLine, Stage, StageFinished, StageStarted
+from nixherd.inventory.parse_entries import parse_check
 from nixherd.node import activation, watchdog
 from nixherd.node.activation import (
     ActivationError,
@@ -25,7 +26,7 @@ from nixherd.node.activation import (
     start_argv,
     watchdog_argv,
 )
-from nixherd.node.checks import CheckKind, HealthCheck, parse_check
+from nixherd.node.checks import CheckKind, HealthCheck
 from nixherd.node.goal import Goal
 from nixherd.node.probe import boot_marker
 from nixherd.node.protocol import parse_marker

@@ -1,4 +1,5 @@
-"""checks: parsing the inventory's `checks`, and running http/tcp probes against real servers."""
+"""checks: the inventory's `checks` parsed into typed HealthChecks (inventory/parse_entries.py), and
+running http/tcp probes against real servers (node/checks.py)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nixherd.errors import CommandError, NixherdError
+from nixherd.errors import CommandError
 from nixherd.events import Event, LogLine, Stage, StageFinished, StageStarted
-from nixherd.node.checks import (
-    CheckKind,
-    HealthCheck,
-    checks_of,
-    fill,
-    parse_check,
-    run_check,
-    run_checks,
-    summary,
-    validate,
-)
+from nixherd.inventory.entries import CheckKind, HealthCheck, fill
+from nixherd.inventory.parse_entries import check_issues, parse_check
+from nixherd.node.checks import run_check, run_checks, summary
 from nixherd.run import process
 from nixherd.run.process import Result
 from nixherd.run.ssh import Connection, Target
@@ -186,22 +179,24 @@ def test_a_valid_check_fits_the_run_time_arithmetic(table: dict[str, Any]) -> No
 
 
 def test_validate_gives_key_paths_for_the_inventory() -> None:
-    assert validate({"tcp": "a:1"}) is None
-    assert validate("x") == [
+    assert check_issues({"tcp": "a:1"}) is None
+    assert check_issues("x") == [
         ("", "must be a table (command, http or tcp, with timeout, retries, interval)")
     ]
-    assert validate({"http": "http://a/", "retries": -1, "foo": 1}) == [
+    assert check_issues({"http": "http://a/", "retries": -1, "foo": 1}) == [
         (".foo", "unknown field"),
         (".retries", "must be 0..1000, got -1"),
     ]
-    assert validate({"interval": 1}) == [("", "exactly one of command, http, tcp is required")]
+    assert check_issues({"interval": 1}) == [("", "exactly one of command, http, tcp is required")]
 
 
-def test_checks_of_keeps_declaration_order() -> None:
-    found = checks_of("n", {"b": {"tcp": "{host}:1"}, "a": {"command": ["true"]}})
-    assert [c.name for c in found] == ["b", "a"]
-    with pytest.raises(NixherdError, match="n: check a: "):
-        checks_of("n", {"a": {}})
+def test_the_resolver_keeps_the_declaration_order_of_checks() -> None:
+    from nixherd.inventory import loads
+
+    node = loads('[nodes.n.checks.b]\ntcp = "{host}:1"\n[nodes.n.checks.a]\ncommand = ["true"]\n')
+    found = node.nodes["n"].checks
+    assert [c.name for c in found.values()] == ["b", "a"]
+    assert found["a"] == HealthCheck("a", CheckKind.COMMAND, command=("true",))
 
 
 def test_fill_placeholders_literally() -> None:
@@ -380,13 +375,13 @@ command = ["true"]
 """
     )
     inventory = load(str(path))
-    web = checks_of("web-10-0-0-1", inventory.nodes["web-10-0-0-1"].checks)
+    web = list(inventory.nodes["web-10-0-0-1"].checks.values())
     assert [(c.name, c.kind, c.url or c.address) for c in web] == [
         ("ssh", CheckKind.TCP, "{host}:22"),
         ("site", CheckKind.HTTP, "http://{host}:8080/health"),
     ]
     assert web[1].retries == 5
-    db = {c.name: c for c in checks_of("db", inventory.nodes["db"].checks)}
+    db = inventory.nodes["db"].checks
     assert db["ssh"].command == ("true",)
     # Deployer-side: Nix never sees the checks.
     assert "checks" not in inventory.nodes["db"].to_data()

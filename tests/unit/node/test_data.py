@@ -27,13 +27,15 @@ from hypothesis import strategies as st
 from nixherd.errors import InventoryError
 from nixherd.events import Event, LogLine
 from nixherd.inventory import loads
+from nixherd.inventory.entries import DataFile
+from nixherd.inventory.parse_entries import build_data, data_issues
 from nixherd.inventory.template import check as template_errors
 from nixherd.node import data as data_module
 from nixherd.node.data import (
     BACKUP_SUFFIX,
     DataError,
-    DataSpec,
     Format,
+    Rendered,
     diff_node,
     push_node,
     render,
@@ -45,7 +47,11 @@ from nixherd.node.data import (
 class FakeNode:
     name: str
     vars: Mapping[str, Any]
-    data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def data(self) -> Mapping[str, DataFile]:
+        return {name: typed_data(name, table) for name, table in self.tables.items()}
 
 
 VARS: dict[str, Any] = {
@@ -56,8 +62,14 @@ VARS: dict[str, Any] = {
 }
 
 
-def spec(**table: Any) -> DataSpec:
-    return DataSpec.from_table("f", {"path": "/etc/app/f", **table})
+def typed_data(name: str, table: Mapping[str, Any]) -> DataFile:
+    """A data file as the inventory builds it: validated, then built."""
+    assert data_issues(table) is None, data_issues(table)
+    return build_data(name, table)
+
+
+def spec(**table: Any) -> DataFile:
+    return typed_data("f", {"path": "/etc/app/f", **table})
 
 
 @pytest.fixture
@@ -68,7 +80,8 @@ def conn(tmp_path: Path) -> LocalConnection:
 def test_spec_defaults() -> None:
     s = spec()
     assert s.format is Format.JSON and s.source is None and s.reload == ()
-    assert s.ownership.octal == "0644" and s.ownership.owner == "root:root"
+    own = Rendered(s, b"").ownership
+    assert own.octal == "0644" and own.owner == "root:root"
     assert s.backup == "/etc/app/f" + BACKUP_SUFFIX
 
 
@@ -92,8 +105,7 @@ def test_spec_defaults() -> None:
     ],
 )
 def test_spec_refuses_bad_tables(table: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
-        DataSpec.from_table("f", table)
+    assert data_issues(table) is not None
 
 
 def test_json_renders_a_var_or_all_vars_sorted() -> None:
@@ -249,7 +261,7 @@ def test_diff_shows_what_would_change(tmp_path: Path, conn: LocalConnection) -> 
     push_node(conn, node, emit=lambda _e: None)
     (same,) = diff_node(conn, node, emit=lambda _e: None)
     assert not same.changed and same.content_diff == ""
-    changed = FakeNode("n1", {**VARS, "domains": {"a.example": "10.9.9.9:80"}}, node.data)
+    changed = FakeNode("n1", {**VARS, "domains": {"a.example": "10.9.9.9:80"}}, node.tables)
     (edit,) = diff_node(conn, changed, emit=lambda _e: None)
     assert '-  "a.example": "10.0.0.1:80",' in edit.content_diff
     assert '+  "a.example": "10.9.9.9:80"' in edit.content_diff

@@ -21,15 +21,16 @@ from connkit import SHELLS, LocalConnection, ShellConnection
 from nixherd.errors import InventoryError, UsageError
 from nixherd.events import Event, LogLine
 from nixherd.inventory import loads
+from nixherd.inventory.entries import Key, SourceKind, Upload
+from nixherd.inventory.parse_entries import build_key, key_issues
 from nixherd.node import transfer
 from nixherd.node.keys import (
     KeySourceError,
-    KeySpec,
-    SourceKind,
-    Upload,
+    PreparedKey,
     prepare_keys,
     read_source,
     refuse_store_exposed,
+    source_file,
     store_exposed,
     upload_keys,
 )
@@ -38,10 +39,20 @@ from nixherd.run import process
 SECRET = b"s3cr3t-\x00\xff-bytes\n"
 
 
+def typed_key(name: str, table: Mapping[str, Any]) -> Key:
+    """A key as the inventory builds it: validated, then built."""
+    assert key_issues(table) is None, key_issues(table)
+    return build_key(name, table)
+
+
 @dataclass(frozen=True)
 class FakeNode:
     name: str
-    keys: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> Mapping[str, Key]:
+        return {name: typed_key(name, table) for name, table in self.tables.items()}
 
 
 @pytest.fixture
@@ -50,16 +61,16 @@ def conn(tmp_path: Path) -> LocalConnection:
 
 
 def test_spec_defaults_and_relative_file(tmp_path: Path) -> None:
-    spec = KeySpec.from_table("token", {"file": "secrets/t"}, base_dir=str(tmp_path))
+    spec = typed_key("token", {"file": "secrets/t"})
     assert spec.kind is SourceKind.FILE
-    assert spec.source == (str(tmp_path / "secrets" / "t"),)
+    assert source_file(spec, str(tmp_path)) == str(tmp_path / "secrets" / "t")
     assert spec.dest == "/run/keys/token"
-    assert spec.ownership == transfer.Ownership("root", "root", 0o400)
+    assert PreparedKey(spec, b"").ownership == transfer.Ownership("root", "root", 0o400)
     assert spec.upload is Upload.PRE
 
 
 def test_spec_full() -> None:
-    spec = KeySpec.from_table(
+    spec = typed_key(
         "acme",
         {
             "command": ["sops", "-d", "x.yaml"],
@@ -69,11 +80,10 @@ def test_spec_full() -> None:
             "mode": "0440",
             "upload": "post-activation",
         },
-        base_dir="/inv",
     )
     assert spec.source == ("sops", "-d", "x.yaml")
-    assert spec.ownership.owner == "acme:nogroup"
-    assert spec.ownership.octal == "0440"
+    assert PreparedKey(spec, b"").ownership.owner == "acme:nogroup"
+    assert PreparedKey(spec, b"").ownership.octal == "0440"
     assert spec.upload is Upload.POST
 
 
@@ -91,42 +101,39 @@ def test_spec_full() -> None:
     ],
 )
 def test_spec_refuses_bad_tables(table: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
-        KeySpec.from_table("k", table, base_dir="/")
+    assert key_issues(table) is not None
 
 
 def test_sources_file_env_command(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(SECRET)
-    file_spec = KeySpec.from_table("a", {"file": "f"}, base_dir=str(tmp_path))
-    assert read_source(file_spec, node="n") == SECRET
-    env_spec = KeySpec.from_table("b", {"env": "NH_TEST_KEY"}, base_dir="/")
-    assert read_source(env_spec, node="n", env={"NH_TEST_KEY": "v"}) == b"v"
+    file_spec = typed_key("a", {"file": "f"})
+    assert read_source(file_spec, node="n", base_dir=str(tmp_path)) == SECRET
+    env_spec = typed_key("b", {"env": "NH_TEST_KEY"})
+    assert read_source(env_spec, node="n", base_dir="/", env={"NH_TEST_KEY": "v"}) == b"v"
     # A command runs in the inventory's directory and its bytes come back untouched.
     cmd = [sys.executable, "-c", "import sys; sys.stdout.buffer.write(open('f','rb').read())"]
-    cmd_spec = KeySpec.from_table("c", {"command": cmd}, base_dir=str(tmp_path))
-    assert read_source(cmd_spec, node="n") == SECRET
+    cmd_spec = typed_key("c", {"command": cmd})
+    assert read_source(cmd_spec, node="n", base_dir=str(tmp_path)) == SECRET
 
 
 def test_missing_sources_name_node_and_key(tmp_path: Path) -> None:
-    spec = KeySpec.from_table("a", {"file": "nope"}, base_dir=str(tmp_path))
+    spec = typed_key("a", {"file": "nope"})
     with pytest.raises(KeySourceError, match=r"^web-1: key 'a': cannot read .*nope"):
-        read_source(spec, node="web-1")
-    env_spec = KeySpec.from_table("b", {"env": "NH_UNSET"}, base_dir="/")
+        read_source(spec, node="web-1", base_dir=str(tmp_path))
+    env_spec = typed_key("b", {"env": "NH_UNSET"})
     with pytest.raises(KeySourceError, match="NH_UNSET is not set"):
-        read_source(env_spec, node="web-1", env={})
-    missing = KeySpec.from_table("c", {"command": ["/nonexistent/sops"]}, base_dir="/")
+        read_source(env_spec, node="web-1", base_dir="/", env={})
+    missing = typed_key("c", {"command": ["/nonexistent/sops"]})
     with pytest.raises(KeySourceError, match="could not start"):
-        read_source(missing, node="web-1")
+        read_source(missing, node="web-1", base_dir="/")
 
 
 def test_failing_command_error_never_carries_its_stdout(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("LEAKED-SECRET")
     code = "import sys; print(open('secret').read()); print('bad key', file=sys.stderr); exit(3)"
-    spec = KeySpec.from_table(
-        "c", {"command": [sys.executable, "-c", code]}, base_dir=str(tmp_path)
-    )
+    spec = typed_key("c", {"command": [sys.executable, "-c", code]})
     with pytest.raises(KeySourceError) as info:
-        read_source(spec, node="n")
+        read_source(spec, node="n", base_dir=str(tmp_path))
     message = info.value.render()
     assert "exited with 3" in message and "bad key" in message
     assert "LEAKED-SECRET" not in message
@@ -376,9 +383,10 @@ role = "web"
     )
     node = inventory.nodes["n1"]
     # A later layer replaces a key of the same name whole (no field of the old entry remains).
-    assert node.keys == {"shared": {"env": "A"}, "token": {"file": "t"}}
+    assert node.to_data(deployer=True)["keys"] == {"shared": {"env": "A"}, "token": {"file": "t"}}
     assert "keys" not in node.to_data()
-    assert node.to_data(deployer=True)["keys"] == node.keys
+    token = node.keys["token"]
+    assert (token.kind, token.source, token.mode) == (SourceKind.FILE, ("t",), 0o400)
 
 
 # -- files on the node against a hostile owner of their directory ---------------------------------
