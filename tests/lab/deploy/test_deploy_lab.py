@@ -281,6 +281,39 @@ def test_exec_reports_exit_codes_per_node(fleet: Fleet) -> None:
     assert "2 of 3 nodes failed" in result.stderr
 
 
+def test_ctrl_c_during_exec_lets_the_node_in_flight_finish_and_starts_no_other(
+    fleet: Fleet,
+) -> None:
+    # The fleet runner's one Ctrl-C rule, for a command other than apply.
+    fleet.write(["lab-1", "lab-2", "lab-3"])
+    log = fleet.work / "exec.log"
+    report_path = fleet.work / "exec.json"
+    argv = [sys.executable, "-m", "nixherd", "-i", str(fleet.inventory), "exec", "--parallel"]
+    argv += ["1", "--json", str(report_path), "--", "sh", "-c", "echo started; sleep 2; echo done"]
+    proc = process.spawn(argv, cwd=str(fleet.work), log_path=str(log))
+    try:
+        deadline = time.monotonic() + 60
+        while "lab-1 | started" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "lab-1 | done" in log.read_text()  # the command in flight ran to its end
+    report = json.loads(report_path.read_text())
+    nodes = by_node(report)
+    assert report["interrupted"] is True
+    assert nodes["lab-1"]["result"] == "ok" and nodes["lab-1"]["exit_code"] == 0
+    for name in ("lab-2", "lab-3"):
+        assert nodes[name]["result"] == "not attempted"
+        assert nodes[name]["detail"] == "interrupted"
+    assert "lab-2 |" not in log.read_text() and "lab-3 |" not in log.read_text()
+
+
 def test_status_tells_whether_nodes_match_the_flake(fleet: Fleet) -> None:
     fleet.write(["lab-1", "lab-2"])
     result, _ = fleet.apply("switch")
