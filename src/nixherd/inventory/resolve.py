@@ -12,72 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from nixherd.errors import InventoryError, Problem
+from nixherd.inventory.fastpath import NODE_PLAN, TARGET_PLAN, merge_checked
 from nixherd.inventory.fields import (
     BUILTIN,
     DEFAULTS_TABLE,
-    NODE_FIELDS,
     NODE_TABLE,
     ROLE_TABLE,
     TARGET_TABLE,
     TOP_LEVEL,
-    Merge,
     TableSchema,
     check_node_name,
     check_role_name,
 )
+from nixherd.inventory.merge import Values, apply_layer
 from nixherd.inventory.model import Inventory, Layer, Node, Origin
 from nixherd.inventory.normal import destination_clash, endpoint_host
 from nixherd.inventory.parse_entries import build_check, build_data, build_key
 from nixherd.inventory.validate import got, is_name, join, shown, unknown_field_message
 
-Values = dict[str, Any]
-
-
-def deep_merge(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Tables merge key by key, recursively; anything else in `later` replaces what was there.
-
-    Never mutates its arguments; unchanged sub-tables are shared, not copied.
-    """
-    if not earlier:
-        return later
-    if not later:
-        return earlier
-    merged = dict(earlier)
-    for key, value in later.items():
-        old = merged.get(key)
-        if type(old) is dict and type(value) is dict:
-            merged[key] = deep_merge(old, value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _union(earlier: tuple[Any, ...], later: list[Any]) -> tuple[Any, ...]:
-    # dict keys keep insertion order: the first occurrence keeps its place.
-    return tuple(dict.fromkeys((*earlier, *later)))
-
-
-def _replace(_earlier: Any, later: Any) -> Any:
-    return later
-
-
-def _named(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> Mapping[str, Any]:
-    return {**earlier, **later} if earlier else later
-
-
-MERGERS: dict[Merge, Callable[[Any, Any], Any]] = {
-    Merge.REPLACE: _replace,
-    Merge.UNION: _union,
-    Merge.DEEP: deep_merge,
-    Merge.NAMED: _named,
-}
-
-# Field name -> merge function, for the fields every node carries, except the fields whose later
-# value simply wins: those are in _REPLACED, so that the common case costs no call.
-_MERGE_BY_FIELD: dict[str, Callable[[Any, Any], Any]] = {
-    f.name: MERGERS[f.merge] for f in NODE_FIELDS if f.merge is not Merge.REPLACE
-}
-_REPLACED = frozenset(f.name for f in NODE_FIELDS if f.merge is Merge.REPLACE)
 # Every key a node's storage ends up with, so that the per-node copy is made at its final size;
 # `add` fills in the placeholders (None, "", ()).
 _SKELETON: Values = {
@@ -88,55 +40,6 @@ _SKELETON: Values = {
     "source": "",
     "layers": (),
 }
-
-
-def apply_layer(values: Values, layer: Mapping[str, Any]) -> Values:
-    """`values` with one more (valid) layer merged on top; keys that are not node fields are
-    skipped (targets, name, role, ssh_config)."""
-    out = values.copy()
-    for key, value in layer.items():
-        if key in _REPLACED:
-            out[key] = value
-        else:
-            merge = _MERGE_BY_FIELD.get(key)
-            if merge is not None:
-                out[key] = merge(out[key], value)
-    return out
-
-
-# Per table kind, each allowed key's validator and how it merges: `_replace`, a merge function,
-# or None for the keys that describe the table rather than the node (name, role, targets, ...).
-Plan = dict[str, tuple[Callable[[Any], Any], Callable[[Any, Any], Any] | None]]
-
-
-def _plan(schema: TableSchema) -> Plan:
-    merges = {f.name: MERGERS[f.merge] for f in NODE_FIELDS}
-    return {key: (check, merges.get(key)) for key, check in schema.checks.items()}
-
-
-_TARGET_PLAN = _plan(TARGET_TABLE)
-_NODE_PLAN = _plan(NODE_TABLE)
-
-
-def merge_checked(values: Values, table: Mapping[str, Any], plan: Plan) -> Values | None:
-    """`values` with `table` merged on top, validating as it goes; None at the first key that is
-    unknown or invalid (the caller then takes the slow path that reports every problem).
-
-    This is the path of every node of a valid inventory: one pass over the node's own keys.
-    """
-    out = values.copy()
-    for key, value in table.items():
-        step = plan.get(key)
-        if step is None:
-            return None
-        check, merge = step
-        if check(value) is not None:
-            return None
-        if merge is _replace:
-            out[key] = value
-        elif merge is not None:
-            out[key] = merge(out[key], value)
-    return out
 
 
 # The named-table fields whose entries the resolver turns into typed values (entries.py).
@@ -214,7 +117,8 @@ class _Resolver:
             prefix = role_name + "-"
             for index, target in enumerate(role.get("targets", ())):
                 target_path = f"{role_path}.targets[{index}]"
-                fields = merge_checked(values, target, _TARGET_PLAN)
+                # The fast path (fastpath.py); None sends the target down the reference path.
+                fields = merge_checked(values, target, TARGET_PLAN)
                 if fields is None or fields["host"] is None:
                     target = self.layer(target, TARGET_TABLE, target_path)
                     fields = apply_layer(values, target)
@@ -240,13 +144,13 @@ class _Resolver:
             if node is None:
                 continue
             node_role: Any = node.get("role")
-            fields = None
+            fields = None  # the fast path first (fastpath.py), then the reference path if None
             if node_role is None:
                 values, layers = base, base_layers
-                fields = merge_checked(values, node, _NODE_PLAN)
+                fields = merge_checked(values, node, NODE_PLAN)
             elif type(node_role) is str and node_role in role_values:
                 values, layers = role_values[node_role], role_layers[node_role]
-                fields = merge_checked(values, node, _NODE_PLAN)
+                fields = merge_checked(values, node, NODE_PLAN)
             if fields is None:
                 node = self.layer(node, NODE_TABLE, node_path)
                 node_role = node.get("role")

@@ -10,7 +10,8 @@ import pytest
 
 from nixherd.inventory import Inventory, Node, Origin, load, loads
 from nixherd.inventory.fields import NODE_FIELDS, Merge
-from nixherd.inventory.resolve import MERGERS, deep_merge, fanout_name
+from nixherd.inventory.merge import MERGERS, deep_merge
+from nixherd.inventory.resolve import fanout_name
 
 D = Origin.DEFAULT
 DS = Origin.DEFAULTS
@@ -230,7 +231,10 @@ def test_to_data_hands_out_copies() -> None:
 
 def test_node_carries_every_schema_field() -> None:
     """A field added to the schema needs its attribute on Node (and the other way round)."""
-    own = {f.name for f in dataclasses.fields(Node)} - {"name", "role", "source", "layers"}
+    # Not per-layer fields: the node's identity, where it came from, and the inventory-wide
+    # `[defaults] ssh_config` every node carries for its ssh target.
+    not_layered = {"name", "role", "source", "layers", "ssh_config"}
+    own = {f.name for f in dataclasses.fields(Node)} - not_layered
     assert own == {f.name for f in NODE_FIELDS}
 
 
