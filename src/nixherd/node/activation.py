@@ -32,6 +32,9 @@ waits on an activation in its main thread, it finishes that node first (checks, 
 a node that activated and passed its checks is confirmed, so it is not rolled back for nothing)
 and then re-raises; a second Ctrl-C stops waiting, and the target, unconfirmed, rolls itself back
 after the confirm timeout. Either way the lock is released by the watchdog when it is done.
+
+This module is the flow. The calls to the watchdog (start, wait, confirm, abort) are `watchdog`'s,
+and the words it answers with are `protocol`'s `Status`, matched here exhaustively.
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@
 #
 # State lives in /run/nixherd/act-ID (tmpfs: a reboot forgets it). /run and /run/nixherd must be
 # real directories that only root can write (the command that writes this script there checks
-# that first, activation.py's _BOOT, and refuses otherwise): nothing written here as root may go
-# through a path another user controls. The per-node lock is the symlink /run/nixherd/lock whose
-# text is "ID PID SINCE BY": creating a symlink is atomic and carries its owner with it. The
-# watchdog holds the lock until the activation is settled (confirmed, rolled back, or finished;
-# it lets go just before it says so), so a second deploy fails at once; the deployer's probe
-# reads it too, and never calls a node with an activation in flight up to date.
+# that first, node/watchdog.py's _BOOT, and refuses otherwise): nothing written here as root
+# may go through a path another user controls. The per-node lock is the symlink
+# /run/nixherd/lock whose text is "ID PID SINCE BY": creating a symlink is atomic and carries its
+# owner with it. The watchdog holds the lock until the activation is settled (confirmed, rolled
+# back, or finished; it lets go just before it says so), so a second deploy fails at once; the
+# deployer's probe reads it too, and never calls a node with an activation in flight up to date.
 #
 # An unconfirmed system never becomes what the node boots. With magic rollback, a switch runs
 # in two steps: `switch-to-configuration test` first (the new system runs; the system profile
