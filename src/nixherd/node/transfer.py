@@ -214,9 +214,7 @@ def contents(conn: Connection, paths: Sequence[str]) -> list[RemoteContent | Not
     """
     if not paths:
         return []
-    result = conn.run(
-        argv(CONTENTS, *paths), elevate=True, timeout=TIMEOUT, what="reading files"
-    )
+    result = conn.run(argv(CONTENTS, *paths), elevate=True, timeout=TIMEOUT, what="reading files")
     found: list[RemoteContent | NotAFile] = []
     lines = iter(result.stdout.splitlines())
     for head in lines:
