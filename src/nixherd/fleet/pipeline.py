@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import cast
 
 from nixherd.events import EventSink, Outcome, Stage, discard
 from nixherd.fleet import evaluate as fleet
@@ -56,7 +55,7 @@ def deploy(
     cancel = cancel or threading.Event()
     started_at = time.time()
     # Before Nix copies the flake into the store: a plaintext key file inside it would go along.
-    keyed = [cast(secrets.KeyedNode, n) for n in nodes if getattr(n, "keys", None)]
+    keyed = [n for n in nodes if n.keys]
     secrets.refuse_store_exposed(keyed, base_dir=base_dir, flake=options.flake)
     ctx = Context(options, base_dir, emit, cancel, delivery_for(options))
     run = _Run(ctx, nodes, evaluator)

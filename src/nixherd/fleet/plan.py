@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from nixherd.errors import UsageError
 from nixherd.fleet.rollout import Rollout, WaveKind
+from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.node.goal import Goal
 from nixherd.run.ssh import Target
 
@@ -18,13 +19,17 @@ STATE_DIR = ".nixherd"
 
 
 class DeployNode(Protocol):
-    """What the fleet commands need of a node: its name and how it is reached
-    (`nixherd.inventory.Node` has both)."""
+    """What the fleet commands need of a node: its name, how it is reached, and its typed
+    health checks and keys (`nixherd.inventory.Node` has them all)."""
 
     @property
     def name(self) -> str: ...
     @property
     def target(self) -> Target: ...
+    @property
+    def checks(self) -> Mapping[str, HealthCheck]: ...
+    @property
+    def keys(self) -> Mapping[str, Key]: ...
 
 
 class OptionError(UsageError):

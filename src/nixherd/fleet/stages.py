@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Literal
 
 from nixherd.errors import NixherdError
 from nixherd.events import (
@@ -333,17 +333,15 @@ def _activate(
 
 def health_checks(node: DeployNode) -> tuple[HealthCheck, ...]:
     """The node's health checks, as the inventory typed them (none for a node without)."""
-    checks: Mapping[str, HealthCheck] = getattr(node, "checks", None) or {}
-    return tuple(checks.values())
+    return tuple(node.checks.values())
 
 
 def _prepare_keys(ctx: Context, node: DeployNode, track: Track) -> secrets.PreparedKeys | None:
     """Read every key source of the node now, so a missing one fails it before it is touched."""
-    if not ctx.options.keys or not getattr(node, "keys", None):
+    if not ctx.options.keys or not node.keys:
         return None
-    keyed = cast(secrets.KeyedNode, node)
     with track.stage(Stage.KEYS):
-        return secrets.prepare_keys(keyed, base_dir=ctx.base_dir)
+        return secrets.prepare_keys(node, base_dir=ctx.base_dir)
 
 
 def _upload_keys(

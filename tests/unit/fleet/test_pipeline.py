@@ -21,6 +21,7 @@ from nixherd.fleet import pipeline
 from nixherd.fleet.evaluate import NodeEval
 from nixherd.fleet.plan import DeployOptions
 from nixherd.fleet.rollout import Amount, Rollout
+from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.node import activation
 from nixherd.node.goal import Goal
 from nixherd.node.probe import SCRIPT
@@ -54,6 +55,8 @@ class FakeNode:
     ssh_options: tuple[str, ...] = ()
     host_key_policy: str = "strict"
     ssh_config: str | None = "/lab/ssh_config"
+    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    keys: Mapping[str, Key] = field(default_factory=dict)
 
     @property
     def target(self) -> Target:

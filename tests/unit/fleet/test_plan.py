@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from nixherd.cli import apply
 from nixherd.errors import UsageError
 from nixherd.fleet.plan import DeployOptions, OptionError, describe, steps
 from nixherd.fleet.rollout import Amount, Rollout
+from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.node.goal import Goal
 from nixherd.run.ssh import Target
 
@@ -26,6 +28,8 @@ class FakeNode:
     ssh_options: tuple[str, ...] = ()
     host_key_policy: str = "strict"
     ssh_config: str | None = None
+    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    keys: Mapping[str, Key] = field(default_factory=dict)
 
     @property
     def target(self) -> Target:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from nixherd.errors import CommandError, UsageError
 from nixherd.events import Event, LogLine, Outcome
 from nixherd.fleet.commands import exec_everywhere
+from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.run import process
 from nixherd.run.process import Result
 from nixherd.run.ssh import Target
@@ -28,6 +29,8 @@ class FakeNode:
     ssh_options: tuple[str, ...] = ("ServerAliveInterval=7",)
     host_key_policy: str = "strict"
     ssh_config: str | None = None
+    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    keys: Mapping[str, Key] = field(default_factory=dict)
 
     @property
     def target(self) -> Target:
