@@ -5,7 +5,8 @@
     select(inventory, on) -> [Node] the nodes `--on` picks, sorted; SelectionError if none
     Selection.parse(on)             check an `--on` expression before loading anything
 
-The format and resolution rules are docs/inventory.md; the schema is `schema.FIELDS`.
+The format and resolution rules are docs/inventory.md; the field table is `fields.FIELDS`
+(validators in `validate.py`); the typed entries of keys, data and checks are `entries.py`.
 """
 
 from __future__ import annotations

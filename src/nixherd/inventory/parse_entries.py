@@ -11,6 +11,7 @@ parse, a port out of range, an unknown placeholder, a number that overflows a sl
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any, Final
@@ -43,15 +44,20 @@ from nixherd.inventory.validate import (
 
 # --- health checks --------------------------------------------------------------------------------
 
+_CHECK_DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(HealthCheck)}
+
+# The keys of a `checks.<name>` table; the defaults quoted are HealthCheck's own.
 CHECK_FIELDS: Mapping[str, str] = {
     "command": "list of strings: argv run on the target; healthy when it exits 0",
     "http": "string: URL fetched from the deployer ({host}, {node} are filled in)",
     "tcp": "string: host:port the deployer connects to ({host}, {node} are filled in)",
-    "status": "integer: expected HTTP status, 100..599 (default 200)",
+    "status": f"integer: expected HTTP status, 100..599 (default {_CHECK_DEFAULTS['status']})",
     "body": "string: regex the HTTP body must match",
-    "timeout": "number: seconds per attempt, 0.01..3600 (default 5)",
-    "retries": "integer: attempts after the first failure, 0..1000 (default 2)",
-    "interval": "number: seconds between attempts, 0..3600 (default 1)",
+    "timeout": f"number: seconds per attempt, 0.01..3600 (default {_CHECK_DEFAULTS['timeout']:g})",
+    "retries": "integer: attempts after the first failure, 0..1000 "
+    f"(default {_CHECK_DEFAULTS['retries']})",
+    "interval": "number: seconds between attempts, 0..3600 "
+    f"(default {_CHECK_DEFAULTS['interval']:g})",
 }
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
