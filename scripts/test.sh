@@ -7,6 +7,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 ruff check src tests bench scripts
 ruff format --check src tests bench scripts
 mypy
+# No import circle, no module over 500 lines (src/nixherd).
+python3 scripts/check-architecture.py
 # The suite's in-process `nodes`/`show` runs keep their parse cache out of the user's ~/.cache.
 cache_dir=$(mktemp -d)
 trap 'rm -rf "$cache_dir"' EXIT
