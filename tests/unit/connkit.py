@@ -1,4 +1,5 @@
-"""A Connection that runs the 'remote' argv on this machine, for the keys and data tests.
+"""Shared fakes of the unit tests: a Connection that runs the 'remote' argv on this machine,
+for the keys and data tests, and a fleet node (FakeNode).
 
 The remote scripts run for real, against a temp dir, with no ssh in between (the lab tests do
 the same over real ssh).
@@ -9,12 +10,35 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from nixherd.inventory.entries import HealthCheck, Key
+from nixherd.inventory.model import target_of
 from nixherd.run import process
 from nixherd.run.process import LineCallback, Result
 from nixherd.run.ssh import Connection, Target
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    """A fleet node (fleet.plan.DeployNode) with only the fields reaching it needs; its target is
+    built as `Node.target` builds it. A test file subclasses it to change the defaults."""
+
+    name: str
+    host: str = "192.0.2.10"
+    user: str = "root"
+    port: int = 22
+    ssh_options: tuple[str, ...] = ()
+    host_key_policy: str = "strict"
+    ssh_config: str | None = None
+    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
+    keys: Mapping[str, Key] = field(default_factory=dict)
+
+    @property
+    def target(self) -> Target:
+        return target_of(self)
 
 
 class LocalConnection(Connection):

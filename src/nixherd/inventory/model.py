@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nixherd.inventory.entries import DataFile, HealthCheck, Key
 from nixherd.inventory.fields import BUILTIN, NIX_FIELDS, NODE_FIELDS, Merge
@@ -27,6 +27,43 @@ class Origin(Enum):
 
 # One layer of a node: where it comes from and its table, exactly as parsed.
 Layer = tuple[Origin, Mapping[str, Any]]
+
+
+class Reachable(Protocol):
+    """The fields `target_of` reads: a node's name and how ssh reaches it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def user(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def ssh_options(self) -> Sequence[str]: ...
+    @property
+    def host_key_policy(self) -> str: ...
+    @property
+    def ssh_config(self) -> str | None: ...
+
+
+def target_of(node: Reachable) -> Target:
+    """How the node is reached over ssh (`Node.target`); its values are validated there (at the
+    argv boundary), so an unsafe one fails this node only, naming it."""
+    # Imported here: the ssh layer loads subprocess, which `nixherd nodes` (reading the
+    # inventory only) must start without.
+    from nixherd.run.ssh import Target
+
+    return Target(
+        node=node.name,
+        host=node.host,
+        user=node.user,
+        port=node.port,
+        ssh_config=node.ssh_config,
+        options=tuple(node.ssh_options),
+        host_key_policy=node.host_key_policy,
+    )
 
 
 @dataclass(frozen=True)
@@ -78,21 +115,8 @@ class Node:
 
     @property
     def target(self) -> Target:
-        """How the node is reached over ssh; its values are validated there (at the argv
-        boundary), so an unsafe one fails this node only, naming it."""
-        # Imported here: the ssh layer loads subprocess, which `nixherd nodes` (reading the
-        # inventory only) must start without.
-        from nixherd.run.ssh import Target
-
-        return Target(
-            node=self.name,
-            host=self.host,
-            user=self.user,
-            port=self.port,
-            ssh_config=self.ssh_config,
-            options=tuple(self.ssh_options),
-            host_key_policy=self.host_key_policy,
-        )
+        """How the node is reached over ssh (see `target_of`)."""
+        return target_of(self)
 
     def to_data(self, *, deployer: bool = False) -> dict[str, Any]:
         """The resolved node as JSON-able data, in the shape the Nix resolver produces; with

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import connkit
 import pytest
 
 from nixherd.errors import CommandError
@@ -21,13 +22,12 @@ from nixherd.fleet import pipeline
 from nixherd.fleet.evaluate import NodeEval
 from nixherd.fleet.plan import DeployOptions
 from nixherd.fleet.rollout import Amount, Rollout
-from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.node import activation
 from nixherd.node.goal import Goal
 from nixherd.node.probe import SCRIPT
 from nixherd.run import process
 from nixherd.run.process import Result
-from nixherd.run.ssh import Connection, Target
+from nixherd.run.ssh import Connection
 
 FLAKE = "path:/srv/fleet"
 EXP = ("--extra-experimental-features", "nix-command flakes")
@@ -47,28 +47,8 @@ REAL_ACTIVATE = activation.activate
 
 
 @dataclass(frozen=True)
-class FakeNode:
-    name: str
-    host: str = "192.0.2.10"
-    user: str = "root"
-    port: int = 22
-    ssh_options: tuple[str, ...] = ()
-    host_key_policy: str = "strict"
+class FakeNode(connkit.FakeNode):
     ssh_config: str | None = "/lab/ssh_config"
-    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
-    keys: Mapping[str, Key] = field(default_factory=dict)
-
-    @property
-    def target(self) -> Target:
-        return Target(
-            node=self.name,
-            host=self.host,
-            user=self.user,
-            port=self.port,
-            ssh_config=self.ssh_config,
-            options=self.ssh_options,
-            host_key_policy=self.host_key_policy,
-        )
 
 
 @dataclass

@@ -4,44 +4,22 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import connkit
 import pytest
 
 from nixherd.cli import apply
 from nixherd.errors import UsageError
 from nixherd.fleet.plan import DeployOptions, OptionError, describe, steps
 from nixherd.fleet.rollout import Amount, Rollout
-from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.node.goal import Goal
-from nixherd.run.ssh import Target
 
 
 @dataclass(frozen=True)
-class FakeNode:
-    name: str
+class FakeNode(connkit.FakeNode):
     host: str = "192.0.2.1"
-    user: str = "root"
-    port: int = 22
-    ssh_options: tuple[str, ...] = ()
-    host_key_policy: str = "strict"
-    ssh_config: str | None = None
-    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
-    keys: Mapping[str, Key] = field(default_factory=dict)
-
-    @property
-    def target(self) -> Target:
-        return Target(
-            node=self.name,
-            host=self.host,
-            user=self.user,
-            port=self.port,
-            ssh_config=self.ssh_config,
-            options=self.ssh_options,
-            host_key_policy=self.host_key_policy,
-        )
 
 
 def parse(*argv: str) -> DeployOptions:

@@ -3,46 +3,28 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import connkit
 import pytest
 
 from nixherd.errors import CommandError, UsageError
 from nixherd.events import Event, LogLine, Outcome
 from nixherd.fleet.commands import exec_everywhere
-from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.run import process
 from nixherd.run.process import Result
-from nixherd.run.ssh import Target
 
 HOSTILE = ["echo", "$(touch /tmp/pwned)", "a;b", "it's", '"q"', "`id`", "x\ny", "-oProxyCommand=z"]
 
 
 @dataclass(frozen=True)
-class FakeNode:
-    name: str
+class FakeNode(connkit.FakeNode):
     host: str = "192.0.2.20"
     user: str = "deploy"
     port: int = 2200
     ssh_options: tuple[str, ...] = ("ServerAliveInterval=7",)
-    host_key_policy: str = "strict"
-    ssh_config: str | None = None
-    checks: Mapping[str, HealthCheck] = field(default_factory=dict)
-    keys: Mapping[str, Key] = field(default_factory=dict)
-
-    @property
-    def target(self) -> Target:
-        return Target(
-            node=self.name,
-            host=self.host,
-            user=self.user,
-            port=self.port,
-            ssh_config=self.ssh_config,
-            options=self.ssh_options,
-            host_key_policy=self.host_key_policy,
-        )
 
 
 def test_argv_reaches_the_remote_shell_as_the_same_words(monkeypatch: pytest.MonkeyPatch) -> None:
