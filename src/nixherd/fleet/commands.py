@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from nixherd.errors import NixherdError, UsageError
 from nixherd.events import EventSink, Outcome, Stage, StageFinished, StageStarted, discard
@@ -33,6 +34,25 @@ from nixherd.node.status import NodeStatus, read_status
 from nixherd.run.ssh import Connection
 
 
+def _timed(
+    name: str, stage: Stage, step: Callable[[], NodeResult], *, emit: EventSink | None = None
+) -> NodeResult:
+    """One node's `step`, timed as `stage` (announced through `emit` when given): the NodeResult
+    it returns, or a failed one holding the NixherdError it raised; either way with the stage's
+    seconds."""
+    if emit is not None:
+        emit(StageStarted(name, stage))
+    started = time.monotonic()
+    try:
+        result = step()
+    except NixherdError as exc:
+        result = NodeResult(name, Outcome.FAILED, error=ErrorInfo.from_exception(exc))
+    seconds = time.monotonic() - started
+    if emit is not None:
+        emit(StageFinished(name, stage, seconds))
+    return replace(result, stages={stage.value: seconds})
+
+
 def exec_everywhere(
     nodes: Sequence[DeployNode],
     argv: Sequence[str],
@@ -49,31 +69,19 @@ def exec_everywhere(
     command = tuple(argv)
 
     def work(node: DeployNode) -> NodeResult:
-        name = node.name
-        emit(StageStarted(name, Stage.EXEC))
-        started = time.monotonic()
-        outcome, code, error = Outcome.FAILED, None, None
-        try:
+        def step() -> NodeResult:
             result = run_command(node.target, command, elevate=elevate, timeout=timeout, emit=emit)
             code = result.returncode
             if code == 0:
-                outcome = Outcome.OK
-            else:
-                tail = "\n".join(result.stdout.rstrip().splitlines()[-5:]) or None
-                why = "ssh failed or the command exited with 255" if code == SSH_FAILED else None
-                error = ErrorInfo(why or f"exited with {code}", returncode=code, output=tail)
-        except NixherdError as exc:
-            error = ErrorInfo.from_exception(exc)
-        seconds = time.monotonic() - started
-        emit(StageFinished(name, Stage.EXEC, seconds))
-        return NodeResult(
-            node=name,
-            outcome=outcome,
-            stages={Stage.EXEC.value: seconds},
-            error=error,
-            detail=f"exit {code}" if code is not None else None,
-            exit_code=code,
-        )
+                return NodeResult(node.name, Outcome.OK, detail="exit 0", exit_code=0)
+            tail = "\n".join(result.stdout.rstrip().splitlines()[-5:]) or None
+            why = "ssh failed or the command exited with 255" if code == SSH_FAILED else None
+            error = ErrorInfo(why or f"exited with {code}", returncode=code, output=tail)
+            return NodeResult(
+                node.name, Outcome.FAILED, error=error, detail=f"exit {code}", exit_code=code
+            )
+
+        return _timed(node.name, Stage.EXEC, step, emit=emit)
 
     return run_nodes(
         nodes,
@@ -128,32 +136,20 @@ def check_health(
     """`nixherd check-health`: every selected node's checks, in parallel; a result per node."""
 
     def work(node: DeployNode) -> NodeResult:
-        name = node.name
-        started = time.monotonic()
-        outcome, error, detail = Outcome.FAILED, None, None
-        try:
+        def step() -> NodeResult:
             checks = health_checks(node)
             if not checks:
-                outcome, detail = Outcome.OK, "no checks"
-            else:
-                with Connection(node.target) as conn:
-                    results = run_checks(conn, checks, emit=emit)
-                bad = failed(results)
-                detail = f"{len(results) - len(bad)}/{len(results)} checks passed"
-                if bad:
-                    error = ErrorInfo(f"{detail}: {summary(results)}")
-                else:
-                    outcome = Outcome.OK
-        except NixherdError as exc:
-            error = ErrorInfo.from_exception(exc)
-        seconds = time.monotonic() - started
-        return NodeResult(
-            node=name,
-            outcome=outcome,
-            stages={Stage.CHECK.value: seconds},
-            error=error,
-            detail=detail,
-        )
+                return NodeResult(node.name, Outcome.OK, detail="no checks")
+            with Connection(node.target) as conn:
+                results = run_checks(conn, checks, emit=emit)
+            bad = failed(results)
+            detail = f"{len(results) - len(bad)}/{len(results)} checks passed"
+            if bad:
+                error = ErrorInfo(f"{detail}: {summary(results)}")
+                return NodeResult(node.name, Outcome.FAILED, error=error, detail=detail)
+            return NodeResult(node.name, Outcome.OK, detail=detail)
+
+        return _timed(node.name, Stage.CHECK, step)
 
     return run_nodes(
         nodes,
@@ -179,46 +175,38 @@ def rollback_nodes(
     """`nixherd rollback`: every node back to its previous generation, in parallel, checked."""
 
     def work(node: DeployNode) -> NodeResult:
-        name = node.name
-        started = time.monotonic()
-        outcome, error, detail = Outcome.FAILED, None, None
-        previous = store_path = None
-        rolled_back = False
-        reason: str | None = None
-        try:
-            checks = health_checks(node)
-            with Connection(node.target) as conn:
-                gens, result = rollback(
-                    conn,
-                    node=name,
-                    checks=checks,
-                    confirm_timeout=confirm_timeout,
-                    timeout=timeout,
-                    emit=emit,
+        def step() -> NodeResult:
+            name = node.name
+            try:
+                checks = health_checks(node)
+                with Connection(node.target) as conn:
+                    gens, result = rollback(
+                        conn,
+                        node=name,
+                        checks=checks,
+                        confirm_timeout=confirm_timeout,
+                        timeout=timeout,
+                        emit=emit,
+                    )
+            except ActivationError as exc:
+                return NodeResult(
+                    name,
+                    Outcome.ROLLED_BACK if exc.rolled_back else Outcome.FAILED,
+                    previous=exc.previous,
+                    error=ErrorInfo(exc.message, output="\n".join(exc.log[-20:]) or None),
+                    rolled_back=exc.rolled_back,
+                    rollback_reason=exc.reason,
                 )
-            previous = result.previous or gens.current
             number = gens.previous()
-            store_path = gens.systems.get(number) if number is not None else None
-            outcome, detail = Outcome.OK, f"now on generation {number}"
-        except ActivationError as exc:
-            previous = exc.previous
-            rolled_back, reason = exc.rolled_back, exc.reason
-            outcome = Outcome.ROLLED_BACK if exc.rolled_back else Outcome.FAILED
-            error = ErrorInfo(exc.message, output="\n".join(exc.log[-20:]) or None)
-        except NixherdError as exc:
-            error = ErrorInfo.from_exception(exc)
-        seconds = time.monotonic() - started
-        return NodeResult(
-            node=name,
-            outcome=outcome,
-            store_path=store_path,
-            previous=previous,
-            stages={Stage.ACTIVATE.value: seconds},
-            error=error,
-            rolled_back=rolled_back,
-            rollback_reason=reason,
-            detail=detail,
-        )
+            return NodeResult(
+                name,
+                Outcome.OK,
+                store_path=gens.systems.get(number) if number is not None else None,
+                previous=result.previous or gens.current,
+                detail=f"now on generation {number}",
+            )
+
+        return _timed(node.name, Stage.ACTIVATE, step)
 
     return run_nodes(
         nodes,
