@@ -256,12 +256,25 @@ def _backup_name(dest: str, backup: str) -> str:
     return name
 
 
-def _refused(conn: Connection, result: Result) -> None:
-    """Raise RefusedError if a script refused (exit 3, "refused <why>" on stdout)."""
+def _change(
+    conn: Connection, script: list[str], what: str, *, input: bytes | None = None
+) -> Result:
+    """Run a script that changes a file (as root): RefusedError if it refused (exit 3,
+    "refused <why>" on stdout), CommandError if it failed otherwise."""
+    result = conn.run(script, elevate=True, input=input, timeout=TIMEOUT, check=False, what=what)
     if result.returncode == 3:
         for line in result.stdout.splitlines():
             if line.startswith("refused "):
                 raise RefusedError(conn.target.node, line.removeprefix("refused "))
+    if not result.ok:
+        raise CommandError(
+            result.argv,
+            result.returncode,
+            result.stdout + result.stderr,
+            what=what,
+            node=conn.target.node,
+        )
+    return result
 
 
 def write(
@@ -276,46 +289,11 @@ def write(
     args = [dest, ownership.owner, ownership.octal]
     if backup is not None:
         args.append(_backup_name(dest, backup))
-    result = conn.run(
-        argv(WRITE, *args),
-        elevate=True,
-        input=data,
-        timeout=TIMEOUT,
-        check=False,
-        what=f"writing {dest}",
-    )
-    _refused(conn, result)
-    if not result.ok:
-        raise CommandError(
-            result.argv,
-            result.returncode,
-            result.stdout + result.stderr,
-            what=f"writing {dest}",
-            node=conn.target.node,
-        )
+    result = _change(conn, argv(WRITE, *args), f"writing {dest}", input=data)
     return result.stdout.strip().endswith("previous")
 
 
 def restore(conn: Connection, dest: str, backup: str, *, had_previous: bool) -> None:
     """Undo a `write` made with `backup`: the previous file back, or none if there was none."""
-    result = conn.run(
-        argv(
-            RESTORE,
-            dest,
-            _backup_name(dest, backup),
-            "previous" if had_previous else "none",
-        ),
-        elevate=True,
-        timeout=TIMEOUT,
-        check=False,
-        what=f"restoring {dest}",
-    )
-    _refused(conn, result)
-    if not result.ok:
-        raise CommandError(
-            result.argv,
-            result.returncode,
-            result.stdout + result.stderr,
-            what=f"restoring {dest}",
-            node=conn.target.node,
-        )
+    script = argv(RESTORE, dest, _backup_name(dest, backup), "previous" if had_previous else "none")
+    _change(conn, script, f"restoring {dest}")
