@@ -67,6 +67,33 @@ def _env(extra: Mapping[str, str] | None) -> dict[str, str] | None:
     return env
 
 
+def _start(
+    args: tuple[str, ...],
+    *,
+    stdin: int,
+    stderr: int,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    what: str | None,
+    node: str | None,
+) -> tuple[subprocess.Popen[bytes], int | None]:
+    """Start `args` in a session of its own, stdout piped, announced to the guardian; the
+    process and its start time (for `_GUARDIAN.ended`). CommandError (127) if it cannot start."""
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=_env(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise CommandError(args, 127, str(exc), what=what, node=node) from exc
+    return proc, _GUARDIAN.started(proc.pid)
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -87,19 +114,15 @@ def run(
     """
     args = tuple(argv)
     data = input.encode() if isinstance(input, str) else input
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if on_line else subprocess.PIPE,
-            env=_env(env),
-            cwd=cwd,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise CommandError(args, 127, str(exc), what=what, node=node) from exc
-    born = _GUARDIAN.started(proc.pid)
+    proc, born = _start(
+        args,
+        stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if on_line else subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        what=what,
+        node=node,
+    )
     try:
         if on_line is None:
             try:
@@ -242,19 +265,15 @@ def run_bytes(
     stdout, so the secret cannot reach a message or a log.
     """
     args = tuple(argv)
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_env(env),
-            cwd=cwd,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise CommandError(args, 127, str(exc), what=what, node=node) from exc
-    born = _GUARDIAN.started(proc.pid)
+    proc, born = _start(
+        args,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+        what=what,
+        node=node,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
