@@ -168,17 +168,9 @@ def render(spec: DataFile, vars: Mapping[str, Any], *, node: str) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class Rendered:
+class Rendered(transfer.Payload):
     spec: DataFile
     content: bytes
-
-    @property
-    def digest(self) -> str:
-        return transfer.sha256(self.content)
-
-    @property
-    def ownership(self) -> transfer.Ownership:
-        return transfer.Ownership(self.spec.user, self.spec.group, self.spec.mode)
 
 
 def data_specs(node: DataNode) -> list[DataFile]:

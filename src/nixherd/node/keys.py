@@ -56,19 +56,11 @@ class KeySourceError(NixherdError):
 
 
 @dataclass(frozen=True, slots=True)
-class PreparedKey:
+class PreparedKey(transfer.Payload):
     """A key with its bytes read from the source (the bytes never appear in a repr)."""
 
     spec: Key
     content: bytes = field(repr=False)
-
-    @property
-    def digest(self) -> str:
-        return transfer.sha256(self.content)
-
-    @property
-    def ownership(self) -> transfer.Ownership:
-        return transfer.Ownership(self.spec.user, self.spec.group, self.spec.mode)
 
 
 @dataclass(frozen=True, slots=True)

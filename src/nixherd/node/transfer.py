@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from nixherd.errors import CommandError, NixherdError
 from nixherd.node.transfer_sh import CONTENTS, FINGERPRINTS, RESTORE, WRITE, argv
@@ -112,6 +113,35 @@ class Ownership:
     @property
     def octal(self) -> str:
         return f"{self.mode:04o}"
+
+
+class Owned(Protocol):
+    """An inventory entry that declares a file's owner, group and mode (a Key, a DataFile)."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def group(self) -> str: ...
+    @property
+    def mode(self) -> int: ...
+
+
+class Payload:
+    """A file's bytes to write (`content`) and its inventory entry (`spec`): the digest and the
+    ownership that `unchanged` and `write` take. Mixed into the keys' and data files' dataclasses,
+    which declare both fields."""
+
+    __slots__ = ()
+    spec: Owned
+    content: bytes
+
+    @property
+    def digest(self) -> str:
+        return sha256(self.content)
+
+    @property
+    def ownership(self) -> Ownership:
+        return Ownership(self.spec.user, self.spec.group, self.spec.mode)
 
 
 def parse_mode(text: str) -> int:
