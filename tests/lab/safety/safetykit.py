@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import rtoml
 from labkit import LabHosts, fleet_flake, free_base, free_ports
 
@@ -32,14 +33,24 @@ NODE_MODULE = """{ node, ... }: {
 """
 
 
-def host_pool(root: Path, ports: int) -> Iterator[HostPool]:
-    """A test module's own lab (a fault such as a frozen sshd must not leak into other tests'
-    hosts), stopped by recorded pid when the module is done."""
-    lab = Lab(root)
+def host_pool(
+    tmp_path_factory: pytest.TempPathFactory, name: str, ports: int
+) -> Iterator[HostPool]:
+    """A test module's own lab, in a temp dir named `name`, with room for `ports` hosts (a fault
+    such as a frozen sshd must not leak into other tests' hosts), stopped by recorded pid when
+    the module is done. Skips the module unless run as root (lab hosts need it)."""
+    if os.geteuid() != 0:
+        pytest.skip("lab hosts need root")
+    lab = Lab(tmp_path_factory.mktemp(name))
     try:
         yield HostPool(LabHosts(lab, []), free_base(ports), ports)
     finally:
         lab.down()
+
+
+def out(result: Result) -> str:
+    """What a command printed, stdout then stderr."""
+    return result.stdout + result.stderr
 
 
 @dataclass

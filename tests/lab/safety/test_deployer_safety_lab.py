@@ -18,10 +18,8 @@ from typing import Any
 
 import pytest
 import rtoml
-from labkit import LabHosts, free_base
-from safetykit import Fleet, HostPool, by_node, make_fleet, wait_for
+from safetykit import Fleet, HostPool, by_node, host_pool, make_fleet, out, wait_for
 
-from nixherd.lab.hosts import Lab
 from nixherd.run import process
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
@@ -32,18 +30,7 @@ POOL_PORTS = 8
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostPool]:
     """This module's own lab, each test on hosts no other test touched; stopped by recorded pid."""
-    if os.geteuid() != 0:
-        pytest.skip("lab hosts need root")
-    lab = Lab(tmp_path_factory.mktemp("deployer-safety-lab"))
-    pool = HostPool(LabHosts(lab, []), free_base(POOL_PORTS), POOL_PORTS)
-    try:
-        yield pool
-    finally:
-        lab.down()
-
-
-def out(result: process.Result) -> str:
-    return result.stdout + result.stderr
+    yield from host_pool(tmp_path_factory, "deployer-safety-lab", POOL_PORTS)
 
 
 # --- host keys ------------------------------------------------------------------------------------

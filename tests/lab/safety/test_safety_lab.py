@@ -26,6 +26,7 @@ from safetykit import (
     descendants,
     host_pool,
     make_fleet,
+    out,
     wait_for,
 )
 
@@ -33,7 +34,6 @@ from nixherd.events import Event
 from nixherd.node.activation import ActivationOptions, activate
 from nixherd.node.checks import CheckKind, HealthCheck
 from nixherd.node.goal import Goal
-from nixherd.run import process
 from nixherd.run.ssh import Connection, Target
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
@@ -46,13 +46,7 @@ POOL_PORTS = 32
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostPool]:
     """This module's own lab: each test gets hosts no other test touched (a fault such as a
     frozen sshd must not leak), all stopped by recorded pid when the module ends."""
-    if os.geteuid() != 0:
-        pytest.skip("lab hosts need root")
-    yield from host_pool(tmp_path_factory.mktemp("safety-lab"), POOL_PORTS)
-
-
-def out(result: process.Result) -> str:
-    return result.stdout + result.stderr
+    yield from host_pool(tmp_path_factory, "safety-lab", POOL_PORTS)
 
 
 def ignore(_event: Event) -> None:

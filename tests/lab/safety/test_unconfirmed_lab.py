@@ -24,6 +24,7 @@ from safetykit import (
     deployed_single,
     descendants,
     host_pool,
+    out,
     wait_for,
 )
 
@@ -31,7 +32,6 @@ from nixherd.events import Event, LogLine
 from nixherd.node.activation import ActivationError, ActivationOptions, activate
 from nixherd.node.checks import CheckKind, HealthCheck
 from nixherd.node.goal import Goal
-from nixherd.run import process
 from nixherd.run.ssh import Connection, Target
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
@@ -41,13 +41,7 @@ POOL_PORTS = 16
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostPool]:
-    if os.geteuid() != 0:
-        pytest.skip("lab hosts need root")
-    yield from host_pool(tmp_path_factory.mktemp("unconfirmed-lab"), POOL_PORTS)
-
-
-def out(result: process.Result) -> str:
-    return result.stdout + result.stderr
+    yield from host_pool(tmp_path_factory, "unconfirmed-lab", POOL_PORTS)
 
 
 def target_of(hosts: HostPool, host: str) -> Target:
