@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,16 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomlkit
 from labkit import LabFactory, LabHosts, files_holding, new_store_paths, store_paths
-
-from nixherd.run import process
-from nixherd.run.process import Result
+from secretskit import LabInventory, explain
 
 pytestmark = [pytest.mark.lab]
 
 NODES = ("lab-1", "lab-2")
-USERS = {"lab-1": "root", "lab-2": "deploy"}
 
 
 @pytest.fixture(scope="module")
@@ -36,37 +31,11 @@ def lab(lab_hosts: LabFactory) -> LabHosts:
 
 
 @dataclass
-class Fleet:
+class Fleet(LabInventory):
     """An inventory for lab-1 and lab-2 in a temp dir, and `nixherd` run on it as a process."""
 
-    root: Path
-    lab: LabHosts
     # A directory of this test's own on every host (tests share the session's lab hosts).
     area: str = field(default_factory=lambda: f"/run/nh-h6-{secrets.token_hex(4)}")
-
-    @property
-    def inventory(self) -> Path:
-        return self.root / "inventory.toml"
-
-    def write(self, nodes: dict[str, dict[str, Any]]) -> None:
-        doc: dict[str, Any] = {"defaults": {"ssh_config": self.lab.ssh_config}, "nodes": {}}
-        for name, extra in nodes.items():
-            doc["nodes"][name] = {
-                "host": name,
-                "port": self.lab.port(name),
-                "user": USERS[name],
-                **extra,
-            }
-        self.inventory.write_text(tomlkit.dumps(doc))
-
-    def run(self, *args: str) -> tuple[Result, dict[str, Any]]:
-        result = process.run(
-            [sys.executable, "-m", "nixherd", "-i", str(self.inventory), *args, "--json"],
-            check=False,
-            timeout=120,
-        )
-        report: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
-        return result, report
 
     def remote(self, name: str, script: str, *args: str) -> str:
         return self.lab.ssh(name, "sh", "-c", script, "sh", *args).stdout
@@ -85,10 +54,6 @@ def fleet(tmp_path: Path, lab: LabHosts) -> Iterator[Fleet]:
     yield f
     for name in NODES:
         lab.ssh(name, "rm", "-rf", "--", f.area, check=False)
-
-
-def explain(result: Result) -> str:
-    return f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
 
 class ProcScanner(threading.Thread):

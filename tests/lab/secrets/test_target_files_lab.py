@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomlkit
 from labkit import LabFactory, LabHosts
+from secretskit import USERS, LabInventory, explain
 
 from nixherd.inventory.entries import DataFile
 from nixherd.inventory.parse_entries import build_data
@@ -39,7 +39,6 @@ from nixherd.run.ssh import Connection, Target
 
 pytestmark = [pytest.mark.lab]
 
-USERS = {"lab-1": "root", "lab-2": "deploy"}
 GATE_BYTES = 1 << 20
 
 
@@ -58,20 +57,14 @@ class Node:
 
 
 @dataclass
-class Area:
+class Area(LabInventory):
     """A directory of this test on the lab hosts: `home` owned by deploy, the rest by root."""
 
-    root: Path
-    lab: LabHosts
     dir: str = field(default_factory=lambda: f"/run/nh-t8-{secrets.token_hex(4)}")
 
     @property
     def home(self) -> str:
         return f"{self.dir}/home"
-
-    @property
-    def inventory(self) -> Path:
-        return self.root / "inventory.toml"
 
     def sh(self, node: str, script: str, *args: str, user: str = "root") -> str:
         return self.lab.ssh(node, "sh", "-c", script, "sh", *args, user=user).stdout
@@ -93,25 +86,6 @@ class Area:
     def cat(self, node: str, path: str) -> str:
         return self.sh(node, 'cat -- "$1"', path)
 
-    def write(self, nodes: dict[str, dict[str, Any]]) -> None:
-        doc: dict[str, Any] = {"defaults": {"ssh_config": self.lab.ssh_config}, "nodes": {}}
-        for name, extra in nodes.items():
-            doc["nodes"][name] = {
-                "host": name,
-                "port": self.lab.port(name),
-                "user": USERS[name],
-                **extra,
-            }
-        self.inventory.write_text(tomlkit.dumps(doc))
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "nixherd", "-i", str(self.inventory), *args, "--json"]
-
-    def run(self, *args: str) -> tuple[Result, dict[str, Any]]:
-        result = process.run(self.argv(*args), check=False, timeout=120)
-        report: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
-        return result, report
-
 
 @pytest.fixture
 def area(tmp_path: Path, lab: LabHosts) -> Iterator[Area]:
@@ -121,10 +95,6 @@ def area(tmp_path: Path, lab: LabHosts) -> Iterator[Area]:
     yield a
     for node in USERS:
         lab.ssh(node, "rm", "-rf", "--", a.dir, check=False)
-
-
-def explain(result: Result) -> str:
-    return f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
 
 
 # An ssh that holds a command's stdin after the first GATE_BYTES until the test says go.
