@@ -230,15 +230,16 @@ stc() {
 expire() {
     : >"$d/timedout"
     say "switch-to-configuration $2 did not finish within ${3}s: stopping it" >>"$d/log"
-    signal_switch TERM "$1" "$4"
+    stop_switch TERM 20 "$1" "$4"
+    stop_switch KILL 50 "$1" "$4"
+}
+
+# stop_switch SIGNAL TENTHS PID SCOPE: SIGNAL to the switch's session (and its scope), then wait
+# up to TENTHS tenths of a second for none of it to be left.
+stop_switch() {
+    signal_switch "$1" "$3" "$4"
     n=0
-    while switch_alive "$1" "$4" && [ "$n" -lt 20 ]; do
-        sleep 0.1
-        n=$((n + 1))
-    done
-    signal_switch KILL "$1" "$4"
-    n=0
-    while switch_alive "$1" "$4" && [ "$n" -lt 50 ]; do
+    while switch_alive "$3" "$4" && [ "$n" -lt "$2" ]; do
         sleep 0.1
         n=$((n + 1))
     done
