@@ -1,5 +1,5 @@
 """Shared fakes of the unit tests: a Connection that runs the 'remote' argv on this machine,
-for the keys and data tests, and a fleet node (FakeNode).
+for the keys and data tests, a fleet node (FakeNode), and the problems an inventory gets.
 
 The remote scripts run for real, against a temp dir, with no ssh in between (the lab tests do
 the same over real ssh).
@@ -14,6 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
+from nixherd.errors import InventoryError
+from nixherd.inventory import loads
 from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.inventory.model import target_of
 from nixherd.run import process
@@ -67,6 +71,13 @@ class LocalConnection(Connection):
         return process.run(
             remote, input=input, timeout=timeout, check=check, on_line=on_line, what=what
         )
+
+
+def problems(text: str | bytes) -> list[str]:
+    """The problems `loads` finds in an inventory (it must find some), as their messages."""
+    with pytest.raises(InventoryError) as caught:
+        loads(text)
+    return [str(p) for p in caught.value.problems]
 
 
 # The remote scripts' shells: Debian's sh is dash, NixOS's is bash in POSIX mode.

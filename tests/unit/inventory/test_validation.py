@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from connkit import problems
 
 from nixherd.errors import InventoryError
 from nixherd.inventory import loads
@@ -10,12 +11,6 @@ from nixherd.inventory.validate import MAX_DEPTH
 
 NAME_RULE = "matching [A-Za-z0-9][A-Za-z0-9_.-]* (at most 63 characters)"
 HOST_RULE = "must be a hostname, an IPv4 or an IPv6 address"
-
-
-def problems(text: str | bytes) -> list[str]:
-    with pytest.raises(InventoryError) as caught:
-        loads(text)
-    return [str(p) for p in caught.value.problems]
 
 
 # (inventory text, every problem line expected, in order)

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from connkit import SHELLS, LocalConnection, ShellConnection
+from connkit import SHELLS, LocalConnection, ShellConnection, problems
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nixherd.errors import InventoryError
 from nixherd.events import Event, LogLine
 from nixherd.inventory import loads
 from nixherd.inventory.entries import DataFile
@@ -274,14 +273,8 @@ def test_diff_shows_what_would_change(tmp_path: Path, conn: LocalConnection) -> 
     assert reload_count(tmp_path) == 1
 
 
-def _problems(toml: str) -> list[str]:
-    with pytest.raises(InventoryError) as caught:
-        loads(toml)
-    return [str(p) for p in caught.value.problems]
-
-
 def test_inventory_data_is_validated_with_file_and_key_path() -> None:
-    assert _problems(
+    assert problems(
         """
 [nodes.web]
 data.a = { format = "yaml", source = "a..b", reload = [""] }

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from connkit import SHELLS, LocalConnection, ShellConnection
+from connkit import SHELLS, LocalConnection, ShellConnection, problems
 
-from nixherd.errors import InventoryError, UsageError
+from nixherd.errors import UsageError
 from nixherd.events import Event, LogLine
 from nixherd.inventory import loads
 from nixherd.inventory.entries import Key, SourceKind, Upload
@@ -336,14 +336,8 @@ def test_key_files_nix_would_copy_into_the_store_are_refused(tmp_path: Path) -> 
         refuse_store_exposed([node], base_dir=base, flake=".", cwd=base)
 
 
-def _problems(toml: str) -> list[str]:
-    with pytest.raises(InventoryError) as caught:
-        loads(toml)
-    return [str(p) for p in caught.value.problems]
-
-
 def test_inventory_keys_are_validated_with_file_and_key_path() -> None:
-    assert _problems(
+    assert problems(
         """
 [nodes.web]
 keys.a = { file = "x", env = "Y" }
