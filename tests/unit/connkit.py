@@ -1,5 +1,6 @@
 """Shared fakes of the unit tests: a Connection that runs the 'remote' argv on this machine,
-for the keys and data tests, a fleet node (FakeNode), and the problems an inventory gets.
+for the keys and data tests, a fleet node (FakeNode), the problems an inventory gets, and a
+call that must not wait on a FIFO.
 
 The remote scripts run for real, against a temp dir, with no ssh in between (the lab tests do
 the same over real ssh).
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -23,6 +26,8 @@ from nixherd.inventory.model import target_of
 from nixherd.run import process
 from nixherd.run.process import LineCallback, Result
 from nixherd.run.ssh import Connection, Target
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,21 @@ def problems(text: str | bytes) -> list[str]:
     with pytest.raises(InventoryError) as caught:
         loads(text)
     return [str(p) for p in caught.value.problems]
+
+
+def unblocked(fifo: Path, call: Callable[[], T], blocked: str) -> T:
+    """What `call()` returns, run in a thread: if it still waits after 10 s (opening `fifo`), a
+    writer releases it, so that the test ends, and the test fails with `blocked`."""
+    found: list[T] = []
+    worker = threading.Thread(target=lambda: found.append(call()))
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(10)
+        pytest.fail(blocked)
+    [result] = found
+    return result
 
 
 # The remote scripts' shells: Debian's sh is dash, NixOS's is bash in POSIX mode.

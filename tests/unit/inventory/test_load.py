@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from connkit import unblocked
 
 from nixherd.errors import InventoryError
 from nixherd.inventory import load, loads
@@ -32,16 +32,8 @@ def test_directory(tmp_path: Path) -> None:
 def test_a_fifo_or_a_device_is_refused_without_reading(tmp_path: Path) -> None:
     fifo = tmp_path / "inventory.toml"
     os.mkfifo(fifo)
-    found: list[str] = []
-    reader = threading.Thread(target=lambda: found.append(message(fifo)))
-    reader.start()
-    reader.join(10)
-    if reader.is_alive():
-        # Blocked in open(): a writer releases it, so that the test ends (and fails).
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        reader.join(10)
-        pytest.fail("load() waited on a FIFO")
-    assert found == [f"{fifo}: not a regular file (a FIFO)"]
+    found = unblocked(fifo, lambda: message(fifo), "load() waited on a FIFO")
+    assert found == f"{fifo}: not a regular file (a FIFO)"
     assert message("/dev/zero") == "/dev/zero: not a regular file (a character device)"
 
 
