@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from enum import Enum, Flag
 from typing import Any, Final
 
-from nixherd.inventory.parse_entries import check_issues, data_issues, key_issues
 from nixherd.inventory.validate import (
     HOSTNAME,
     MAX_HOST,
@@ -169,6 +168,28 @@ def _targets(value: Any) -> list[Issue] | None:
 
 NODE_LAYERS: Final = Where.TARGET | Where.NODE
 
+
+# The entries' validators live with the entries (parse_entries.py), imported only when an
+# inventory has keys, data or checks: `nixherd nodes` on a fleet without them does not pay for
+# loading the entry types.
+def _key_issues(value: Any) -> list[Issue] | None:
+    from nixherd.inventory.parse_entries import key_issues
+
+    return key_issues(value)
+
+
+def _data_issues(value: Any) -> list[Issue] | None:
+    from nixherd.inventory.parse_entries import data_issues
+
+    return data_issues(value)
+
+
+def _check_issues(value: Any) -> list[Issue] | None:
+    from nixherd.inventory.parse_entries import check_issues
+
+    return check_issues(value)
+
+
 FIELDS: tuple[Field, ...] = (
     Field(
         "host",
@@ -265,7 +286,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "keys",
         "table of named keys (`keys.<name>`: file|command|env, dest, user, group, mode, upload)",
-        named_table(key_issues),
+        named_table(_key_issues),
         Merge.NAMED,
         EVERY_LAYER,
         "secrets uploaded over ssh without a rebuild, never via a Nix store (not in the Nix data)",
@@ -275,7 +296,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "data",
         "table of named files (`data.<name>`: path, format, source|template, mode, owner, reload)",
-        named_table(data_issues),
+        named_table(_data_issues),
         Merge.NAMED,
         EVERY_LAYER,
         "runtime data files rendered from vars and pushed without a rebuild (not in the Nix data)",
@@ -286,7 +307,7 @@ FIELDS: tuple[Field, ...] = (
         "checks",
         "table of named health checks (`checks.<name>`: command|http|tcp, status, body, "
         "timeout, retries, interval)",
-        named_table(check_issues),
+        named_table(_check_issues),
         Merge.NAMED,
         EVERY_LAYER,
         "health checks run after activation, before the confirmation (not in the Nix data)",

@@ -8,10 +8,10 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nixherd.inventory.entries import DataFile, HealthCheck, Key
 from nixherd.inventory.fields import BUILTIN, NIX_FIELDS, NODE_FIELDS, Merge
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: `nixherd nodes` loads neither the entries nor the ssh layer
+    from nixherd.inventory.entries import DataFile, HealthCheck, Key
     from nixherd.run.ssh import Target
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from nixherd.inventory.entries import DATA_BACKUP_SUFFIX, DataFile, Key
+if TYPE_CHECKING:
+    from nixherd.inventory.entries import DataFile, Key
 
 # A dotted quad as inet_ntoa writes it; anything else numeric is read the way ssh's resolver
 # reads it (inet_aton: `127.1`, `0x7f.0.0.1`, octal `010`).
@@ -56,6 +58,9 @@ def endpoint_host(host: str) -> str:
 def destination_clash(keys: Mapping[str, Key], data: Mapping[str, DataFile]) -> str | None:
     """Two keys or data files of one node writing one file, however spelled, including the
     previous copy a data file keeps beside itself (the last writer would win silently)."""
+    # Imported here, like the entries it compares (see resolve.entries).
+    from nixherd.inventory.entries import DATA_BACKUP_SUFFIX
+
     seen: dict[str, str] = {}
 
     def claim(path: str, who: str) -> str | None:

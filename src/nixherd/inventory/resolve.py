@@ -27,7 +27,6 @@ from nixherd.inventory.fields import (
 from nixherd.inventory.merge import Values, apply_layer
 from nixherd.inventory.model import Inventory, Layer, Node, Origin
 from nixherd.inventory.normal import destination_clash, endpoint_host
-from nixherd.inventory.parse_entries import build_check, build_data, build_key
 from nixherd.inventory.validate import got, is_name, join, shown, unknown_field_message
 
 # Every key a node's storage ends up with, so that the per-node copy is made at its final size;
@@ -43,11 +42,7 @@ _SKELETON: Values = {
 
 
 # The named-table fields whose entries the resolver turns into typed values (entries.py).
-_ENTRY_BUILDERS: tuple[tuple[str, Callable[[str, Any], Any]], ...] = (
-    ("keys", build_key),
-    ("data", build_data),
-    ("checks", build_check),
-)
+_ENTRY_FIELDS = ("keys", "data", "checks")
 
 
 def fanout_name(role: str, host: str) -> str:
@@ -174,13 +169,21 @@ class _Resolver:
             ssh_config=self.ssh_config,
         )
 
-    def entries(self, tables: Mapping[str, Any], build: Callable[[str, Any], Any]) -> Any:
+    def entries(self, field_name: str, tables: Mapping[str, Any]) -> Any:
         """The typed entries of one named-table field (valid by now), built once per table: the
         nodes of a role share the role's merged table, so its entries are built once for all."""
         cached = self.built_entries.get(id(tables))
         # The table is kept in the cache, so its id cannot be reused while the cache lives.
         if cached is not None and cached[0] is tables:
             return cached[1]
+        # Imported here: an inventory without keys, data or checks never loads the entry types.
+        from nixherd.inventory.parse_entries import build_check, build_data, build_key
+
+        build: Callable[[str, Any], Any] = {
+            "keys": build_key,
+            "data": build_data,
+            "checks": build_check,
+        }[field_name]
         built = {name: build(name, table) for name, table in tables.items()}
         self.built_entries[id(tables)] = (tables, built)
         return built
@@ -220,10 +223,12 @@ class _Resolver:
             )
             return
         self.endpoints[endpoint] = name
-        for f_name, build in _ENTRY_BUILDERS:
+        for f_name in _ENTRY_FIELDS:
             if fields[f_name]:
-                fields[f_name] = self.entries(fields[f_name], build)
-        clash = destination_clash(fields["keys"], fields["data"])
+                fields[f_name] = self.entries(f_name, fields[f_name])
+        clash = None
+        if fields["keys"] or fields["data"]:
+            clash = destination_clash(fields["keys"], fields["data"])
         if clash is not None:
             self.report(source, clash)
             return
