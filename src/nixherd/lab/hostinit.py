@@ -39,7 +39,8 @@ MS_BIND = 0x1000
 
 # Where the host's /nix is mounted; created when the machine has none (Nix never ran there).
 NIX_MOUNT_POINT = "/nix"
-# Login records sshd appends to: per-host copies, when the machine has the file at all.
+# Login records sshd appends to, in the host's own /var/log (a directory of the lab's, mounted
+# whole: single files bind-mounted over the machine's vanish when logrotate renames them).
 LOG_FILES = ("wtmp", "btmp", "lastlog")
 # Where nix-daemon and the garbage collector put their sockets.
 SOCKET_DIRS = ("/nix/var/nix/daemon-socket", "/nix/var/nix/gc-socket")
@@ -110,12 +111,13 @@ class Init:
                 if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
                     os.unlink(entry.path)
             mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        var_log = os.path.join(self.log_dir, "var-log")
+        os.makedirs(var_log, mode=0o755, exist_ok=True)
         for name in LOG_FILES:
-            own = os.path.join(self.log_dir, name)
-            if os.path.exists(f"/var/log/{name}"):
-                with open(own, "a"):
-                    pass
-                mount(own, f"/var/log/{name}", None, MS_BIND, None)
+            with open(os.path.join(var_log, name), "a"):
+                pass
+        ensure_mount_point("/var/log")
+        mount(var_log, "/var/log", None, MS_BIND, None)
         socket.sethostname(self.name)
         for path, mode in (("/run/sshd", 0o755), ("/run/lab", 0o755), ("/nix/var/lab", 0o755)):
             os.makedirs(path, mode=mode, exist_ok=True)

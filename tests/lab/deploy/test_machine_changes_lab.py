@@ -82,3 +82,19 @@ def test_a_host_etc_is_its_own_copy_without_the_machine_secrets(lab_hosts: LabFa
     lab.ssh("lab-1", "touch", f"/etc/{marker}")
     assert not os.path.exists(f"/etc/{marker}")
     assert "deploy" in lab.ssh("lab-1", "getent", "passwd", "deploy").stdout
+
+
+def test_a_host_var_log_is_its_own_directory(lab_hosts: LabFactory) -> None:
+    # sshd appends login records to /var/log/wtmp; logrotate renames the machine's file monthly,
+    # which a single-file bind mount would not survive (the same hole as /etc/passwd had).
+    lab = lab_hosts(1)
+    host = next(h for h in lab.lab.hosts() if h.name == "lab-1")
+    marker = f"nixherd-probe-{os.getpid()}"
+    lab.ssh("lab-1", "touch", f"/var/log/{marker}")
+    leaked = os.path.exists(f"/var/log/{marker}")
+    if leaked:
+        os.unlink(f"/var/log/{marker}")
+    assert not leaked, "a write to the host's /var/log reached the machine's"
+    inside = set(lab.ssh("lab-1", "ls", "/var/log").stdout.split())
+    assert {"wtmp", "btmp", "lastlog", marker} <= inside
+    assert inside == set(os.listdir(os.path.join(host.log_dir, "var-log")))
