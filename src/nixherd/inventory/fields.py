@@ -169,25 +169,17 @@ def _targets(value: Any) -> list[Issue] | None:
 NODE_LAYERS: Final = Where.TARGET | Where.NODE
 
 
-# The entries' validators live with the entries (parse_entries.py), imported only when an
-# inventory has keys, data or checks: `nixherd nodes` on a fleet without them does not pay for
-# loading the entry types.
-def _key_issues(value: Any) -> list[Issue] | None:
-    from nixherd.inventory.parse_entries import key_issues
+def _entry_issues(field_name: str) -> Check:
+    """The validator of one entry of `field_name` (keys, data, checks). It lives with the entries
+    (parse_entries.ISSUES), imported only when an inventory has such entries: `nixherd nodes` on
+    a fleet without them does not pay for loading the entry types."""
 
-    return key_issues(value)
+    def issues(value: Any) -> list[Issue] | None:
+        from nixherd.inventory.parse_entries import ISSUES
 
+        return ISSUES[field_name](value)
 
-def _data_issues(value: Any) -> list[Issue] | None:
-    from nixherd.inventory.parse_entries import data_issues
-
-    return data_issues(value)
-
-
-def _check_issues(value: Any) -> list[Issue] | None:
-    from nixherd.inventory.parse_entries import check_issues
-
-    return check_issues(value)
+    return issues
 
 
 FIELDS: tuple[Field, ...] = (
@@ -286,7 +278,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "keys",
         "table of named keys (`keys.<name>`: file|command|env, dest, user, group, mode, upload)",
-        named_table(_key_issues),
+        named_table(_entry_issues("keys")),
         Merge.NAMED,
         EVERY_LAYER,
         "secrets uploaded over ssh without a rebuild, never via a Nix store (not in the Nix data)",
@@ -296,7 +288,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "data",
         "table of named files (`data.<name>`: path, format, source|template, mode, owner, reload)",
-        named_table(_data_issues),
+        named_table(_entry_issues("data")),
         Merge.NAMED,
         EVERY_LAYER,
         "runtime data files rendered from vars and pushed without a rebuild (not in the Nix data)",
@@ -307,7 +299,7 @@ FIELDS: tuple[Field, ...] = (
         "checks",
         "table of named health checks (`checks.<name>`: command|http|tcp, status, body, "
         "timeout, retries, interval)",
-        named_table(_check_issues),
+        named_table(_entry_issues("checks")),
         Merge.NAMED,
         EVERY_LAYER,
         "health checks run after activation, before the confirmation (not in the Nix data)",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from nixherd.inventory import template
@@ -367,3 +367,18 @@ def build_check(name: str, table: Mapping[str, Any]) -> HealthCheck:
     if check is None:  # pragma: no cover - the field table validated it
         raise ValueError(f"check {name}: {'; '.join(problems)}")
     return check
+
+
+# By the inventory field that holds the entries: one entry's validator (the field table's, see
+# fields._entry_issues) and its builder (the resolver's). Both are looked up here lazily, so that
+# an inventory without entries never loads this module.
+ISSUES: Final[Mapping[str, Callable[[Any], list[Issue] | None]]] = {
+    "keys": key_issues,
+    "data": data_issues,
+    "checks": check_issues,
+}
+BUILDERS: Final[Mapping[str, Callable[[str, Mapping[str, Any]], Key | DataFile | HealthCheck]]] = {
+    "keys": build_key,
+    "data": build_data,
+    "checks": build_check,
+}

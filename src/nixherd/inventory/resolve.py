@@ -177,13 +177,9 @@ class _Resolver:
         if cached is not None and cached[0] is tables:
             return cached[1]
         # Imported here: an inventory without keys, data or checks never loads the entry types.
-        from nixherd.inventory.parse_entries import build_check, build_data, build_key
+        from nixherd.inventory.parse_entries import BUILDERS
 
-        build: Callable[[str, Any], Any] = {
-            "keys": build_key,
-            "data": build_data,
-            "checks": build_check,
-        }[field_name]
+        build = BUILDERS[field_name]
         built = {name: build(name, table) for name, table in tables.items()}
         self.built_entries[id(tables)] = (tables, built)
         return built
