@@ -373,13 +373,14 @@ class Lab:
             for entry in os.listdir(ssh_dir):
                 if entry.startswith("ssh_host_"):  # the machine's host keys stay the machine's
                     os.unlink(os.path.join(ssh_dir, entry))
-        machine = {name: Path("/etc", name).read_text() for name in ("passwd", "group", "hosts")}
+        # Rendered from the copy just taken, not the machine's live files: one snapshot of /etc.
+        machine = {name: Path(new, name).read_text() for name in ("passwd", "group", "hosts")}
         _write(os.path.join(new, "passwd"), render.passwd(machine["passwd"], user))
         _write(os.path.join(new, "group"), render.group(machine["group"], user))
         _write(os.path.join(new, "hosts"), render.hosts_file(machine["hosts"], host.name))
         _write(os.path.join(new, "sudoers"), render.sudoers(self.bin_dir), mode=0o440)
         shadow = os.path.join(new, "shadow")
-        _write(shadow, render.shadow(Path("/etc/shadow").read_text()), mode=0o640)
+        _write(shadow, render.shadow(Path(new, "shadow").read_text()), mode=0o640)
         with contextlib.suppress(KeyError):
             os.chown(shadow, 0, grp.getgrnam("shadow").gr_gid)
         shutil.rmtree(etc, ignore_errors=True)
