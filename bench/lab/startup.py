@@ -77,12 +77,16 @@ def main() -> int:
     args = parser.parse_args()
     results = {n: one(n, args.base_port) for n in args.counts}
     baseline = results[min(results)][1]
-    print(f"{'hosts':>5}  {'sshd up':>8}  {'running':>8}  {'per host':>8}  {'ratio':>6}  "
-          f"{'RSS MiB':>8}  {'down':>6}")
+    print(
+        f"{'hosts':>5}  {'sshd up':>8}  {'running':>8}  {'per host':>8}  {'ratio':>6}  "
+        f"{'RSS MiB':>8}  {'down':>6}"
+    )
     for n, (sshd, running, memory, down) in results.items():
         ratio = running / baseline
-        print(f"{n:>5}  {sshd:>7.2f}s  {running:>7.2f}s  {running / n:>7.3f}s  {ratio:>6.2f}  "
-              f"{memory:>8.1f}  {down:>5.2f}s")
+        print(
+            f"{n:>5}  {sshd:>7.2f}s  {running:>7.2f}s  {running / n:>7.3f}s  {ratio:>6.2f}  "
+            f"{memory:>8.1f}  {down:>5.2f}s"
+        )
     return 0
 
 
