@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from connkit import problems
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nixherd.errors import InventoryError
 from nixherd.inventory import loads
-from nixherd.inventory.validate import MAX_DEPTH
+from nixherd.inventory.validate import MAX_DEPTH, peer_name_problem
 
 NAME_RULE = "matching [A-Za-z0-9][A-Za-z0-9_.-]* (at most 63 characters)"
 HIVE_KEY = (
@@ -656,3 +660,13 @@ def test_different_addresses_stay_apart(host: str, other: str) -> None:
     from nixherd.inventory.normal import endpoint_host
 
     assert endpoint_host(host) != endpoint_host(other)
+
+
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True))
+def test_deploy_rs_rule_is_its_schema_pattern_on_node_names(name: str) -> None:
+    # serokell/deploy-rs interface.json keys nodes by "[A-z][A-z0-9_-]*", a JSON Schema pattern:
+    # matched anywhere (re.search), and A-z spans [\]^_` too. On nixherd's names the validator's
+    # rule says the same.
+    by_schema = re.search("[A-z][A-z0-9_-]*", name) is not None
+    refused = peer_name_problem(name) is not None and name not in ("defaults", "meta", "network")
+    assert refused == (not by_schema)
