@@ -33,6 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_parallel(parser)
     build = parser.add_argument_group("building and copying")
     runs.add_keep_result(build)
+    runs.add_nix_flags(parser)
     build.add_argument(
         "--substitute-on-destination",
         action="store_true",
@@ -149,6 +150,7 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
         confirm_timeout=args.confirm_timeout,
         keys=args.keys,
         rollout=rollout,
+        nix=runs.nix_flags(args),
     )
 
 
