@@ -236,7 +236,7 @@ def _single_apply(name: str) -> str:
 MAX_ERROR_LINES = 80
 _HEAD_LINES = 30
 _TAIL_LINES = 20
-_MAX_FRAME_LINES = 60
+_MAX_FRAME_LINES = 100
 # A line of a trace frame worth keeping when the code excerpts are cut: its position
 # (`at /nix/store/...-source/web.nix:4:5:`) or what was being evaluated (`… while evaluating`).
 _FRAME = re.compile(r"\s*(at \S+:\d+:\d+:?|… .*|\.\.\. .*)")
@@ -263,7 +263,7 @@ def error_message(output: str) -> str:
     lines[0] = lines[0][len("error:") :].strip()
     if not lines[0] and len(lines) > 1:
         lines.pop(0)  # Nix 2.16+: a bare "error:" opens the trace, the message comes last
-    return "\n".join(excerpt(lines)).strip()
+    return "\n".join(excerpt(lines)).strip("\n").rstrip()
 
 
 def excerpt(lines: list[str], limit: int = MAX_ERROR_LINES) -> list[str]:
