@@ -33,7 +33,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_parallel(parser)
     build = parser.add_argument_group("building and copying")
     runs.add_keep_result(build)
-    runs.add_nix_flags(parser)
     build.add_argument(
         "--substitute-on-destination",
         action="store_true",
@@ -44,6 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="copy the derivations and build on each node instead of here",
     )
+    runs.add_nix_flags(parser)
     safety = parser.add_argument_group("activation and safety")
     safety.add_argument(
         "--no-rollback",

@@ -26,7 +26,7 @@ def nix_argv(*args: str) -> list[str]:
 # --- the user's Nix flags ---
 #
 # Spelled as Nix 2.8 spells them (`nix --help`: --show-trace, --print-build-logs/-L, --impure,
-# --option NAME VALUE, --builders, --max-jobs), which current Nix and Lix still accept. The
+# --option NAME VALUE, --builders, --max-jobs), which later Nix releases keep. The
 # legacy `nix-store` takes --show-trace, --option, --builders and --max-jobs, but not -L (it
 # prints build logs anyway) nor --impure (it evaluates nothing).
 
@@ -43,7 +43,7 @@ class NixFlags:
     """Nix flags the user asked for, handed to every local `nix eval` and build of a run.
 
     Built once (by the CLI) and turned into argv here only. Values are checked where their form
-    is known; whether Nix knows a setting and takes its value is Nix's to say (`check`).
+    is known; whether Nix knows a setting and takes its value is Nix's to say (`check_options`).
     """
 
     show_trace: bool = False
