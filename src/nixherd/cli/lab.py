@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nixherd.cli import numbers
+from nixherd.cli import numbers, runs
 
 HELP = "local test hosts: up, status, down"
 
@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "exit 1 when a host is not up",
     )
     with_dir(status)
-    status.add_argument("--json", action="store_true", help="print a JSON array of hosts")
+    runs.add_json(status, "the hosts")
     down = sub.add_parser("down", help="stop the hosts (by recorded pid); keep their files")
     with_dir(down)
     down.add_argument(
@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         hosts = lab.status()
         data = [h.to_data() for h in hosts]
         if args.json:
-            render.print_json(data)
+            from nixherd.cli import jsonout
+
+            jsonout.emit("lab status", {"hosts": [jsonout.lab_host(h) for h in hosts]})
         elif not data:
             sys.stdout.write(f"no lab hosts in {lab.dir}\n")
         else:

@@ -16,9 +16,9 @@ HEADERS = ("FIELD", "VALUE", "ORIGIN")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("node", metavar="NODE", help="the node's name")
-    parser.add_argument(
-        "--json", action="store_true", help='print {"node": ..., "origins": ..., "source": ...}'
-    )
+    from nixherd.cli import runs
+
+    runs.add_json(parser, "the node, its values' origins and its source")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +29,14 @@ def run(args: argparse.Namespace) -> int:
     data = node.to_data(deployer=True)
     origins = node.origins(deployer=True)
     if args.json:
-        render.print_json({"node": data, "origins": _origin_names(origins), "source": node.source})
+        from nixherd.cli import jsonout
+
+        shown: jsonout.ShowData = {
+            "node": data,
+            "origins": _origin_names(origins),
+            "source": node.source,
+        }
+        jsonout.emit("show", shown)
         return 0
     rows = [
         (field if first else "", value, origin)
