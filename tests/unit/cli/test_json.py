@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
 import jsonkit
+import jsonschema
 import pytest
 
 from nixherd.cli import COMMANDS, build_parser, jsonout, main, schemagen
@@ -41,7 +42,7 @@ def test_the_checked_in_schema_is_the_one_the_code_derives() -> None:
 
 def test_the_schema_is_a_valid_draft_2020_12_schema_with_one_variant_per_command() -> None:
     schema = json.loads(jsonkit.SCHEMA_FILE.read_text())
-    jsonkit.jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.Draft202012Validator.check_schema(schema)
     commands = [v["properties"]["command"]["const"] for v in schema["oneOf"]]
     assert commands == list(jsonout.payloads())
 
