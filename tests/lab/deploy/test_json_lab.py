@@ -154,7 +154,7 @@ def test_exec_report_holds_each_nodes_output_bounded(fleet: Fleet) -> None:
 
 def test_status_exit_code_tells_drift_from_unreachable(fleet: Fleet) -> None:
     fleet.write(NAMES)
-    result, report = fleet.apply("switch")
+    result, _ = fleet.apply("switch")
     assert result.returncode == 0, explain(result)
 
     matching = fleet.nixherd("status", "--exit-code", "--json")
