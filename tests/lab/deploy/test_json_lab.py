@@ -62,8 +62,9 @@ class Runner:
         self.seen: set[str] = set()
 
     def __call__(self, command: str, *args: str, code: int = 0) -> Any:
+        # --json right after the command's words: before `-- CMD` (exec) and the options.
         words = command.split()
-        result = self.fleet.nixherd(*words, *args, "--json")
+        result = self.fleet.nixherd(*words, "--json", *args)
         assert result.returncode == code, explain(result)
         self.seen.add(command)
         # The whole of stdout is the one document: nothing else was printed there.
@@ -93,7 +94,7 @@ def test_every_command_writes_json_the_schema_accepts(
 
         # apply: the report on stdout and in --report FILE are the same document.
         report_file = fleet.work / "apply.json"
-        applied = run("apply", "switch", "--report", str(report_file))
+        applied = run("apply", "--report", str(report_file))
         assert applied["ok"] and applied["goal"] == "switch"
         assert jsonkit.document(report_file.read_text(), "apply") == applied
 
