@@ -7,7 +7,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nixherd.cli.jsonout import EvalNode
+    from nixherd.cli.payloads import EvalNode
     from nixherd.errors import Problem
     from nixherd.inventory import Node
 
@@ -21,9 +21,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--on", metavar="SEL", help="select nodes: names, @tags, role:R, !exclude, &intersect"
     )
-    from nixherd.cli import runs
+    from nixherd.cli import jsonout
 
-    runs.add_json(parser, "the problems (and with --eval, each evaluation)")
+    jsonout.add_json(parser, "the problems (and with --eval, each evaluation)")
 
 
 def run(args: argparse.Namespace) -> int:

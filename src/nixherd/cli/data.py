@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from nixherd.cli.keys import add_node_options, error_text, finish, load_selection, progress
 
 if TYPE_CHECKING:
-    from nixherd.cli.jsonout import DataDiffData, DataDiffNode, DataPushData, DataPushNode
+    from nixherd.cli.payloads import DataDiffData, DataDiffNode, DataPushData, DataPushNode
     from nixherd.errors import NixherdError
     from nixherd.node.data import DataResult, FileDiff
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from nixherd.cli import runs
+from nixherd.cli import jsonout, runs
 
 if TYPE_CHECKING:
-    from nixherd.cli.jsonout import ClosureDiffData
+    from nixherd.cli.payloads import ClosureDiffData
     from nixherd.node.diff import ClosureDiff
 
 HELP = "show what the new build changes on each node: packages, versions, closure size"
@@ -18,7 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_selection(parser)
     runs.add_flake(parser)
     runs.add_parallel(parser)
-    runs.add_json(parser, "each node's diff")
+    jsonout.add_json(parser, "each node's diff")
 
 
 def closure_diff(diff: ClosureDiff) -> ClosureDiffData:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nixherd.cli import runs
+from nixherd.cli import jsonout, runs
 
 HELP = "evaluate the selected nodes' systems (one nix process); print derivations or errors"
 
@@ -12,7 +12,7 @@ HELP = "evaluate the selected nodes' systems (one nix process); print derivation
 def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_selection(parser)
     runs.add_flake(parser)
-    runs.add_json(parser, "each node's evaluation")
+    jsonout.add_json(parser, "each node's evaluation")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,10 +7,10 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nixherd.cli import runs
+from nixherd.cli import jsonout, runs
 
 if TYPE_CHECKING:
-    from nixherd.cli.jsonout import Payload
+    from nixherd.cli.payloads import KeysData, KeysNode, Payload
     from nixherd.cli.progress import Progress
     from nixherd.errors import NixherdError
 
@@ -27,7 +27,7 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by the per-node commands of this module and `data`."""
     runs.add_selection(parser)
     runs.add_parallel(parser)
-    runs.add_json(parser, "each node's result")
+    jsonout.add_json(parser, "each node's result")
 
 
 def progress(names: Sequence[str], title: str) -> Progress:
@@ -86,7 +86,6 @@ def error_text(error: NixherdError) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nixherd.cli.jsonout import KeysData, KeysNode
     from nixherd.errors import NixherdError
     from nixherd.fleet.commands import upload_keys_everywhere
     from nixherd.node.keys import KeysResult, summary

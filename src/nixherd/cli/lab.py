@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nixherd.cli import numbers, runs
+from nixherd.cli import jsonout, numbers
 
 HELP = "local test hosts: up, status, down"
 
@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "exit 1 when a host is not up",
     )
     with_dir(status)
-    runs.add_json(status, "the hosts")
+    jsonout.add_json(status, "the hosts")
     down = sub.add_parser("down", help="stop the hosts (by recorded pid); keep their files")
     with_dir(down)
     down.add_argument(

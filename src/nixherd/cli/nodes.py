@@ -13,9 +13,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--on", metavar="SEL", help="select nodes: names, @tags, role:R, !exclude, &intersect"
     )
-    from nixherd.cli import runs
+    from nixherd.cli import jsonout
 
-    runs.add_json(parser, "the nodes")
+    jsonout.add_json(parser, "the nodes")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -67,15 +67,6 @@ def flake_ref(args: argparse.Namespace) -> str:
     return fleet.flake_for(inventory_path(args))
 
 
-def add_json(parser: argparse.ArgumentParser, what: str = "the result") -> None:
-    """`--json`: the command's JSON document (nixherd.cli.jsonout) on stdout, nothing else there."""
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help=f"print {what} as JSON on stdout (docs/json.md); progress stays on stderr",
-    )
-
-
 def add_report_json(parser: argparse.ArgumentParser, what: str) -> None:
     """`--json` of the commands whose `--json` took a FILE before the JSON contract v1 (apply,
     build, exec, rollback, check-health), and `--report FILE`.
@@ -84,7 +75,7 @@ def add_report_json(parser: argparse.ArgumentParser, what: str) -> None:
     rather than read as before: `apply --json boot` would otherwise write a file "boot" and
     switch, and `exec --json out.json -- cmd` would run `out.json` on the nodes.
     """
-    parser.add_argument(
+    parser.add_argument(  # the same flag as nixherd.cli.jsonout.add_json, refusing a value
         "--json",
         nargs="?",
         const=True,

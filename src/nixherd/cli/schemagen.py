@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from nixherd.cli import jsonout
+from nixherd.cli import jsonout, payloads
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 FILE = f"{jsonout.SCHEMA.replace('/', '-')}.json"  # nixherd-v1.json
@@ -34,7 +34,7 @@ def schema() -> dict[str, Any]:
     """The schema: one variant of the envelope per command, its `data` typed."""
     defs: dict[str, Any] = {}
     variants = []
-    for command, payload in jsonout.payloads().items():
+    for command, payload in payloads.payloads().items():
         variants.append(
             {
                 "type": "object",
@@ -50,8 +50,8 @@ def schema() -> dict[str, Any]:
     return {
         "$schema": DRAFT,
         "title": f"nixherd JSON documents ({jsonout.SCHEMA})",
-        "description": _doc(jsonout.Envelope)
-        + " Generated from src/nixherd/cli/jsonout.py and src/nixherd/fleet/report.py by "
+        "description": _doc(payloads.Envelope)
+        + " Generated from src/nixherd/cli/payloads.py and src/nixherd/fleet/report.py by "
         "scripts/gen-json-schema.py; do not edit.",
         "oneOf": variants,
         "$defs": dict(sorted(defs.items())),

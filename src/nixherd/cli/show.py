@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from nixherd.cli.payloads import ShowData
     from nixherd.inventory import Inventory, Node
 
 HELP = "show one resolved node and where each value comes from"
@@ -16,9 +17,9 @@ HEADERS = ("FIELD", "VALUE", "ORIGIN")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("node", metavar="NODE", help="the node's name")
-    from nixherd.cli import runs
+    from nixherd.cli import jsonout
 
-    runs.add_json(parser, "the node, its values' origins and its source")
+    jsonout.add_json(parser, "the node, its values' origins and its source")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from nixherd.cli import jsonout
 
-        shown: jsonout.ShowData = {
+        shown: ShowData = {
             "node": data,
             "origins": _origin_names(origins),
             "source": node.source,

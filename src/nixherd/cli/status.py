@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from nixherd.cli import runs
+from nixherd.cli import jsonout, runs
 
 if TYPE_CHECKING:
-    from nixherd.cli.jsonout import StatusData, StatusNode
+    from nixherd.cli.payloads import StatusData, StatusNode
     from nixherd.node.status import NodeStatus
 
 # `status --exit-code`: every node reachable and evaluated, and some do not run the flake's build.
@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not evaluate the flake (no 'matches' column)",
     )
-    runs.add_json(parser, "every node's state")
+    jsonout.add_json(parser, "every node's state")
     parser.add_argument(
         "--exit-code",
         action="store_true",

@@ -16,7 +16,7 @@ import rtoml
 from deploykit import Fleet, by_node, free_port, make_fleet
 from labkit import LabFactory, LabHosts
 
-from nixherd.cli import jsonout
+from nixherd.cli import payloads
 from nixherd.fleet.report import OUTPUT_LIMIT
 from nixherd.run.process import Result
 
@@ -125,7 +125,7 @@ def test_every_command_writes_json_the_schema_accepts(
         for name in NAMES:
             fleet.lab.ssh(name, "rm", "-rf", "--", area, check=False)
     # Every command of the contract was run here: a new one must be added to this test.
-    assert run.seen == set(jsonout.payloads())
+    assert run.seen == set(payloads.payloads())
 
 
 def test_exec_report_holds_each_nodes_output_bounded(fleet: Fleet) -> None:

@@ -17,7 +17,7 @@ import jsonkit
 import jsonschema
 import pytest
 
-from nixherd.cli import COMMANDS, build_parser, jsonout, main, schemagen
+from nixherd.cli import COMMANDS, build_parser, jsonout, main, payloads, schemagen
 from nixherd.fleet.report import OUTPUT_LIMIT, Output
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -44,7 +44,7 @@ def test_the_schema_is_a_valid_draft_2020_12_schema_with_one_variant_per_command
     schema = json.loads(jsonkit.SCHEMA_FILE.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     commands = [v["properties"]["command"]["const"] for v in schema["oneOf"]]
-    assert commands == list(jsonout.payloads())
+    assert commands == list(payloads.payloads())
 
 
 def _json_commands() -> Iterator[tuple[str, argparse.ArgumentParser]]:
@@ -66,7 +66,7 @@ def test_every_command_with_json_has_a_payload_in_the_contract() -> None:
         for name, parser in _json_commands()
         if any("--json" in action.option_strings for action in parser._actions)
     }
-    assert with_json == set(jsonout.payloads())
+    assert with_json == set(payloads.payloads())
     # ... and the commands that show data all have it (lab up/down and the top level do not).
     assert set(COMMANDS) - {"lab", "keys", "data"} <= with_json
 
