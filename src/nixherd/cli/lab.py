@@ -39,6 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="port of lab-1 (default: the lab's, else 2201)",
     )
+    jsonout.add_json(up, "the hosts (instead of the table, ssh line and inventory snippet)")
     status = sub.add_parser(
         "status",
         help="show each host: port, pid, state (up: the deploy user logs in), current system; "
@@ -61,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     lab = Lab(args.dir or default_dir())
     if args.lab_command == "up":
         hosts = lab.up(args.n if args.n is not None else DEFAULT_COUNT, args.base_port)
+        if args.json:
+            jsonout.emit("lab up", {"hosts": [jsonout.lab_host(h) for h in hosts]})
+            return 0
         _table([h.to_data() for h in hosts])
         out = sys.stdout
         out.write(f"\nssh -F {lab.ssh_config} lab-1\n")
@@ -72,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
         hosts = lab.status()
         data = [h.to_data() for h in hosts]
         if args.json:
-            from nixherd.cli import jsonout
-
             jsonout.emit("lab status", {"hosts": [jsonout.lab_host(h) for h in hosts]})
         elif not data:
             sys.stdout.write(f"no lab hosts in {lab.dir}\n")

@@ -220,7 +220,7 @@ class LabHostData(TypedDict):
 
 
 class LabStatusData(TypedDict):
-    """`lab status`: the lab's hosts."""
+    """`lab up`, `lab status`: the lab's hosts."""
 
     hosts: list[LabHostData]
 
@@ -260,5 +260,6 @@ def payloads() -> dict[str, object]:
         "keys upload": KeysData,
         "data diff": DataDiffData,
         "data push": DataPushData,
+        "lab up": LabStatusData,
         "lab status": LabStatusData,
     }

@@ -118,6 +118,9 @@ def test_every_command_writes_json_the_schema_accepts(
         rolled = by_node(run("rollback"))
         assert rolled["lab-1"]["store_path"] == applied["nodes"][0]["store_path"]
 
+        # `lab up` of hosts already up keeps them and says what runs.
+        up = run("lab up", "--dir", fleet.lab.dir, "-n", str(len(NAMES)))["hosts"]
+        assert [h["name"] for h in up] == NAMES
         hosts = run("lab status", "--dir", fleet.lab.dir)["hosts"]
         assert [h["name"] for h in hosts][: len(NAMES)] == NAMES
         assert all(h["state"] == "up" for h in hosts)
