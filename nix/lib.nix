@@ -39,9 +39,11 @@ let
   # Concatenation keeping the first occurrence of each value in place.
   uniqueConcat = foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ];
 
+  # `port` null: none on ssh's command line, ssh's config (else 22) decides; `false` in any layer
+  # (TOML has no null) resolves to null, for `port` and `user` alike (docs/inventory.md, "ssh").
   builtinDefaults = {
     user = "root";
-    port = 22;
+    port = null;
     system = "x86_64-linux";
     host_key_policy = "strict";
   };
@@ -60,6 +62,7 @@ let
   scalar =
     field: fallback: layers:
     foldl' (acc: layer: layer.${field} or acc) fallback layers;
+  orNull = value: if value == false then null else value;
   list = field: layers: uniqueConcat (concatMap (layer: layer.${field} or [ ]) layers);
   table = field: layers: foldl' (acc: layer: deepMerge acc (layer.${field} or { })) { } layers;
 
@@ -69,8 +72,8 @@ let
     {
       inherit name role;
       host = scalar "host" name layers;
-      user = scalar "user" builtinDefaults.user layers;
-      port = scalar "port" builtinDefaults.port layers;
+      user = orNull (scalar "user" builtinDefaults.user layers);
+      port = orNull (scalar "port" builtinDefaults.port layers);
       system = scalar "system" builtinDefaults.system layers;
       host_key_policy = scalar "host_key_policy" builtinDefaults.host_key_policy layers;
     }
@@ -257,6 +260,8 @@ let
         // mapAttrs (name: node: {
           deployment = {
             targetHost = node.host;
+            # Both `nullOr`, null meaning "ssh decides" (zhaofengli/colmena
+            # src/nix/hive/options.nix, deployment.targetUser and deployment.targetPort).
             targetUser = node.user;
             targetPort = node.port;
             inherit (node) tags;
@@ -264,21 +269,33 @@ let
           imports = nodeModules name node;
         }) nodes;
 
-      deployNodes = mapAttrs (name: node: {
-        hostname = node.host;
-        sshUser = node.user;
-        sshOpts = [
-          "-p"
-          (toString node.port)
-        ] ++ concatMap (option: [
-          "-o"
-          option
-        ]) node.ssh_options;
-        profiles.system = {
-          user = "root";
-          path = deploy-rs.lib.${node.system}.activate.nixos nixosConfigurations.${name};
-        };
-      }) nodes;
+      deployNodes = mapAttrs (
+        name: node:
+        {
+          hostname = node.host;
+          sshOpts =
+            (
+              if node.port == null then
+                [ ]
+              else
+                [
+                  "-p"
+                  (toString node.port)
+                ]
+            )
+            ++ concatMap (option: [
+              "-o"
+              option
+            ]) node.ssh_options;
+          profiles.system = {
+            user = "root";
+            path = deploy-rs.lib.${node.system}.activate.nixos nixosConfigurations.${name};
+          };
+        }
+        # deploy-rs has no "ssh decides" for the user: without sshUser it logs in as the local
+        # user (serokell/deploy-rs src/lib.rs, `DeployData::defs`), not as the ssh config's User.
+        // (if node.user == null then { } else { sshUser = node.user; })
+      ) nodes;
     in
     {
       inherit nixosConfigurations;
