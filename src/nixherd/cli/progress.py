@@ -351,7 +351,10 @@ def print_summary(
             out.write("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
             out.write("\n")
     for result in report.nodes:
-        if result.error is not None and (result.error.command or result.error.output):
+        error = result.error
+        # Details: a failed command's, or a message that does not fit the table (a refused
+        # host key and how to trust it).
+        if error is not None and (error.command or error.output or "\n" in error.message):
             out.write(f"\n{result.node}: {result.error.message}\n")
             if result.error.command:
                 out.write(f"  command: {result.error.command}\n")

@@ -55,6 +55,7 @@ def verdict(verbose: str) -> Verdict | None:
     (or the log has no key to show)."""
     if not refused(verbose):
         return None
+    verbose = verbose.replace("\r", "")  # ssh ends its log lines in CR LF
     offered = _OFFERED.findall(verbose)
     if not offered:
         return None
@@ -78,9 +79,7 @@ def _short_type(key_type: str) -> str:
     return "rsa" if key_type.startswith("rsa-") else key_type
 
 
-def explain(
-    node: str, found: Verdict, *, known_hosts: str, trust: Sequence[str], policy: str
-) -> str:
+def explain(found: Verdict, *, known_hosts: str, trust: Sequence[str], policy: str) -> str:
     """The message for a refused host key: the key offered, how to check and record it."""
     short = _short_type(found.key_type)
     console = f"ssh-keygen -lf /etc/ssh/ssh_host_{short}_key.pub"
@@ -91,31 +90,34 @@ def explain(
         file = recorded.rpartition(":")[0] if found.offending else known_hosts
         return "\n".join(
             [
-                f"{node}: HOST KEY CHANGED: {found.name} now offers {offered}, not the key "
-                f"recorded for it ({recorded}).",
+                f"HOST KEY CHANGED: {found.name} now offers {offered}, not the key recorded for "
+                f"it ({recorded})",
                 "  Someone may be intercepting the connection (a man in the middle): nixherd will "
-                'not connect, and host_key_policy = "accept-new" does not change that.',
+                "not connect,",
+                '  and host_key_policy = "accept-new" does not change that.',
                 "  Only if you know why the key changed (the host was reinstalled, its keys "
-                "rotated) and you have checked the new fingerprint out of band, e.g. on the "
-                f"host's console: `{console}`, remove the old key and record the new one:",
+                "rotated) and have",
+                "  checked the new fingerprint out of band, e.g. on the host's console:",
+                f"    {console}",
+                "  remove the old key and record the new one:",
                 f"    {shlex.join(['ssh-keygen', '-R', found.name, '-f', file])}",
                 f"    {record}",
             ]
         )
     lines = [
-        f"{node}: unknown host key: {found.name} is not in {known_hosts} "
-        f"(ssh: {REFUSED!r}).",
+        f"unknown host key: {found.name} is not in {known_hosts}",
         f"  It offers {offered}.",
-        "  Check that fingerprint out of band before trusting it, e.g. on the host's console: "
-        f"`{console}`; if it matches, record the key (ssh writes it where your ssh config says):",
+        "  Check that fingerprint out of band before trusting it, e.g. on the host's console:",
+        f"    {console}",
+        "  If it matches, record the key (ssh writes it where your ssh config says):",
         f"    {record}",
     ]
     if policy == "accept-new":
         lines.append('  (host_key_policy is already "accept-new": ssh still refused this key.)')
     else:
-        lines.append(
+        lines += [
             '  Or set host_key_policy = "accept-new" for this node (or its role, or [defaults]): '
-            "a new host's key is then recorded on first contact; a changed key is still refused, "
-            "and checking is never turned off."
-        )
+            "a new",
+            "  host's key is then recorded on first contact; a changed key is still refused.",
+        ]
     return "\n".join(lines)

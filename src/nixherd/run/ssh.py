@@ -271,7 +271,6 @@ class Connection:
             return None
         return HostKeyError(
             hostkeys.explain(
-                self.target.node,
                 verdict,
                 known_hosts=settings.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0],
                 trust=self.trust_argv(),
