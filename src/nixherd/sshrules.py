@@ -26,7 +26,7 @@ _POLICY = (
     'use host_key_policy = "accept-new" (for the node, its role or [defaults]) to record a new '
     "host's key on first contact; host keys are always verified, never `no` or `off`"
 )
-_PROMPT = "nixherd never prompts (a prompt would stall a parallel run): use an agent or IdentityFile"
+_PROMPT = "nixherd never prompts (a prompt would stall a parallel run): use an agent or a key"
 _MULTIPLEXING = "nixherd runs its own ControlMaster (and stops it, even when killed)"
 _LOCAL_COMMAND = "it runs a local command through a shell (use ProxyJump, or the ssh_config)"
 FORBIDDEN_SSH_OPTIONS: Final[Mapping[str, str]] = {

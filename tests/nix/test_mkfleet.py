@@ -8,8 +8,8 @@ import pytest
 from nixfleet import LAB_MK_SYSTEM, LIB, STUB_MK_SYSTEM, STUB_SYSTEM, Fleet, write_fleet
 
 from nixherd.errors import CommandError
-from nixherd.inventory import loads
 from nixherd.fleet import evaluate as fleet_mod
+from nixherd.inventory import loads
 from nixherd.run import nix
 
 pytestmark = pytest.mark.nix

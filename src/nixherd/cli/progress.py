@@ -355,10 +355,10 @@ def print_summary(
         # Details: a failed command's, or a message that does not fit the table (a refused
         # host key and how to trust it).
         if error is not None and (error.command or error.output or "\n" in error.message):
-            out.write(f"\n{result.node}: {result.error.message}\n")
-            if result.error.command:
-                out.write(f"  command: {result.error.command}\n")
-            for text in (result.error.output or "").splitlines()[-8:]:
+            out.write(f"\n{result.node}: {error.message}\n")
+            if error.command:
+                out.write(f"  command: {error.command}\n")
+            for text in (error.output or "").splitlines()[-8:]:
                 out.write(f"  | {text}\n")
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items())
     took = report.finished_at - report.started_at

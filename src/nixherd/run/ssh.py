@@ -31,7 +31,7 @@ from enum import Enum
 from nixherd.errors import CommandError, HostKeyError, UsageError
 from nixherd.run import hostkeys, process
 from nixherd.run.process import LineCallback, Result
-from nixherd.sshrules import FORBIDDEN_SSH_OPTIONS, HOST_KEY_POLICIES, OVERRIDABLE
+from nixherd.sshrules import FORBIDDEN_SSH_OPTIONS, HOST_KEY_POLICIES
 
 # Re-checked here although the inventory validates them: this is the boundary where a value
 # becomes ssh argv, and a host such as `-oProxyCommand=...` must never get through.
@@ -255,9 +255,9 @@ class Connection:
         """Why ssh refused the node's host key, explained; None when a second look (`ssh -v`,
         which logs the key offered) finds no host-key problem after all."""
         try:
+            argv = ["ssh", "-v", "-T", "-x", *self.options(multiplex=False)]
             seen = process.run(
-                ["ssh", "-v", "-T", "-x", *self.options(multiplex=False)]
-                + ["--", self.target.destination, "true"],
+                [*argv, "--", self.target.destination, "true"],
                 check=False,
                 timeout=30,
                 what="ssh -v",

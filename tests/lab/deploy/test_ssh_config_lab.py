@@ -134,9 +134,7 @@ def test_a_changed_host_key_is_refused_sternly_even_with_accept_new(fleet: Fleet
     process.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)])
     wrong = " ".join(Path(f"{other}.pub").read_text().split()[:2])
     port = fleet.lab.port("lab-1")
-    known_hosts = write_alias(
-        fleet, f"[127.0.0.1]:{port} {wrong}\n", host_key_policy="accept-new"
-    )
+    known_hosts = write_alias(fleet, f"[127.0.0.1]:{port} {wrong}\n", host_key_policy="accept-new")
     for argv in (("status",), ("exec", "--", "true")):
         result = fleet.nixherd(*argv)
         shown = result.stdout + result.stderr

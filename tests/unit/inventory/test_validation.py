@@ -104,7 +104,10 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "the same host under two spellings of its case",
         "[nodes.a]\nhost = 'Web.example.com'\n[nodes.b]\nhost = 'web.EXAMPLE.com'\n",
-        ['inventory.toml: nodes.b: host "web.EXAMPLE.com" (port from ssh) is already used by node a'],
+        [
+            'inventory.toml: nodes.b: host "web.EXAMPLE.com"'
+            " (port from ssh) is already used by node a"
+        ],
     ),
     (
         "a host defaulting to a name used as another node's host",
@@ -393,7 +396,8 @@ CASES: list[tuple[str, str, list[str]]] = [
         '[nodes.c]\nhost = "2001:db8::1"\nport = 2\n'
         '[nodes.d]\nhost = "2001:DB8:0::0:1"\nport = 2\n',
         [
-            'inventory.toml: nodes.b: host "0:0:0:0:0:0:0:1" (port from ssh) is already used by node a',
+            'inventory.toml: nodes.b: host "0:0:0:0:0:0:0:1"'
+            " (port from ssh) is already used by node a",
             'inventory.toml: nodes.d: host "2001:DB8:0::0:1" port 2 is already used by node c',
         ],
     ),
@@ -405,8 +409,10 @@ CASES: list[tuple[str, str, list[str]]] = [
         [
             'inventory.toml: nodes.b: host "127.1" (port from ssh) is already used by node a',
             'inventory.toml: nodes.c: host "127.0.0.01" (port from ssh) is already used by node a',
-            'inventory.toml: nodes.d: host "::ffff:127.0.0.1" (port from ssh) is already used by node a',
-            'inventory.toml: nodes.f: host "Web.Example.Com." (port from ssh) is already used by node e',
+            'inventory.toml: nodes.d: host "::ffff:127.0.0.1"'
+            " (port from ssh) is already used by node a",
+            'inventory.toml: nodes.f: host "Web.Example.Com."'
+            " (port from ssh) is already used by node e",
         ],
     ),
     (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from nixherd.errors import CommandError, HostKeyError
-from nixherd.run import hostkeys, ssh
+from nixherd.run import hostkeys, process
 from nixherd.run.hostkeys import Kind, Verdict
 from nixherd.run.process import Result
 from nixherd.run.ssh import Connection, Target
@@ -109,7 +109,7 @@ def _fake(monkeypatch: pytest.MonkeyPatch, first: Result | CommandError) -> list
     settings of a config naming its own known_hosts file."""
     calls: list[list[str]] = []
 
-    def run(argv: list[str], **kw: object) -> Result:
+    def run(argv: list[str], **_: object) -> Result:
         calls.append(list(argv))
         if argv[1] == "-v":
             return Result(tuple(argv), 255, "", UNKNOWN)
@@ -119,11 +119,11 @@ def _fake(monkeypatch: pytest.MonkeyPatch, first: Result | CommandError) -> list
             raise first
         return first
 
-    monkeypatch.setattr(ssh.process, "run", run)
+    monkeypatch.setattr(process, "run", run)
     return calls
 
 
-def test_a_refused_key_raises_host_key_error_checked_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_refused_key_raises_host_key_error_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
     conn = Connection(Target(node="n", host="a", ssh_config="/c"), control_dir="/tmp/nh-test")
     failed = "No ED25519 host key is known for a\r\nHost key verification failed.\r\n"
     calls = _fake(monkeypatch, CommandError(["ssh"], 255, failed))

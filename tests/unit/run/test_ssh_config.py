@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import itertools
 import shlex
-from pathlib import Path
 
 import pytest
 
 from nixherd.errors import InventoryError
 from nixherd.inventory import loads
-from nixherd.run import ssh
+from nixherd.run import process
 from nixherd.run.process import Result
 from nixherd.run.ssh import BASE_OPTIONS, Connection, Elevation, Target
+from nixherd.sshrules import OVERRIDABLE
 
 
 def _values(opts: list[str], key: str) -> list[str]:
@@ -89,7 +89,7 @@ def test_the_users_ssh_options_beat_nixherds_defaults() -> None:
 
 def test_overridable_options_are_exactly_the_base_options_but_batchmode() -> None:
     keys = {option.split("=", 1)[0].lower() for option in BASE_OPTIONS}
-    assert ssh.OVERRIDABLE | {"batchmode"} == keys
+    assert OVERRIDABLE | {"batchmode"} == keys
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def _fake_ssh_g(monkeypatch: pytest.MonkeyPatch, out: str) -> list[list[str]]:
         calls.append(list(argv))
         return Result(tuple(argv), 0, out, "")
 
-    monkeypatch.setattr(ssh.process, "run", run)
+    monkeypatch.setattr(process, "run", run)
     return calls
 
 
@@ -156,7 +156,7 @@ def test_describe_copes_with_ssh_deciding() -> None:
     assert Target(node="n", host="alias", user=None).describe() == "alias (port from ssh)"
 
 
-def test_nodes_shows_what_ssh_decides_without_asking_it(tmp_path: Path) -> None:
+def test_nodes_shows_what_ssh_decides_without_asking_it() -> None:
     from nixherd.inventory.model import Node
 
     node = loads("[defaults]\nuser = false\n[nodes.a]\n").nodes["a"]
