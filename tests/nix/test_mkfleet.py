@@ -97,6 +97,9 @@ def test_system_gets_node_modules_hostname_then_config(tmp_path: Path) -> None:
     assert db["system"] == "aarch64-linux"
     assert db["specialArgs"]["site"] == "ams"
     assert db["specialArgs"]["node"]["name"] == "db"
+    # Colmena's module arguments: the node's name, and every node's system (recorded by name).
+    assert db["specialArgs"]["name"] == "db"
+    assert db["specialArgs"]["nodes"] == ["db", "web-10-0-0-1", "web-10-0-0-2"]
     # Module paths are resolved against `root`, here the flake's copy in the store.
     assert db["modules"][0].startswith("/nix/store/")
     assert db["modules"][0].endswith("-source/roles/web.nix")
@@ -152,6 +155,7 @@ def test_colmena_hive(tmp_path: Path) -> None:
             "targetUser": "deploy",
             "targetPort": 2222,
             "tags": ["fleet", "web"],
+            "sshOptions": ["-o", "ConnectTimeout=5"],
         },
     }
     meta = fleet.eval("colmena.meta")
@@ -175,12 +179,15 @@ def test_optional_outputs_only_when_inputs_are_passed(tmp_path: Path) -> None:
     assert deploy["web-10-0-0-2"] == {
         "hostname": "10.0.0.2",
         "sshUser": "deploy",
-        "sshOpts": ["-p", "2222", "-o", "ConnectTimeout=5"],
+        "sshOpts": [
+            *("-p", "2222", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5"),
+        ],
         "profiles": {"system": {"user": "root", "path": "activate-x86_64-linux-front"}},
     }
     # deploy-rs's activation is looked up for the node's own system.
     assert deploy["db"]["profiles"]["system"]["path"] == "activate-aarch64-linux-front"
-    assert deploy["db"]["sshOpts"] == []  # no port set: none passed, ssh decides
+    # No port set: none passed, ssh decides.
+    assert deploy["db"]["sshOpts"] == ["-o", "StrictHostKeyChecking=yes"]
     assert deploy["db"]["sshUser"] == "root"
 
 
@@ -197,7 +204,7 @@ def test_user_and_port_false_reach_colmena_as_null_and_deploy_rs_as_absent(
     deployment = fleet.eval("colmena.alias.deployment")
     assert (deployment["targetUser"], deployment["targetPort"]) == (None, None)
     node = fleet.eval("deploy.nodes.alias")
-    assert "sshUser" not in node and node["sshOpts"] == []
+    assert "sshUser" not in node and node["sshOpts"] == ["-o", "StrictHostKeyChecking=yes"]
     assert node["profiles"]["system"]["path"] == "activate-x86_64-linux-x"
     assert fleet.eval("nixherd.nodes.alias") == loads(text).nodes["alias"].to_data()
 

@@ -36,6 +36,7 @@ from nixherd.inventory.validate import (
     list_of_names,
     name_check,
     named_table,
+    node_name_check,
     one,
     shown,
     string,
@@ -344,7 +345,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "name",
         "string (node name)",
-        name_check("a node name"),
+        node_name_check(),
         Merge.NONE,
         Where.TARGET,
         "the node's name (default: <role>-<host> with . and : turned into -)",
@@ -374,7 +375,7 @@ ALLOWED: Final[dict[Where, dict[str, Field]]] = {
 }
 
 
-check_node_name: Final = name_check("a node name")
+check_node_name: Final = node_name_check()
 check_role_name: Final = name_check("a role name")
 
 
