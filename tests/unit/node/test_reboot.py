@@ -30,7 +30,7 @@ class Node:
     runs: str = TOP
     calls: list[list[str]] = field(default_factory=list)
 
-    def __call__(self, argv: Sequence[str], **kw: Any) -> Result:
+    def __call__(self, argv: Sequence[str], **_kw: Any) -> Result:
         args = list(argv)
         self.calls.append(args)
         if "-O" in args:
@@ -62,7 +62,7 @@ def conn(tmp_path: Path) -> Connection:
     return Connection(Target(node="web-1", host="192.0.2.10"), control_dir=str(tmp_path))
 
 
-def run(node: Node, tmp_path: Path, **kw: Any) -> tuple[list[str], Any]:
+def run(tmp_path: Path, **kw: Any) -> tuple[list[str], Any]:
     lines: list[str] = []
     clock = Clock()
     c = conn(tmp_path)
@@ -78,7 +78,7 @@ def test_the_wait_says_what_it_waits_for_and_what_came_back(
 ) -> None:
     node = Node(["k/100", None, "k/200"])
     monkeypatch.setattr(process, "run", node)
-    lines, state = run(node, tmp_path, expect=TOP, timeout=300)
+    lines, state = run(tmp_path, expect=TOP, timeout=300)
     assert lines[0] == "waiting for web-1 to come back (boot k/100, up to 300 s)"
     assert lines[1].startswith("web-1 back up after 3.0 s (boot k/200); running " + TOP)
     assert state.boot == "k/200"
@@ -92,7 +92,7 @@ def test_the_wait_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     node = Node(["k/100"])
     monkeypatch.setattr(process, "run", node)
     with pytest.raises(reboot_mod.RebootError, match=r"web-1 did not come back within 5 s"):
-        run(node, tmp_path, expect=TOP, timeout=5)
+        run(tmp_path, expect=TOP, timeout=5)
 
 
 def test_coming_back_on_another_system_fails(
@@ -101,4 +101,4 @@ def test_coming_back_on_another_system_fails(
     node = Node(["k/200"], runs=OLD)
     monkeypatch.setattr(process, "run", node)
     with pytest.raises(reboot_mod.RebootError, match=f"web-1 runs {OLD}, expected {TOP}"):
-        run(node, tmp_path, expect=TOP, timeout=60)
+        run(tmp_path, expect=TOP, timeout=60)
