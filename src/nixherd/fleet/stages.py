@@ -1,6 +1,7 @@
 """One node's trip through a deploy, after the build: probe -> copy -> keys -> activate -> keys ->
 reboot -> keys -> checks (`run_node`), with what every node's trip shares (`Context`) and the
-probes started early, while the build runs (`EarlyProbes`). The wave scheduler that runs these trips is fleet/pipeline.py.
+probes started early, while the build runs (`EarlyProbes`). The wave scheduler that runs these
+trips is fleet/pipeline.py.
 """
 
 from __future__ import annotations
