@@ -83,7 +83,7 @@ def test_selection_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "ok": False,
         "drv_path": None,
         "out_path": None,
-        "error": "db: no disk",
+        "error": "db: no disk\n(use '--show-trace' to show detailed location information)",
     }
 
 

@@ -43,6 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="copy the derivations and build on each node instead of here",
     )
+    runs.add_nix_flags(parser)
     safety = parser.add_argument_group("activation and safety")
     safety.add_argument(
         "--no-rollback",
@@ -149,6 +150,7 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
         confirm_timeout=args.confirm_timeout,
         keys=args.keys,
         rollout=rollout,
+        nix=runs.nix_flags(args),
     )
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from nixherd.errors import Problem
     from nixherd.inventory import Node
+    from nixherd.run.nix import NixFlags
 
 HELP = "validate the inventory (every problem listed); --eval also evaluates the nodes with Nix"
 
@@ -21,13 +22,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--on", metavar="SEL", help="select nodes: names, @tags, role:R, !exclude, &intersect"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    from nixherd.cli import runs
+
+    runs.add_nix_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nixherd.cli import inventory_path, render
-    from nixherd.errors import InventoryError
+    from nixherd.cli import inventory_path, render, runs
+    from nixherd.errors import InventoryError, UsageError
     from nixherd.inventory import Selection, load, select
 
+    flags = runs.nix_flags(args)
+    if flags.words() and not args.eval:
+        raise UsageError("Nix flags go with --eval: check alone runs no Nix")
     selection = None if args.on is None else Selection.parse(args.on)
     path = inventory_path(args)
     try:
@@ -45,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     evaluated: dict[str, Any] | None = None
     failed = 0
     if args.eval:
-        evaluated, failed = _eval(nodes, path)
+        evaluated, failed = _eval(nodes, path, flags)
     if args.json:
         result: dict[str, Any] = {
             "ok": not failed,
@@ -83,7 +90,7 @@ def _report_problems(args: argparse.Namespace, problems: tuple[Problem, ...]) ->
     sys.stderr.write(f"nixherd: error: {render.plural(len(problems), 'problem')} found\n")
 
 
-def _eval(nodes: list[Node], path: str) -> tuple[dict[str, Any], int]:
+def _eval(nodes: list[Node], path: str, flags: NixFlags) -> tuple[dict[str, Any], int]:
     """Evaluate the nodes' systems with `nixherd.fleet.evaluate` (the flake next to the inventory).
 
     Returns the per-node results as data and how many failed; failures are printed as they are
@@ -93,7 +100,7 @@ def _eval(nodes: list[Node], path: str) -> tuple[dict[str, Any], int]:
 
     from nixherd.fleet import evaluate as fleet
 
-    results = fleet.eval_nodes(fleet.flake_for(path), [node.name for node in nodes])
+    results = fleet.eval_nodes(fleet.flake_for(path), [node.name for node in nodes], flags=flags)
     failed = 0
     for name, result in results.items():
         if not result.ok:

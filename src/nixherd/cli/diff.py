@@ -13,6 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_selection(parser)
     runs.add_flake(parser)
     runs.add_parallel(parser)
+    runs.add_nix_flags(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON object on stdout")
 
 
@@ -25,14 +26,16 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.fleet.commands import diff_fleet
     from nixherd.node.diff import ClosureDiff, plan_text
 
+    flags = runs.nix_flags(args)
     _inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
-    with Progress(names, title="diff", show_lines=False) as view:
+    with Progress(names, title="diff", show_lines=False, build_logs=flags.print_build_logs) as view:
         diffs = diff_fleet(
             nodes,
             runs.flake_ref(args),
             parallel=args.parallel,
             emit=view,
+            flags=flags,
         )
     if args.json:
         data = {
@@ -44,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(plan_text(dict(diffs)))
     sys.stdout.flush()
     bad = [name for name, diff in diffs.items() if not isinstance(diff, ClosureDiff)]
+    # The whole reason on stderr (stdout's plan has its first line): Nix's error with its file
+    # positions, or the failing command.
+    for name in bad:
+        sys.stderr.write(f"{name}: {diffs[name]}\n")
     if bad:
         raise NodesFailedError(
             f"{len(bad)} of {len(diffs)} nodes could not be diffed: {', '.join(bad)}"

@@ -12,6 +12,7 @@ HELP = "evaluate the selected nodes' systems (one nix process); print derivation
 def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_selection(parser)
     runs.add_flake(parser)
+    runs.add_nix_flags(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON array on stdout")
 
 
@@ -22,9 +23,10 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.errors import NodesFailedError
     from nixherd.fleet import evaluate as fleet
 
+    flags = runs.nix_flags(args)
     _, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
-    results = fleet.eval_nodes(runs.flake_ref(args), names)
+    results = fleet.eval_nodes(runs.flake_ref(args), names, flags=flags)
     failed = [r for r in results.values() if not r.ok]
     if args.json:
         sys.stdout.write(json.dumps([results[n].to_data() for n in names], indent=2) + "\n")
@@ -34,12 +36,12 @@ def run(args: argparse.Namespace) -> int:
             result = results[name]
             if result.ok:
                 sys.stdout.write(f"{name.ljust(width)}  {result.drv_path}\n")
-            else:
-                first, *rest = (result.error or "failed").splitlines() or ["failed"]
-                sys.stdout.write(f"{name.ljust(width)}  error: {first}\n")
-                for line in rest:
-                    sys.stdout.write(f"{' ' * width}    {line}\n")
     sys.stdout.flush()
+    # Why a node failed is a diagnostic (stderr), in Nix's words with their file positions:
+    # stdout keeps the derivations (or the JSON) for whatever reads them.
+    for result in failed:
+        sys.stderr.write(f"{result.name}: {result.error or 'failed'}\n")
+    sys.stderr.flush()
     if failed:
         raise NodesFailedError(
             f"{len(failed)} of {len(names)} nodes failed to evaluate: "
