@@ -7,10 +7,10 @@ builds here before it tries the (unreachable) node, so what Nix says is seen bef
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
+import jsonkit
 import pytest
 from nixfleet import Fleet, write_fleet
 
@@ -106,7 +106,7 @@ def test_option_reaches_nix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     inventory = fleet(tmp_path, IFD % uuid.uuid4().hex).inventory
     code, out, err = nixherd(capsys, inventory, "eval", "--json")
     assert code == 0, err
-    assert json.loads(out)[0]["ok"] is True
+    assert jsonkit.document(out, "eval")["nodes"][0]["ok"] is True
     option = ["--option", "allow-import-from-derivation", "false"]
     for command in (["eval"], ["check", "--eval"], ["build"]):
         code, _, err = nixherd(capsys, inventory, *command, *option)
@@ -154,7 +154,7 @@ def test_impure_lets_get_env_see_a_variable(
         args = ["eval", "--json", *(["--impure"] if impure else [])]
         code, out, err = nixherd(capsys, inventory, *args)
         assert code == 0, err
-        drv = json.loads(out)[0]["drv_path"]
+        drv = jsonkit.document(out, "eval")["nodes"][0]["drv_path"]
         # The stand-in system puts its config in the derivation's environment.
         assert (value in Path(drv).read_text()) is seen
 

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             command="build",
         )
     report = runs.report_with_logs(report, view)
-    if args.json != "-":
+    if not args.json:
         width = max((len(n) for n in names), default=0)
         for result in report.nodes:
             if result.store_path and not result.failed:

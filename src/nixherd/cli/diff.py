@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from nixherd.cli import runs
+from nixherd.cli import jsonout, runs
+
+if TYPE_CHECKING:
+    from nixherd.cli.payloads import ClosureDiffData
+    from nixherd.node.diff import ClosureDiff
 
 HELP = "show what the new build changes on each node: packages, versions, closure size"
 
@@ -14,11 +19,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_flake(parser)
     runs.add_parallel(parser)
     runs.add_nix_flags(parser)
-    parser.add_argument("--json", action="store_true", help="print a JSON object on stdout")
+    jsonout.add_json(parser, "each node's diff")
+
+
+def closure_diff(diff: ClosureDiff) -> ClosureDiffData:
+    """A closure diff as the JSON contract has it (docs/json.md)."""
+    return {
+        "before": diff.before,
+        "after": diff.after,
+        "identical": diff.identical,
+        "added": {name: list(versions) for name, versions in diff.added},
+        "removed": {name: list(versions) for name, versions in diff.removed},
+        "changed": {
+            c.name: {"before": list(c.before), "after": list(c.after)} for c in diff.changed
+        },
+        "rebuilt": list(diff.rebuilt),
+        "paths_added": diff.paths_added,
+        "paths_removed": diff.paths_removed,
+        "size_before": diff.size_before,
+        "size_after": diff.size_after,
+        "size_change": diff.size_change,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
 
     from nixherd.cli.progress import Progress
@@ -38,11 +62,19 @@ def run(args: argparse.Namespace) -> int:
             flags=flags,
         )
     if args.json:
-        data = {
-            name: diff.to_data() if isinstance(diff, ClosureDiff) else {"error": str(diff)}
-            for name, diff in diffs.items()
-        }
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        from nixherd.cli import jsonout
+
+        jsonout.emit(
+            "diff",
+            {
+                "nodes": [
+                    {"node": name, "diff": closure_diff(diff), "error": None}
+                    if isinstance(diff, ClosureDiff)
+                    else {"node": name, "diff": None, "error": str(diff)}
+                    for name, diff in diffs.items()
+                ]
+            },
+        )
     else:
         sys.stdout.write(plan_text(dict(diffs)))
     sys.stdout.flush()

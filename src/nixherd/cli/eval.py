@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nixherd.cli import runs
+from nixherd.cli import jsonout, runs
 
 HELP = "evaluate the selected nodes' systems (one nix process); print derivations or errors"
 
@@ -13,11 +13,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_selection(parser)
     runs.add_flake(parser)
     runs.add_nix_flags(parser)
-    parser.add_argument("--json", action="store_true", help="print a JSON array on stdout")
+    jsonout.add_json(parser, "each node's evaluation")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
 
     from nixherd.errors import NodesFailedError
@@ -29,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     results = fleet.eval_nodes(runs.flake_ref(args), names, flags=flags)
     failed = [r for r in results.values() if not r.ok]
     if args.json:
-        sys.stdout.write(json.dumps([results[n].to_data() for n in names], indent=2) + "\n")
+        from nixherd.cli import jsonout
+
+        jsonout.emit("eval", {"nodes": [jsonout.eval_node(results[n]) for n in names]})
     else:
         width = max((len(n) for n in names), default=0)
         for name in names:

@@ -119,8 +119,36 @@ def nix_flags(args: argparse.Namespace) -> NixFlags:
     return flags
 
 
+def add_report_json(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--json` of the commands whose `--json` took a FILE before the JSON contract v1 (apply,
+    build, exec, rollback, check-health), and `--report FILE`.
+
+    The old spelling `--json FILE` is refused while parsing (nothing started), naming --report,
+    rather than read as before: `apply --json boot` would otherwise write a file "boot" and
+    switch, and `exec --json out.json -- cmd` would run `out.json` on the nodes.
+    """
+    parser.add_argument(  # the same flag as nixherd.cli.jsonout.add_json, refusing a value
+        "--json",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_json_takes_no_value,
+        help=f"print {what} as JSON on stdout (docs/json.md); progress stays on stderr",
+    )
+    parser.add_argument(
+        "--report", metavar="FILE", help="also write the JSON report to FILE (docs/json.md)"
+    )
+
+
+def _json_takes_no_value(value: str) -> bool:
+    raise argparse.ArgumentTypeError(
+        f"takes no value (got {value!r}): --report FILE writes the report to a file, --json "
+        "alone prints it on stdout; put a GOAL or command before --json"
+    )
+
+
 def add_output(parser: argparse.ArgumentParser, *, logs: bool = True) -> None:
-    parser.add_argument("--json", metavar="FILE", help="write a JSON report to FILE (- : stdout)")
+    add_report_json(parser, "the report")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show every output line, also in the live view"
     )
@@ -167,26 +195,25 @@ def progress(args: argparse.Namespace, names: list[str], title: str) -> Progress
 
 
 def finish(args: argparse.Namespace, report: RunReport, *, summary: bool = True) -> int:
-    """Write the JSON report, print the summary; the exit code (NodesFailedError when failed)."""
+    """Print the JSON report (--json) or the summary, write --report; the exit code
+    (NodesFailedError when a node failed)."""
     import sys
 
+    from nixherd.cli import jsonout
     from nixherd.cli.progress import print_failures, print_summary
     from nixherd.errors import NodesFailedError
-    from nixherd.fleet.report import to_json_text, write_json
 
     # Why nodes failed is a diagnostic: on stderr, whatever stdout carries (table or JSON).
-    target = getattr(args, "json", None)
-    if target == "-":
-        sys.stdout.write(to_json_text(report))
-        sys.stdout.flush()
+    data = report.to_data()
+    if args.json:
+        jsonout.emit(report.command, data)
         print_failures(report, sys.stderr)
+    elif summary:
+        print_summary(report, details=sys.stderr)
     else:
-        if summary:
-            print_summary(report, details=sys.stderr)
-        else:
-            print_failures(report, sys.stderr)
-        if target:
-            write_json(report, target)
+        print_failures(report, sys.stderr)
+    if args.report:
+        jsonout.write(report.command, data, args.report)
     if report.interrupted:
         return INTERRUPTED_EXIT
     failed = report.failed

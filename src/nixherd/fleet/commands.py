@@ -17,7 +17,7 @@ from dataclasses import replace
 from nixherd.errors import NixherdError, UsageError
 from nixherd.events import EventSink, Outcome, Stage, StageFinished, StageStarted, discard
 from nixherd.fleet.plan import DeployNode
-from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport
+from nixherd.fleet.report import ErrorInfo, NodeResult, Output, RunReport
 from nixherd.fleet.runner import FleetRun, reported, run_nodes
 from nixherd.fleet.stages import health_checks
 from nixherd.fleet.systems import build, evaluate, split
@@ -73,13 +73,21 @@ def exec_everywhere(
         def step() -> NodeResult:
             result = run_command(node.target, command, elevate=elevate, timeout=timeout, emit=emit)
             code = result.returncode
+            output = Output.bounded(result.stdout)
             if code == 0:
-                return NodeResult(node.name, Outcome.OK, detail="exit 0", exit_code=0)
+                return NodeResult(
+                    node.name, Outcome.OK, detail="exit 0", exit_code=0, output=output
+                )
             tail = "\n".join(result.stdout.rstrip().splitlines()[-5:]) or None
             why = "ssh failed or the command exited with 255" if code == SSH_FAILED else None
             error = ErrorInfo(why or f"exited with {code}", returncode=code, output=tail)
             return NodeResult(
-                node.name, Outcome.FAILED, error=error, detail=f"exit {code}", exit_code=code
+                node.name,
+                Outcome.FAILED,
+                error=error,
+                detail=f"exit {code}",
+                exit_code=code,
+                output=output,
             )
 
         return _timed(node.name, Stage.EXEC, step, emit=emit)

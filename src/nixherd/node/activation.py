@@ -281,8 +281,10 @@ def _check_vanished(
         case Status.LOST:
             # A watchdog that died unsettled: on a systemd host, a shutdown stops its unit
             # before the reboot, so "lost" is what a follower says first. A new boot decides.
+            if follow.boot is None:
+                return
             state = _state_after_reboot(follow)
-            if state is None or follow.boot is None or state.boot == follow.boot:
+            if state is None or state.boot == follow.boot:
                 return
             what, why_back = rebooted, f"{rebooted} (it booted its previous system)"
         case (
