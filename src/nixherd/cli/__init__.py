@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from nixherd import __version__
+from nixherd.cli.suggest import Parser
 
 # Command name -> module under nixherd.cli. Order is the order shown in --help.
 COMMANDS: dict[str, str] = {
@@ -63,7 +64,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     all that running it needs (importing and configuring every command module costs more than
     `nixherd nodes` spends on its own work)."""
     common = common_options()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="nixherd",
         description="Deploy NixOS configurations to a fleet of machines over SSH.",
         parents=[common],
