@@ -40,9 +40,9 @@ def _load(module: str) -> ModuleType:
     return importlib.import_module(f"nixherd.cli.{module}")
 
 
-def common_options() -> argparse.ArgumentParser:
+def common_options() -> Parser:
     """Options every command accepts, before or after its name."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "-i",
         "--inventory",

@@ -76,7 +76,8 @@ class Parser(argparse.ArgumentParser):
         else:
             what = action.option_strings[-1] if action.option_strings else action.metavar
             hint = "" if guess is None else f"; did you mean '{guess}'?"
-            message = f"invalid {what or action.dest} '{value}'{hint} (choose from {', '.join(names)})"
+            message = f"invalid {what or action.dest} '{value}'{hint}"
+            message += f" (choose from {', '.join(names)})"
         raise argparse.ArgumentError(None, message)
 
     def _own_flags(self) -> list[str]:
@@ -97,9 +98,9 @@ class Parser(argparse.ArgumentParser):
             if not _flag_like(word):
                 continue
             flags.append(word)
-            action = self._option_string_actions.get(word.split("=", 1)[0])
-            if action is not None and "=" not in word:
-                nargs = action.nargs
+            option = self._option_string_actions.get(word.split("=", 1)[0])
+            if option is not None and "=" not in word:
+                nargs = option.nargs
                 values = 1 if nargs is None else nargs if isinstance(nargs, int) else 0
         return flags
 
@@ -127,6 +128,4 @@ class Parser(argparse.ArgumentParser):
 
 def _flag_like(word: str) -> bool:
     # As argparse reads words: `-` alone, negative numbers and words with a space are values.
-    return (
-        word.startswith("-") and word != "-" and " " not in word and not _NEGATIVE_NUMBER(word)
-    )
+    return word.startswith("-") and word != "-" and " " not in word and not _NEGATIVE_NUMBER(word)

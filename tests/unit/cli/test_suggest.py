@@ -80,9 +80,7 @@ def test_a_mistyped_flag_before_the_command(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_a_flag_far_from_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    assert error_of(capsys, "status", "--zzz") == (
-        "unknown flag --zzz (see nixherd status --help)"
-    )
+    assert error_of(capsys, "status", "--zzz") == ("unknown flag --zzz (see nixherd status --help)")
 
 
 def test_a_single_dash_typo_of_a_long_flag(capsys: pytest.CaptureFixture[str]) -> None:
