@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "check-health": "check_health",
     "keys": "keys",
     "data": "data",
+    "completion": "completion",
 }
 
 
@@ -109,6 +110,12 @@ def inventory_path(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and "_ARGCOMPLETE" in os.environ:
+        # Started by a completion script to answer a TAB: argcomplete answers and exits.
+        from nixherd.cli import completion
+
+        completion.complete(build_parser, requested_command, inventory_path)
+        return 1
     debug = "--debug" in args_list
     from nixherd.errors import NixherdError
 
