@@ -70,6 +70,8 @@ def complete(
     for action in _actions(parser):
         if "--on" in action.option_strings:
             action.completer = selection_completer(inventory_of)  # type: ignore[attr-defined]
+        elif not action.option_strings and action.metavar == "NODE":
+            action.completer = node_completer(inventory_of)  # type: ignore[attr-defined]
     # Flags are offered once a `-` is typed: a bare TAB lists commands, choices and values.
     autocomplete(parser, always_complete_options=False)
 
@@ -95,22 +97,43 @@ def selection_completer(
         cut = prefix.rfind(",") + 1
         head, piece = prefix[:cut], prefix[cut:]
         operator = piece[:1] if piece[:1] in ("&", "!") else ""
-        try:
-            words = selection_words(inventory_of(parsed_args))
-        except Exception:  # a TAB never shows an error; `nixherd check` explains the inventory
-            return []
         rest = piece[len(operator) :]
+        words = inventory_words(inventory_of, parsed_args, selection=True)
         return [head + operator + word for word in words if word.startswith(rest)]
 
     return complete_on
 
 
-def selection_words(inventory: str) -> list[str]:
-    """The words `--on` understands for this inventory: names, @tags, role:roles."""
-    from nixherd.inventory import load
+def node_completer(
+    inventory_of: Callable[[argparse.Namespace], str],
+) -> Callable[..., list[str]]:
+    """argcomplete's completer for a NODE argument (`show NODE`): the inventory's node names."""
 
-    nodes = list(load(inventory, cache=True).nodes.values())
+    def complete_node(prefix: str, parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+        words = inventory_words(inventory_of, parsed_args, selection=False)
+        return [word for word in words if word.startswith(prefix)]
+
+    return complete_node
+
+
+def inventory_words(
+    inventory_of: Callable[[argparse.Namespace], str],
+    parsed_args: argparse.Namespace,
+    *,
+    selection: bool,
+) -> list[str]:
+    """The node names of the inventory the line names; with `selection`, also its @tags and
+    role:roles (the words `--on` understands). None when it cannot be read: a TAB never shows
+    an error (`nixherd check` explains the inventory)."""
+    try:
+        from nixherd.inventory import load
+
+        nodes = list(load(inventory_of(parsed_args), cache=True).nodes.values())
+    except Exception:
+        return []
     names = [node.name for node in nodes]
+    if not selection:
+        return names
     tags = sorted({"@" + tag for node in nodes for tag in node.tags})
     roles = sorted({"role:" + node.role for node in nodes if node.role})
     return [*names, *tags, *roles]

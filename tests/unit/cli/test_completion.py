@@ -123,6 +123,7 @@ def test_fish_completes_commands_flags_and_the_selection(tmp_path: Path) -> None
         "nixherd ap",
         "nixherd apply --par",
         "nixherd keys up",
+        f"nixherd -i {SEED} show nixos-h",
         inventory + "nixos-w",
         inventory + "@batch",
         inventory + "role:nixos-w",
@@ -132,6 +133,7 @@ def test_fish_completes_commands_flags_and_the_selection(tmp_path: Path) -> None
         ["apply"],
         ["--parallel"],
         ["upload"],
+        ["nixos-hk"],
         ["nixos-ws"],
         ["@batch-vps"],
         ["role:nixos-ws"],
@@ -223,6 +225,7 @@ def test_a_tab_with_a_broken_inventory_completes_nothing_quietly(tmp_path: Path)
     broken = tmp_path / "inventory.toml"
     broken.write_text("[nodes.a\n")
     for inventory in (broken, tmp_path / "missing.toml"):
-        result, answer = tab(tmp_path, f"nixherd -i {inventory} nodes --on a")
-        # No traceback and a clean exit: the shell shows no completion, and no error.
-        assert (result.returncode, result.stderr, answer) == (0, "", "")
+        for line in (f"nixherd -i {inventory} nodes --on a", f"nixherd -i {inventory} show a"):
+            result, answer = tab(tmp_path, line)
+            # No traceback and a clean exit: the shell shows no completion, and no error.
+            assert (result.returncode, result.stderr, answer) == (0, "", "")
