@@ -61,8 +61,9 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (0, "success: every selected node reached its goal"),
     (
         1,
-        "a node failed (the summary says which and why), a command it ran failed, or "
-        "`status --exit-code` found a node unreachable",
+        "failure: a node failed (the summary says which and why), a command nixherd ran "
+        "failed (nix, ssh), `check --eval` found a node that does not evaluate, `lab status` a "
+        "host that is not up, or `status --exit-code` a node it cannot reach",
     ),
     (
         2,
@@ -249,8 +250,8 @@ def markdown(ref: Reference) -> str:
         "## Shell completion",
         "",
         "`nixherd completion SHELL` prints the script (argcomplete's): commands, flags, choices "
-        "and, for `--on`, the inventory's node names, `@tags` and `role:` names. Install it "
-        "once:",
+        "and, for `--on` and NODE, the inventory's node names (and `@tags`, `role:` names). "
+        "Install it once:",
         "",
         "```sh",
         *(line for shell, command in COMPLETION for line in (f"# {shell}", command)),
