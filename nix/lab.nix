@@ -34,6 +34,13 @@
 #                               connections hang, open ones keep working. Any later activation
 #                               without it (the rollback to the previous generation) thaws it; a
 #                               reboot starts a fresh sshd.
+#   lab.evalCost.megabytes      what evaluating this system costs, for tests and benchmarks of
+#   lab.evalCost.seconds        evaluation: a string of that many MiB, kept alive by the
+#                               configuration as a real NixOS evaluation keeps its values, and
+#                               about that many seconds of CPU (SHA-256 over 1 MiB, repeated
+#                               evalCost.hashesPerSecond times a second: 700, measured with Nix
+#                               2.8 on the lab's x86_64 machine). Both default to 0: no cost, and
+#                               the system is the same as without them.
 #
 # Every other option (boot.isContainer, services.*, ...) is accepted, recorded in the toplevel's
 # `config.json`, and otherwise ignored. Builders use the machine's /bin/sh, coreutils and python3
@@ -51,6 +58,7 @@ let
     genList
     isAttrs
     isBool
+    isFloat
     isFunction
     isInt
     isList
@@ -189,6 +197,7 @@ let
       payload = lab.payload or { };
       fail = lab.fail or { };
       flag = name: fail.${name} or false;
+      cost = lab.evalCost or { };
       options = {
         inherit hostName version files;
         service = {
@@ -199,6 +208,11 @@ let
           sharedMB = payload.sharedMB or 0;
           nodeMB = payload.nodeMB or 0;
           seed = payload.seed or hostName;
+        };
+        evalCost = {
+          megabytes = cost.megabytes or 0;
+          seconds = cost.seconds or 0;
+          hashesPerSecond = cost.hashesPerSecond or 700;
         };
         fail = {
           activation = flag "activation";
@@ -215,7 +229,10 @@ let
         && check (options.service.port == null || (isInt options.service.port && options.service.port > 0 && options.service.port < 65536)) "lab.service.port must be a port number"
         && check (isInt options.payload.sharedMB && isInt options.payload.nodeMB && options.payload.sharedMB >= 0 && options.payload.nodeMB >= 0) "lab.payload.sharedMB and nodeMB must be integers >= 0"
         && check (safe "[A-Za-z0-9._+-]+" options.payload.seed) "lab.payload.seed may hold only letters, digits and ._+-"
-        && check (all isBool (map flag [ "activation" "hang" "cutSsh" "boot" ])) "lab.fail.* must be booleans";
+        && check (all isBool (map flag [ "activation" "hang" "cutSsh" "boot" ])) "lab.fail.* must be booleans"
+        && check (isInt options.evalCost.megabytes && options.evalCost.megabytes >= 0) "lab.evalCost.megabytes must be an integer >= 0"
+        && check (isNumber options.evalCost.seconds && options.evalCost.seconds >= 0) "lab.evalCost.seconds must be a number >= 0"
+        && check (isNumber options.evalCost.hashesPerSecond && options.evalCost.hashesPerSecond > 0) "lab.evalCost.hashesPerSecond must be a number > 0";
     in
     assert valid;
     options;
@@ -233,6 +250,28 @@ let
       map toData v
     else
       v;
+
+  isNumber = v: isInt v || isFloat v;
+
+  # -- lab.evalCost: an evaluation as costly as asked ---------------------------------------------
+
+  # 64 KiB, then 1 MiB, built once per nix process (an import is evaluated once).
+  kibibytes64 = concatStringsSep "" (genList (_: "0123456789abcdef") 4096);
+  mebibyte = concatStringsSep "" (genList (_: kibibytes64) 16);
+
+  # `megabytes` MiB in one string: one allocation of the evaluator's heap (the list holds the same
+  # 64 KiB string each time, so building it leaves no garbage behind but the list).
+  ballastOf = megabytes: concatStringsSep "" (genList (_: kibibytes64) (megabytes * 16));
+
+  # About `seconds` of CPU: SHA-256 over the same MiB, again and again. Each element is a thunk of
+  # its own (Nix shares no work between them) and leaves 64 bytes behind, so the time costs no
+  # memory to speak of.
+  workOf =
+    cost:
+    let
+      rounds = builtins.floor (cost.seconds * cost.hashesPerSecond);
+    in
+    concatStringsSep "" (genList (_: builtins.hashString "sha256" mebibyte) rounds);
 
   # -- the derivations ---------------------------------------------------------------------------
 
@@ -463,6 +502,7 @@ let
       system,
       options,
       config,
+      ballast,
     }:
     let
       names = attrNames options.files;
@@ -534,6 +574,12 @@ let
           system = removeAttrs (config.system or { }) [ "build" ];
         }));
         serviceCommand = if serviceCommand == null then "" else serviceCommand;
+      }
+      // lib.optionalAttrs (ballast != null) {
+        # Depends on the whole cost, so that evaluating the system pays it.
+        evalCost = builtins.hashString "sha256" ballast + builtins.hashString "sha256" (workOf options.evalCost);
+      }
+      // {
         passAsFile = [
           "activateScript"
           "switchScript"
@@ -572,8 +618,10 @@ let
         };
       merged = mergeDefinitions (collect args modules);
       options = labOptions merged;
+      costly = options.evalCost.megabytes > 0 || options.evalCost.seconds > 0;
+      ballast = if costly then ballastOf options.evalCost.megabytes else null;
       drv = toplevel {
-        inherit system options;
+        inherit system options ballast;
         config = merged;
       };
       config = merged // {
@@ -589,6 +637,9 @@ let
       inherit config;
       options = { };
       lab = options;
+      # Held here, the ballast lives as long as the configuration: in one nix process evaluating
+      # many nodes, every node's memory adds up, as with NixOS systems.
+      evalBallast = ballast;
     };
 in
 {

@@ -1,8 +1,9 @@
-"""The deploy pipeline: evaluate and build every selected node at once, then per node, in
-parallel and independently: probe -> copy -> keys -> activate -> keys -> reboot.
+"""The deploy pipeline: evaluate and build every selected node, then per node, in parallel and
+independently: probe -> copy -> keys -> activate -> keys -> reboot.
 
-Evaluation is one `nix eval` for all nodes and the build one `nix-store --realise` for all
-derivations. After that each node moves on its own in a worker thread (a slow node never holds
+Evaluation runs in bounded worker processes (`nix eval` of at most K nodes, N at once), and each
+node's build starts as soon as it is evaluated (`nix-store --realise` of whatever is ready, one
+at a time). After that each node moves on its own in a worker thread (a slow node never holds
 the others), inside the waves of a staged rollout. A failing node never stops the others, except
 through the rollout's failure budget. Nothing here prints: progress goes out as events, and the
 result is a `RunReport`.
@@ -17,13 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from nixherd.events import EventSink, Outcome, Stage, discard
+from nixherd.events import EventSink, Outcome, discard
 from nixherd.fleet.plan import DeployNode, DeployOptions
-from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport, order
+from nixherd.fleet.report import ErrorInfo, EvaluationData, NodeResult, RunReport, order
 from nixherd.fleet.rollout import WaveKind
 from nixherd.fleet.runner import fan_out
 from nixherd.fleet.stages import Context, EarlyProbes, Track, delivery_for, run_node
-from nixherd.fleet.systems import Evaluator, build, evaluate, split
+from nixherd.fleet.systems import Evaluator, produce
 from nixherd.node import keys as secrets
 from nixherd.node.delivery import System
 from nixherd.node.goal import Goal
@@ -74,6 +75,7 @@ def deploy(
         interrupted=run.interrupted or cancel.is_set(),
         options=options.to_data(),
         stages=run.stages,
+        evaluation=run.evaluation,
     )
 
 
@@ -89,14 +91,15 @@ class _Run:
         self.names = [n.name for n in nodes]
         self.by_name = {n.name: n for n in nodes}
         self.results: dict[str, NodeResult] = {}
-        self.stages: dict[str, float] = {}
+        self.stages: dict[str, float] = {}  # run-wide
+        self.node_stages: dict[str, dict[str, float]] = {}  # each node's eval and build
+        self.evaluation: EvaluationData | None = None
         self.interrupted = False
         self.declined = False
 
-    def fail(self, name: str, stage: Stage, error: ErrorInfo, seconds: float) -> None:
+    def fail(self, name: str, error: ErrorInfo) -> None:
         node = Track(name, self.ctx.emit)
-        node.stages = dict(self.stages)
-        node.stages[stage.value] = seconds
+        node.stages = dict(self.node_stages.get(name, {}))
         self.results[name] = node.finish(Outcome.FAILED, error=error)
 
     def stop(self) -> None:
@@ -104,36 +107,39 @@ class _Run:
         self.ctx.cancel.set()
 
     def prepare(self, confirm: Confirm | None) -> None:
-        """Evaluate and build (one nix process each), then ask `confirm` if given."""
+        """Evaluate and build (each node built as soon as it is evaluated), then ask `confirm`
+        if given."""
         ctx, options = self.ctx, self.ctx.options
+        builds_here = options.goal is Goal.BUILD or ctx.delivery.builds_locally
+        # Not before a confirmation: until it is given, no node is contacted by the deploy.
+        early = builds_here and options.goal is not Goal.BUILD and confirm is None
+
+        def evaluated(systems: Mapping[str, System]) -> None:
+            # The first wave's probes overlap the builds still to come.
+            ctx.systems.update(systems)
+            ctx.early = EarlyProbes(ctx, self.by_name)
+            ctx.early.start(_first_started(options, self.names, ctx.systems))
+
         try:
-            evals, self.stages["eval"] = evaluate(
+            made = produce(
                 self.names,
                 options.flake,
                 emit=ctx.emit,
                 evaluator=self.evaluator,
                 flags=options.nix,
+                limits=options.evaluation,
+                build_here=builds_here,
+                keep_result=options.keep_result,
+                results_dir=options.results_dir,
+                on_evaluated=evaluated if early else None,
             )
-            systems, eval_failures = split(self.names, evals)
-            ctx.systems.update(systems)
-            for name, error in eval_failures.items():
-                self.fail(name, Stage.EVAL, error, self.stages["eval"])
-            builds_here = options.goal is Goal.BUILD or ctx.delivery.builds_locally
-            # Not before a confirmation: until it is given, no node is contacted by the deploy.
-            if builds_here and options.goal is not Goal.BUILD and confirm is None:
-                ctx.early = EarlyProbes(ctx, self.by_name)
-                ctx.early.start(_first_started(options, self.names, ctx.systems))
-            if builds_here:
-                failures, self.stages["build"] = build(
-                    ctx.systems,
-                    emit=ctx.emit,
-                    keep_result=options.keep_result,
-                    results_dir=options.results_dir,
-                    flags=options.nix,
-                )
-                for name, error in failures.items():
-                    self.fail(name, Stage.BUILD, error, self.stages["build"])
-                    del ctx.systems[name]
+            self.stages.update(made.stages)
+            self.node_stages = made.node_stages
+            self.evaluation = made.evaluation.to_data() if made.evaluation else None
+            ctx.systems.clear()
+            ctx.systems.update(made.systems)
+            for name, (_stage, error) in made.failures.items():
+                self.fail(name, error)
             if confirm is not None and options.goal.copies and ctx.systems:
                 self.declined = not confirm(dict(ctx.systems))
         except KeyboardInterrupt:
@@ -148,11 +154,11 @@ class _Run:
             for name, system in ctx.systems.items():
                 node = Track(name, ctx.emit)
                 node.store_path = system.out_path
-                node.stages = dict(self.stages)
+                node.stages = dict(self.node_stages.get(name, {}))
                 self.results[name] = node.finish(Outcome.OK, detail="built")
             return
         try:
-            if _roll_out(ctx, self.names, self.by_name, self.results, self.stages):
+            if _roll_out(ctx, self.names, self.by_name, self.results, self.node_stages):
                 self.stop()
         except KeyboardInterrupt:  # between two waves: no node is running
             self.stop()
@@ -193,7 +199,7 @@ def _roll_out(
     names: Sequence[str],
     by_name: Mapping[str, DeployNode],
     results: dict[str, NodeResult],
-    run_stages: Mapping[str, float],
+    node_stages: Mapping[str, Mapping[str, float]],
 ) -> bool:
     """Run the node pipelines wave by wave; True when interrupted."""
     rollout = ctx.options.rollout
@@ -204,7 +210,7 @@ def _roll_out(
         return sum(1 for r in results.values() if r.failed)
 
     def work(name: str) -> NodeResult:
-        return run_node(ctx, by_name[name], ctx.systems[name], run_stages)
+        return run_node(ctx, by_name[name], ctx.systems[name], node_stages.get(name))
 
     for wave in rollout.waves(names):
         # Nodes that already failed (evaluation, build) keep their result; a failed canary

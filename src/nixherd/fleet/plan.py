@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from nixherd.errors import UsageError
+from nixherd.fleet.evaluate import EvalLimits
 from nixherd.fleet.rollout import Rollout, WaveKind
 from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.node.goal import Goal
@@ -62,6 +63,7 @@ class DeployOptions:
     keys: bool = True
     rollout: Rollout = field(default_factory=Rollout)
     nix: NixFlags = NO_FLAGS  # the user's flags for every local nix eval and build
+    evaluation: EvalLimits = field(default_factory=EvalLimits)  # worker processes, their size
 
     def __post_init__(self) -> None:
         if self.parallel < 0:
@@ -94,15 +96,16 @@ class DeployOptions:
             "canary": rollout.canary,
             "batch": None if rollout.batch is None else str(rollout.batch),
             "max_failures": None if rollout.max_failures is None else str(rollout.max_failures),
+            **self.evaluation.to_data(),
         }
 
 
 def steps(options: DeployOptions) -> list[str]:
     """The steps each node goes through, in order, for these options."""
     goal = options.goal
-    out = ["evaluate"]
+    out = ["evaluate (in bounded worker processes)"]
     if goal is Goal.BUILD or not options.build_on_target:
-        out.append("build (here, one nix process for all nodes)")
+        out.append("build here, as soon as evaluated (one nix-store at a time)")
     if goal is Goal.BUILD:
         return out
     out.append(

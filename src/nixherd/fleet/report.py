@@ -56,6 +56,18 @@ class NodeResultData(TypedDict):
     error: ErrorData | None
 
 
+class EvaluationData(TypedDict):
+    """What evaluating the nodes cost (fleet/evaluate.py): nix processes of at most
+    `node_limit` nodes each, at most `workers` at a time."""
+
+    workers: int
+    node_limit: int
+    processes: int  # every nix process of the evaluation, restarts and explanations included
+    peak_rss_bytes: int | None  # the largest peak resident memory of one of them
+    peak_rss_bound_bytes: int | None  # workers x peak: evaluation never held more at once
+    seconds: float
+
+
 class ReportData(TypedDict):
     """A run over the selected nodes (apply, build, exec, rollback, check-health)."""
 
@@ -73,6 +85,7 @@ class ReportData(TypedDict):
     not_attempted: list[str]
     options: dict[str, Any]
     log_dir: str | None
+    evaluation: EvaluationData | None  # null: the command evaluated nothing
     nodes: list[NodeResultData]
 
 
@@ -199,6 +212,7 @@ class RunReport:
     options: Mapping[str, Any] = field(default_factory=dict)
     stages: Mapping[str, float] = field(default_factory=dict)  # run-wide: eval, build
     log_dir: str | None = None
+    evaluation: EvaluationData | None = None
 
     @property
     def failed(self) -> tuple[NodeResult, ...]:
@@ -228,6 +242,7 @@ class RunReport:
             "not_attempted": [r.node for r in self.nodes if r.outcome is Outcome.NOT_ATTEMPTED],
             "options": dict(self.options),
             "log_dir": self.log_dir,
+            "evaluation": self.evaluation,
             "nodes": [r.to_data() for r in self.nodes],
         }
 

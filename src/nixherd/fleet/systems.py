@@ -1,4 +1,5 @@
-"""The fleet's systems: every node's evaluated in ONE nix process, then built in ONE.
+"""The fleet's systems: every node's evaluated (fleet/evaluate.py: bounded worker processes),
+and built as soon as it is evaluated.
 
 Used by the deploy pipeline and by the fleet-wide diff (fleet/commands.py): neither needs the
 other to get the systems.
@@ -6,10 +7,11 @@ other to get the systems.
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from nixherd.errors import CommandError
 from nixherd.events import RUN_WIDE, EventSink, LogLine, Stage, StageFinished, StageStarted, discard
@@ -18,6 +20,7 @@ from nixherd.fleet.report import ErrorInfo
 from nixherd.node.delivery import System
 from nixherd.run import nix
 
+# Stands in for the worker processes in tests: every node's result at once, in one call.
 Evaluator = Callable[[str, Sequence[str]], Mapping[str, fleet.NodeEval]]
 
 
@@ -28,20 +31,161 @@ def evaluate(
     emit: EventSink = discard,
     evaluator: Evaluator | None = None,
     flags: nix.NixFlags = nix.NO_FLAGS,
+    limits: fleet.EvalLimits = fleet.EvalLimits(),  # noqa: B008 (frozen)
 ) -> tuple[dict[str, fleet.NodeEval], float]:
-    """Every node's system derivation, in ONE nix process; (per-node results, seconds).
+    """Every node's system derivation, nothing built; (per-node results, seconds)."""
+    made = produce(names, flake, emit=emit, evaluator=evaluator, flags=flags, limits=limits)
+    return made.evals, made.stages["eval"]
 
-    `evaluator` stands in for `fleet.eval_nodes` (with the user's Nix `flags`) in tests.
+
+@dataclass
+class Produced:
+    """What evaluating (and building) the nodes gave: their systems, why the others have none,
+    how long each node spent in each stage, and what the evaluation cost."""
+
+    evals: dict[str, fleet.NodeEval] = field(default_factory=dict)
+    systems: dict[str, System] = field(default_factory=dict)  # evaluated, built when asked
+    failures: dict[str, tuple[Stage, ErrorInfo]] = field(default_factory=dict)
+    node_stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)  # run-wide: eval (wall), build
+    evaluation: fleet.EvalStats | None = None
+
+
+class _Feed:
+    """Results of the evaluation thread, taken by the building one (a condition variable)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pending: list[fleet.NodeEval] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self.stats: fleet.EvalStats | None = None
+        self.closed = threading.Event()  # the taker is gone (Ctrl-C): drop what comes
+
+    def add(self, results: Sequence[fleet.NodeEval], *, done: bool = False) -> None:
+        with self.cond:
+            self.pending.extend(results)
+            self.done = self.done or done
+            self.cond.notify()
+
+    def end(self, stats: fleet.EvalStats | None, error: BaseException | None) -> None:
+        with self.cond:
+            self.stats, self.error, self.done = stats, error, True
+            self.cond.notify()
+
+    def take(self) -> tuple[list[fleet.NodeEval], bool]:
+        """What arrived since the last call, waiting for something; and whether that is all."""
+        with self.cond:
+            while not self.pending and not self.done:
+                self.cond.wait(0.5)  # short waits: a Ctrl-C is seen at once
+            if self.error is not None:
+                raise self.error
+            taken, self.pending = self.pending, []
+            return taken, self.done
+
+
+def produce(
+    names: Sequence[str],
+    flake: str,
+    *,
+    emit: EventSink = discard,
+    evaluator: Evaluator | None = None,
+    flags: nix.NixFlags = nix.NO_FLAGS,
+    limits: fleet.EvalLimits = fleet.EvalLimits(),  # noqa: B008 (frozen)
+    build_here: bool = False,
+    keep_result: bool = False,
+    results_dir: str = "",
+    on_evaluated: Callable[[Mapping[str, System]], None] | None = None,
+) -> Produced:
+    """Evaluate the nodes in worker processes (`limits`) and, with `build_here`, build each
+    evaluated node as soon as possible: whatever was evaluated while a build ran is built next,
+    in ONE `nix-store --realise` (one build at a time keeps --max-jobs the number of builds
+    here). `on_evaluated` is told every evaluated system once the evaluation is over.
+
+    The evaluation runs in a daemon thread and the builds in the caller's: a Ctrl-C reaches the
+    build's nix-store, which `process.run` stops, and no build starts after it.
     """
+    made = Produced()
     for name in names:
         emit(StageStarted(name, Stage.EVAL))
     started = time.monotonic()
-    run = evaluator or functools.partial(fleet.eval_nodes, flags=flags)
-    results = dict(run(flake, names))
-    seconds = time.monotonic() - started
-    for name in names:
-        emit(StageFinished(name, Stage.EVAL, seconds))
-    return results, seconds
+    feed = _Feed()
+    threading.Thread(
+        target=_evaluate_into,
+        args=(feed, flake, names, evaluator, flags, limits),
+        name="nixherd-evaluate",
+        daemon=True,
+    ).start()
+    announced = False
+    try:
+        while True:
+            taken, done = feed.take()
+            fresh = _sort(made, taken, emit, time.monotonic() - started)
+            if done and not announced:
+                made.stages["eval"] = time.monotonic() - started
+                made.evaluation = feed.stats
+                announced = True
+                if on_evaluated is not None:
+                    on_evaluated(dict(made.systems))
+            if build_here and fresh:
+                failures, seconds = build(
+                    fresh, emit=emit, keep_result=keep_result, results_dir=results_dir, flags=flags
+                )
+                made.stages["build"] = made.stages.get("build", 0.0) + seconds
+                for name in fresh:
+                    made.node_stages[name]["build"] = seconds
+                for name, error in failures.items():
+                    made.failures[name] = (Stage.BUILD, error)
+                    del made.systems[name]
+            if done and not feed.pending:
+                break
+    finally:
+        feed.closed.set()
+    made.evals = {name: made.evals[name] for name in names}
+    return made
+
+
+def _evaluate_into(
+    feed: _Feed,
+    flake: str,
+    names: Sequence[str],
+    evaluator: Evaluator | None,
+    flags: nix.NixFlags,
+    limits: fleet.EvalLimits,
+) -> None:
+    try:
+        if evaluator is not None:
+            feed.add(list(evaluator(flake, names).values()), done=True)
+            feed.end(None, None)
+            return
+
+        def on_node(result: fleet.NodeEval) -> None:
+            if not feed.closed.is_set():
+                feed.add([result])
+
+        _, stats = fleet.eval_fleet(
+            flake, names, flags=flags, limits=limits, on_node=on_node, cancel=feed.closed
+        )
+        feed.end(stats, None)
+    except BaseException as exc:  # raised again in the caller's thread
+        feed.end(None, exc)
+
+
+def _sort(
+    made: Produced, taken: Sequence[fleet.NodeEval], emit: EventSink, wall: float
+) -> dict[str, System]:
+    """File newly evaluated nodes; the systems among them (to build)."""
+    fresh: dict[str, System] = {}
+    for ev in taken:
+        made.evals[ev.name] = ev
+        seconds = wall if ev.seconds is None else ev.seconds
+        made.node_stages[ev.name] = {"eval": seconds}
+        emit(StageFinished(ev.name, Stage.EVAL, seconds))
+        systems, failures = split([ev.name], {ev.name: ev})
+        fresh.update(systems)
+        made.failures.update({n: (Stage.EVAL, e) for n, e in failures.items()})
+    made.systems.update(fresh)
+    return fresh
 
 
 def split(

@@ -53,6 +53,7 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
+    max_rss: int | None = None  # peak memory in bytes (wait4's ru_maxrss), with `on_line`
 
     @property
     def ok(self) -> bool:
@@ -194,11 +195,12 @@ def _run_streaming(
         lines.append(_text(pending))
         on_line(lines[-1])
     proc.stdout.close()
-    proc.wait()
+    _, status, usage = os.wait4(proc.pid, 0)  # not wait(): wait4 also tells the peak memory
+    proc.returncode, max_rss = os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024  # KiB
     output = "\n".join(lines) + ("\n" if lines else "")
     if timed_out:
         raise CommandError(args, None, output, what=what, node=node)
-    return Result(args, proc.returncode, output, "")
+    return Result(args, proc.returncode, output, "", max_rss)
 
 
 # After a kill, how long to wait for the pipes to close. A multiplexed ssh has handed our pipe to
@@ -315,11 +317,9 @@ def spawn(
 
 
 def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    if isinstance(data, str):
-        return data
-    return data.decode("utf-8", errors="replace")
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return data or ""
 
 
 # --- the guardian: nothing of a run outlives it -----------------------------------------------

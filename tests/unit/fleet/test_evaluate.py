@@ -15,6 +15,7 @@ import pytest
 
 from nixherd.errors import CommandError
 from nixherd.fleet import evaluate as fleet
+from nixherd.fleet import nixerror
 from nixherd.run import nix, process
 from nixherd.run.process import Result
 
@@ -180,7 +181,7 @@ def test_a_long_trace_is_bounded_and_keeps_every_position() -> None:
     head = ["error: attribute 'x' missing", "", "       at /nix/store/s-source/web.nix:4:5:"]
     lines = head + [line for i in range(1, 41) for line in frame(i)]
     message = fleet.error_message("\n".join(lines)).splitlines()
-    assert len(message) <= fleet.MAX_ERROR_LINES + fleet._MAX_FRAME_LINES
+    assert len(message) <= fleet.MAX_ERROR_LINES + nixerror._MAX_FRAME_LINES
     assert message[0] == "attribute 'x' missing"
     assert "       at /nix/store/s-source/web.nix:4:5:" in message
     for i in range(1, 41):
@@ -203,7 +204,7 @@ def test_a_long_trace_of_newer_nix_keeps_the_error_at_its_end() -> None:
 def test_a_huge_trace_keeps_its_first_and_last_frames() -> None:
     lines = ["error: deep", *[line for i in range(1, 1001) for line in frame(i)], HINT]
     message = fleet.error_message("\n".join(lines)).splitlines()
-    assert len(message) <= fleet.MAX_ERROR_LINES + fleet._MAX_FRAME_LINES
+    assert len(message) <= fleet.MAX_ERROR_LINES + nixerror._MAX_FRAME_LINES
     assert message[-1] == HINT
     assert "       at /nix/store/s-source/m6.nix:6:3:" in message
     assert "       at /nix/store/s-source/m994.nix:994:3:" in message
