@@ -15,11 +15,12 @@ from typing import Any
 
 import connkit
 import pytest
+from evalkit import FakeEval, names_of
 
 from nixherd.errors import CommandError
 from nixherd.events import Event, LogLine, NodeFinished, Outcome, Stage, StageFinished
 from nixherd.fleet import pipeline
-from nixherd.fleet.evaluate import NodeEval
+from nixherd.fleet.evaluate import EvalLimits, NodeEval
 from nixherd.fleet.plan import DeployOptions
 from nixherd.fleet.rollout import Amount, Rollout
 from nixherd.node import activation
@@ -188,8 +189,11 @@ def run(
     events: list[Event] | None = None,
     cancel: threading.Event | None = None,
     nodes: Sequence[FakeNode] | None = None,
+    evaluator: Any = "fake",
     **options: Any,
 ) -> dict[str, Any]:
+    if evaluator == "fake":
+        evaluator = fake.evaluate
     for name in names:
         fake.nodes.setdefault(name, Remote())
     opts = DeployOptions(flake=FLAKE, **({"parallel": 1} | options))
@@ -199,7 +203,7 @@ def run(
         opts,
         emit=sink.append,
         cancel=cancel,
-        evaluator=fake.evaluate,
+        evaluator=evaluator,
     )
     return {r.node: r for r in report.nodes} | {"_report": report}
 
@@ -445,33 +449,82 @@ def test_declined_confirmation_touches_no_node(fake: Fake, acts: Activations) ->
     ] * 2
 
 
-def test_real_evaluator_makes_one_nix_process_for_all_nodes(
-    fake: Fake, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Through fleet.eval_nodes itself: one `nix eval` whatever the number of nodes.
-    evals: list[tuple[str, ...]] = []
+def real_evaluator(monkeypatch: pytest.MonkeyPatch, evals: FakeEval) -> list[tuple[str, ...]]:
+    """fleet/evaluate.py for real, its `nix eval` answered by `evals`; the argv of each."""
+    seen: list[tuple[str, ...]] = []
     plain = Fake.__call__
 
     def answer(self: Fake, argv: Sequence[str], **kw: Any) -> Result:
         args = tuple(argv)
         if args[:1] == ("nix",) and "eval" in args:
-            evals.append(args)
-            # Both spellings of the keys, so this test does not pin fleet's private protocol.
-            data = {
-                n: {"drv": drv(n), "out": out(n), "drvPath": drv(n), "outPath": out(n)}
-                for n in ("a", "b", "c")
-            }
-            return Result(args, 0, json.dumps(data), "")
+            with self.lock:
+                seen.append(args)
+            return evals(argv, **kw)
         return plain(self, argv, **kw)
 
     monkeypatch.setattr(Fake, "__call__", answer)
+    return seen
+
+
+def test_real_evaluator_with_one_worker_is_one_nix_process(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evals = FakeEval(answers={n: {"drv": drv(n), "out": out(n)} for n in "abc"})
+    seen = real_evaluator(monkeypatch, evals)
     fake.nodes.update(a=Remote(), b=Remote(), c=Remote())
+    one = EvalLimits(workers=1, node_limit=0)
     report = pipeline.deploy(
-        [FakeNode(n) for n in "abc"], DeployOptions(flake=FLAKE, goal=Goal.BUILD)
+        [FakeNode(n) for n in "abc"], DeployOptions(flake=FLAKE, goal=Goal.BUILD, evaluation=one)
     )
-    (argv,) = evals
+    (argv,) = seen
     assert argv[:6] == ("nix", *EXP, "eval", "--json", f"{FLAKE}#nixosConfigurations")
     assert [r.store_path for r in report.nodes] == [out("a"), out("b"), out("c")]
+    evaluation = report.to_data()["evaluation"]
+    assert evaluation is not None
+    assert (evaluation["workers"], evaluation["node_limit"], evaluation["processes"]) == (1, 3, 1)
+    assert evaluation["peak_rss_bytes"] == 3 * evals.rss_per_node
+    assert report.options["eval_workers"] == 1 and report.options["eval_node_limit"] == 0
+
+
+def test_a_node_is_built_while_the_next_one_is_evaluated(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = threading.Event()
+
+    def hook(args: tuple[str, ...]) -> None:
+        if args[:2] == ("nix-store", "--realise") and drv("a") in args:
+            built.set()
+
+    fake.hook = hook
+    # The evaluation of a, b (one process) holds after a until a's build has started.
+    evals = FakeEval(answers={n: {"drv": drv(n), "out": out(n)} for n in "ab"})
+    evals.hold = lambda _names: built.wait(5) or pytest.fail("a was not built during b's eval")
+    real_evaluator(monkeypatch, evals)
+    one = EvalLimits(workers=1, node_limit=0)
+    results = run(fake, ["a", "b"], goal=Goal.BUILD, evaluation=one, evaluator=None)
+    realises = [a for a in fake.commands("nix-store") if a[1] == "--realise"]
+    assert realises == [
+        ("nix-store", "--realise", "--keep-going", drv("a")),
+        ("nix-store", "--realise", "--keep-going", drv("b")),
+    ]
+    assert [results[n].outcome for n in "ab"] == [Outcome.OK] * 2
+    assert set(results["a"].stages) == {"eval", "build"}
+
+
+def test_workers_evaluate_in_bounded_chunks_and_one_failure_stays_its_nodes(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"n{i}" for i in range(6)]
+    evals = FakeEval(answers={n: {"drv": drv(n), "out": out(n)} for n in names})
+    evals.answers["n1"] = "attribute 'nope' missing"
+    seen = real_evaluator(monkeypatch, evals)
+    limits = EvalLimits(workers=2, node_limit=2)
+    results = run(fake, names, goal=Goal.BUILD, evaluation=limits, evaluator=None)
+    assert all(len(names_of(a)) <= 2 for a in seen)
+    assert evals.most_at_once <= 2
+    assert results["n1"].outcome is Outcome.FAILED
+    assert "attribute 'nope' missing" in results["n1"].error.message
+    assert [results[n].outcome for n in names if n != "n1"] == [Outcome.OK] * 5
 
 
 def test_first_nodes_are_probed_while_the_build_runs(fake: Fake) -> None:

@@ -107,12 +107,12 @@ def test_options_made_without_the_parser_are_checked_too(
 
 def test_steps_follow_the_goal() -> None:
     assert steps(DeployOptions(goal=Goal.BUILD)) == [
-        "evaluate",
-        "build (here, one nix process for all nodes)",
+        "evaluate (in bounded worker processes)",
+        "build here, as soon as evaluated (one nix-store at a time)",
     ]
     push = steps(DeployOptions(goal=Goal.PUSH, build_on_target=True))
     assert push[-1] == "copy the derivations and build on the node"
-    assert not any("build (here" in s for s in push)
+    assert not any("build here" in s for s in push)
     switch = steps(DeployOptions(confirm_timeout=12, reboot=True))
     assert "set the system profile" in switch
     assert "switch-to-configuration switch, then confirm within 12 s or roll back" in switch

@@ -160,10 +160,11 @@ def test_nix_failing_on_the_options_is_a_usage_error(monkeypatch: pytest.MonkeyP
 def test_eval_nodes_hands_the_flags_to_every_nix_eval(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, ...]] = []
 
-    def fake(argv: Sequence[str], **_kw: Any) -> Result:
+    def fake(argv: Sequence[str], **kw: Any) -> Result:
         seen.append(tuple(argv))
         if len(seen) == 1:  # the batch: a caught error, explained alone
-            return Result(tuple(argv), 0, json.dumps({"a": {"error": None}}), "")
+            kw["on_line"]('trace: nixherd-eval {"name": "a", "error": null}')
+            return Result(tuple(argv), 0, "1", "")
         return Result(tuple(argv), 1, "", "error: boom\n       at /f/a.nix:1:2:")
 
     monkeypatch.setattr(process, "run", fake)
@@ -176,9 +177,12 @@ def test_eval_nodes_hands_the_flags_to_every_nix_eval(monkeypatch: pytest.Monkey
         assert words[start : start + len(EVERYTHING.eval_args())] == EVERYTHING.eval_args()
     # Out of diagnoses: the command the user is told to run carries the flags too.
     seen.clear()
-    monkeypatch.setattr(
-        process, "run", lambda a, **_k: Result(tuple(a), 0, '{"a": {"error": null}}', "")
-    )
+
+    def caught(argv: Sequence[str], **kw: Any) -> Result:
+        kw["on_line"]('trace: nixherd-eval {"name": "a", "error": null}')
+        return Result(tuple(argv), 0, "1", "")
+
+    monkeypatch.setattr(process, "run", caught)
     told = fleet.eval_nodes("/srv/fleet", ["a"], flags=EVERYTHING, max_diagnoses=0)["a"].error
     assert told is not None and "--show-trace --option allow-import-from-derivation false" in told
     assert "'a b -c'" in told
@@ -202,11 +206,12 @@ def test_the_build_gets_the_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_pipeline_evaluates_with_the_options_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, ...]] = []
 
-    def fake(argv: Sequence[str], **_kw: Any) -> Result:
+    def fake(argv: Sequence[str], **kw: Any) -> Result:
         seen.append(tuple(argv))
         if "eval" in argv:
-            data = {"a": {"drv": "/nix/store/d-a.drv", "out": "/nix/store/o-a"}}
-            return Result(tuple(argv), 0, json.dumps(data), "")
+            data = {"name": "a", "drv": "/nix/store/d-a.drv", "out": "/nix/store/o-a"}
+            kw["on_line"]("trace: nixherd-eval " + json.dumps(data))
+            return Result(tuple(argv), 0, "1", "")
         return Result(tuple(argv), 0, "/nix/store/o-a\n", "")
 
     monkeypatch.setattr(process, "run", fake)
