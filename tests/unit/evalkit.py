@@ -41,7 +41,7 @@ class FakeEval:
     running: int = 0
     flake_checks: int = 0
     most_at_once: int = 0
-    hold: Callable[[list[str]], None] | None = None  # called while "running", before the end
+    hold: Callable[[list[str]], object] | None = None  # called while "running", before the end
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, argv: Sequence[str], **kw: Any) -> Result:

@@ -151,6 +151,7 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
         keys=args.keys,
         rollout=rollout,
         nix=runs.nix_flags(args),
+        evaluation=runs.eval_limits(args),
     )
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from nixherd.cli.payloads import EvalNode
     from nixherd.errors import Problem
+    from nixherd.fleet.evaluate import EvalLimits
     from nixherd.inventory import Node
     from nixherd.run.nix import NixFlags
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     evaluated: list[EvalNode] | None = None
     failed = 0
     if args.eval:
-        evaluated, failed = _eval(nodes, path, flags)
+        evaluated, failed = _eval(nodes, path, flags, runs.eval_limits(args))
     if args.json:
         from nixherd.cli import jsonout
 
@@ -101,7 +102,9 @@ def _report_problems(args: argparse.Namespace, problems: tuple[Problem, ...]) ->
     sys.stderr.write(f"nixherd: error: {render.plural(len(problems), 'problem')} found\n")
 
 
-def _eval(nodes: list[Node], path: str, flags: NixFlags) -> tuple[list[EvalNode], int]:
+def _eval(
+    nodes: list[Node], path: str, flags: NixFlags, limits: EvalLimits
+) -> tuple[list[EvalNode], int]:
     """Evaluate the nodes' systems with `nixherd.fleet.evaluate` (the flake next to the inventory).
 
     Returns the per-node results as data and how many failed; failures are printed as they are
@@ -111,7 +114,8 @@ def _eval(nodes: list[Node], path: str, flags: NixFlags) -> tuple[list[EvalNode]
 
     from nixherd.fleet import evaluate as fleet
 
-    results = fleet.eval_nodes(fleet.flake_for(path), [node.name for node in nodes], flags=flags)
+    names = [node.name for node in nodes]
+    results = fleet.eval_nodes(fleet.flake_for(path), names, flags=flags, limits=limits)
     failed = 0
     for name, result in results.items():
         if not result.ok:

@@ -26,6 +26,8 @@ BOUNDS: dict[Callable[[str], Any], str] = {
     numbers.hosts: f"1..{numbers.MAX_PORT}",
     numbers.port: f"1..{numbers.MAX_PORT}",
     numbers.max_jobs: f"'auto' or 0..{numbers.MAX_JOBS}",
+    numbers.eval_workers: f"1..{numbers.MAX_EVAL_WORKERS}",
+    numbers.eval_node_limit: f"'auto' or 0..{numbers.MAX_NODES} (0: no limit)",
 }
 # Values checked after parsing (nixherd.fleet.rollout.Amount), named by their metavar.
 BOUNDS_BY_METAVAR = {"N|P%": "N: 0..999999999; P%: 0..100"}

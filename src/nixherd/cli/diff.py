@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
             parallel=args.parallel,
             emit=view,
             flags=flags,
+            limits=runs.eval_limits(args),
         )
     if args.json:
         from nixherd.cli import jsonout

@@ -1,4 +1,4 @@
-"""`nixherd eval`: evaluate the selected nodes' systems in one nix process; no build."""
+"""`nixherd eval`: evaluate the selected nodes' systems (bounded worker processes); no build."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 from nixherd.cli import jsonout, runs
 
-HELP = "evaluate the selected nodes' systems (one nix process); print derivations or errors"
+HELP = "evaluate the selected nodes' systems (bounded nix processes); print derivations or errors"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     flags = runs.nix_flags(args)
     _, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
-    results = fleet.eval_nodes(runs.flake_ref(args), names, flags=flags)
+    limits = runs.eval_limits(args)
+    results = fleet.eval_nodes(runs.flake_ref(args), names, flags=flags, limits=limits)
     failed = [r for r in results.values() if not r.ok]
     if args.json:
         from nixherd.cli import jsonout

@@ -24,6 +24,9 @@ MAX_PORT = 65535
 # Nix's max-jobs: builds at once on this machine (0: only on --builders). More than any machine
 # runs; Nix itself takes any unsigned int.
 MAX_JOBS = 65535
+# Evaluation worker processes at once: each is a `nix eval` holding its nodes' memory. More than
+# any machine has cores; the memory, not the count, is what runs out first.
+MAX_EVAL_WORKERS = 1024
 
 _INTEGER = re.compile(r"[+-]?[0-9]+").fullmatch
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?").fullmatch
@@ -68,6 +71,20 @@ def hosts(text: str) -> int:
 def port(text: str) -> int:
     """A TCP port: 1..MAX_PORT."""
     return _integer(text, 1, MAX_PORT, f"a TCP port 1..{MAX_PORT}")
+
+
+def eval_workers(text: str) -> int:
+    """Evaluation processes at once: 1..MAX_EVAL_WORKERS."""
+    return _integer(text, 1, MAX_EVAL_WORKERS, f"an integer 1..{MAX_EVAL_WORKERS}")
+
+
+def eval_node_limit(text: str) -> int | None:
+    """Nodes per evaluation process, as Colmena's --eval-node-limit: `auto` (None: from the
+    available memory), 0 (no limit) or up to MAX_NODES."""
+    stripped = text.strip()
+    if stripped == "auto":
+        return None
+    return _integer(stripped, 0, MAX_NODES, f"'auto' or an integer 0..{MAX_NODES} (0: no limit)")
 
 
 def max_jobs(text: str) -> str:

@@ -12,6 +12,7 @@ from nixherd.cli import numbers
 
 if TYPE_CHECKING:
     from nixherd.cli.progress import Progress
+    from nixherd.fleet.evaluate import EvalLimits
     from nixherd.fleet.report import RunReport
     from nixherd.inventory.model import Inventory, Node
     from nixherd.run.nix import NixFlags
@@ -100,6 +101,34 @@ def add_nix_flags(parser: argparse.ArgumentParser) -> None:
         type=numbers.max_jobs,
         metavar="N",
         help=f"builds at once here: 'auto' or 0..{numbers.MAX_JOBS} (0: only on --builders)",
+    )
+    add_eval_limits(parser)
+
+
+def add_eval_limits(parser: argparse.ArgumentParser) -> None:
+    """How the nodes' evaluation is bounded (fleet/evaluate.py, docs/scale.md)."""
+    group = parser.add_argument_group("Evaluation (nix processes of at most K nodes, N at once)")
+    group.add_argument(
+        "--eval-workers",
+        type=numbers.eval_workers,
+        metavar="N",
+        help=f"evaluation processes at once, 1..{numbers.MAX_EVAL_WORKERS} (default: the cores)",
+    )
+    group.add_argument(
+        "--eval-node-limit",
+        type=numbers.eval_node_limit,
+        metavar="K",
+        help="nodes per evaluation process: 'auto' (default: from the available memory, 512 MB "
+        "a node as Colmena), 0 (no limit: the nodes shared by the processes) or a number",
+    )
+
+
+def eval_limits(args: argparse.Namespace) -> EvalLimits:
+    from nixherd.fleet.evaluate import EvalLimits
+
+    return EvalLimits(
+        workers=getattr(args, "eval_workers", None),
+        node_limit=getattr(args, "eval_node_limit", None),
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from nixherd.errors import NixherdError, UsageError
 from nixherd.events import EventSink, Outcome, Stage, StageFinished, StageStarted, discard
+from nixherd.fleet.evaluate import EvalLimits
 from nixherd.fleet.plan import DeployNode
 from nixherd.fleet.report import ErrorInfo, NodeResult, Output, RunReport
 from nixherd.fleet.runner import FleetRun, reported, run_nodes
@@ -342,11 +343,12 @@ def diff_fleet(
     parallel: int = 10,
     emit: EventSink = discard,
     flags: NixFlags = NO_FLAGS,
+    limits: EvalLimits = EvalLimits(),  # noqa: B008 (frozen)
 ) -> dict[str, ClosureDiff | NixherdError]:
     """`nixherd diff`: evaluate (one nix process) and build (one nix-store --realise) the nodes,
     then diff each. A node that does not evaluate or build gets its error in place of a diff."""
     names = [n.name for n in nodes]
-    evals, _ = evaluate(names, flake, emit=emit, flags=flags)
+    evals, _ = evaluate(names, flake, emit=emit, flags=flags, limits=limits)
     systems, unevaluated = split(names, evals)
     out: dict[str, ClosureDiff | NixherdError] = {
         name: NixherdError(error.message) for name, error in unevaluated.items()
