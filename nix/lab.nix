@@ -39,8 +39,8 @@
 #                               configuration as a real NixOS evaluation keeps its values, and
 #                               about that many seconds of CPU (SHA-256 over 1 MiB, repeated
 #                               evalCost.hashesPerSecond times a second: 700, measured with Nix
-#                               2.8 on the lab's x86_64 machine). Both default to 0: no cost, and
-#                               the system is the same as without them.
+#                               2.8 on the lab's x86_64 machine). Both default to 0: no cost (the
+#                               toplevel then has no evalCost attribute).
 #
 # Every other option (boot.isContainer, services.*, ...) is accepted, recorded in the toplevel's
 # `config.json`, and otherwise ignored. Builders use the machine's /bin/sh, coreutils and python3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ from nixfleet import Fleet, write_fleet
 
 from nixherd.errors import CommandError
 from nixherd.fleet import evaluate as fleet_mod
-from nixherd.run import nix, process
+from nixherd.run import process
+
+ONE = fleet_mod.EvalLimits(workers=1, node_limit=0)
 
 # Nix's hint stays in the message: nixherd passes --show-trace on (tests/nix/test_nix_flags.py).
 HINT = "\n(use '--show-trace' to show detailed location information)"
@@ -39,16 +42,17 @@ MODULES = {
 }
 
 
-def count_evals(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record the installable of every `nix eval` made (nix still runs for real)."""
-    calls: list[str] = []
-    real = nix.eval_json
+def count_evals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Record the argv of every `nix eval` started (nix still runs for real)."""
+    calls: list[tuple[str, ...]] = []
+    real = process.run
 
-    def counting(installable: str, **kwargs: Any) -> Any:
-        calls.append(installable)
-        return real(installable, **kwargs)
+    def counting(argv: Sequence[str], **kwargs: Any) -> process.Result:
+        if "eval" in argv:
+            calls.append(tuple(argv))
+        return real(argv, **kwargs)
 
-    monkeypatch.setattr(nix, "eval_json", counting)
+    monkeypatch.setattr(process, "run", counting)
     return calls
 
 
@@ -60,7 +64,7 @@ def test_healthy_fleet_in_one_process(tmp_path: Path, monkeypatch: pytest.Monkey
     fleet = make(tmp_path)
     calls = count_evals(monkeypatch)
     names = ["db.1", "app-10-0-1-2", "app-10-0-1-1"]
-    results = fleet_mod.eval_nodes(fleet.ref, names)
+    results = fleet_mod.eval_nodes(fleet.ref, names, limits=ONE)
     assert len(calls) == 1
     assert list(results) == names
     for name, result in results.items():
@@ -99,20 +103,22 @@ def test_missing_module_is_reported_for_its_node(tmp_path: Path) -> None:
 
 
 def test_uncatchable_error_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A missing attribute aborts the whole nix process: tryEval cannot catch it.
+    # A missing attribute ends the whole nix process: tryEval cannot catch it. The nodes are
+    # forced in order, so it is the node after the last result; the rest go on in a new process.
     broken = {"db.nix": "{ config, ... }: { services.db.port = config.services.nope.port; }"}
     fleet = make(tmp_path, broken)
     calls = count_evals(monkeypatch)
-    results = fleet_mod.eval_nodes(fleet.ref, ["app-10-0-1-1", "app-10-0-1-2", "db.1"])
+    names = ["app-10-0-1-1", "db.1", "app-10-0-1-2"]
+    results = fleet_mod.eval_nodes(fleet.ref, names, limits=ONE)
     assert results["app-10-0-1-1"].ok
     assert results["app-10-0-1-2"].ok
     error = results["db.1"].error
     assert error is not None
     assert "attribute 'nope' missing" in error
     assert not error.startswith("error:")
+    assert "trace: nixherd-eval" not in error
     assert error.endswith(HINT)
-    # whole batch, the flake probe, then halves: [app-1] and [app-2, db.1], then [app-2], [db.1].
-    assert len(calls) <= 6
+    assert len(calls) == 2  # all three, then app-10-0-1-2 alone
 
 
 def test_unknown_node(tmp_path: Path) -> None:
@@ -151,7 +157,7 @@ def test_diagnoses_are_rationed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     fleet = make(tmp_path, broken)
     calls = count_evals(monkeypatch)
     names = ["app-10-0-1-1", "app-10-0-1-2", "db.1"]
-    results = fleet_mod.eval_nodes(fleet.ref, names, max_diagnoses=1)
+    results = fleet_mod.eval_nodes(fleet.ref, names, max_diagnoses=1, limits=ONE)
     assert len(calls) == 2  # the batch, then one explanation
     assert results["db.1"].ok
     assert results["app-10-0-1-1"].error == "app 10.0.1.1 is broken" + HINT
@@ -165,11 +171,14 @@ def test_diagnoses_are_rationed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "app 10.0.1.2 is broken" in shown.stderr
 
 
-def test_unisolated_batch_fails_as_a_whole(tmp_path: Path) -> None:
+def test_without_diagnoses_the_rest_of_a_stopped_process_is_not_evaluated(tmp_path: Path) -> None:
     broken = {"db.nix": "{ config, ... }: { services.db.port = config.services.nope.port; }"}
     fleet = make(tmp_path, broken)
-    results = fleet_mod.eval_nodes(fleet.ref, ["app-10-0-1-1", "db.1"], max_diagnoses=0)
-    for result in results.values():
-        assert result.error is not None
-        assert result.error.startswith("evaluated with 1 other node, one failed (not narrowed")
-        assert "attribute 'nope' missing" in result.error
+    names = ["app-10-0-1-1", "db.1", "app-10-0-1-2"]
+    results = fleet_mod.eval_nodes(fleet.ref, names, max_diagnoses=0, limits=ONE)
+    assert results["app-10-0-1-1"].ok  # evaluated before the error: kept
+    error = results["db.1"].error
+    assert error is not None and "attribute 'nope' missing" in error
+    rest = results["app-10-0-1-2"].error
+    assert rest is not None
+    assert rest.startswith("not evaluated: the nix process evaluating it stopped at db.1's error")
