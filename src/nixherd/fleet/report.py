@@ -7,6 +7,7 @@ the published JSON Schema (docs/schema/) from these same declarations.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ TAIL_LINES = 20
 # command says how it ended). 1,000 nodes at the bound make a 64 MiB report, still one file a
 # JSON parser reads whole; the full output is in the node's log and was streamed live.
 OUTPUT_LIMIT = 64 * 1024
+# How the watchdog starts the lines it says itself (resources/watchdog.sh, `say`).
+_WATCHDOG_PREFIX = re.compile(r"^nixherd: ")
 
 
 class ErrorData(TypedDict):
@@ -128,7 +131,9 @@ class ErrorInfo:
         first = self.message.splitlines()[0] if self.message else "failed"
         if self.output:
             last = self.output.rstrip().splitlines()[-1].strip()
-            if last:
+            # The watchdog's last words ("nixherd: rolled back to X") are often what the
+            # message already says: each cause once.
+            if last and _WATCHDOG_PREFIX.sub("", last) not in first:
                 return f"{first}: {last}"
         return first
 
