@@ -139,7 +139,9 @@ def parse_progress(line: str) -> int | None:
 def describe(reason: str) -> str:
     """A failure reason the watchdog gives (after failed, rolled-back, ...) in words."""
     if reason == "timeout":
-        return "no confirmation within the timeout (was the deployer cut off?)"
+        # Why no confirmation came is the deployer's to say (activation.py, from what it
+        # saw): the watchdog only knows that none did.
+        return "no confirmation within the timeout"
     if reason.startswith("activation-exit-124"):
         return "activation timed out"
     if reason.startswith("activation-exit-"):

@@ -72,6 +72,8 @@ STORE_PATH = re.compile(r"^/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+$")
 _RETRY = 1.0
 # Bound on one `wait` call on the target, so a forgotten waiter always ends by itself.
 _WAIT_SLICE = 120
+# ssh's exit status when ssh itself failed (connect, key exchange, authentication), ssh(1).
+_SSH_FAILED = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,9 @@ class Follower:
     # The boot the activation runs in (from `start`, else the first status): a status from
     # another boot means the node rebooted, and that ends following at once.
     boot: BootMark | None = None
+    # Why a fresh ssh login to the node failed while confirming (ssh's own words), if it did:
+    # with the open connection still answering, the node stopped taking new logins.
+    login_failure: str | None = None
 
     def line(self, text: str) -> None:
         self.log.append(text)
@@ -404,16 +409,20 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
                 on_line=follow.stream(markers),
                 what="confirm",
             )
-        except CommandError:
+        except CommandError as exc:
             result = None
+            if exc.returncode is None and follow.login_failure is None:
+                follow.login_failure = "a new ssh login did not answer in time"
         marker = follow.ended(markers, result)
         if result is not None:
             if marker is not None:
                 follow.reached(marker, until_settled=True)
                 return follow.last
+            tail = (result.stdout + result.stderr).strip().splitlines()
+            why = tail[-1] if tail else f"exit {result.returncode}"
+            if result.returncode == _SSH_FAILED and follow.login_failure is None:
+                follow.login_failure = why
             if tries == 1:
-                tail = (result.stdout + result.stderr).strip().splitlines()
-                why = tail[-1] if tail else f"exit {result.returncode}"
                 emit(LogLine(node, f"confirmation over a new connection failed: {why}"))
         time.sleep(_RETRY)
     return None
