@@ -74,6 +74,9 @@ _RETRY = 1.0
 _WAIT_SLICE = 120
 # ssh's exit status when ssh itself failed (connect, key exchange, authentication), ssh(1).
 _SSH_FAILED = 255
+# Seconds of confirmation window a new login is given before its lateness counts as evidence
+# that the node stopped answering logins (a login costs ~0.1 s of CPU on an idle node).
+_LOGIN_GRACE = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +397,8 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
     tries = 0
     while time.monotonic() < deadline:
         tries += 1
-        left = max(1.0, deadline - time.monotonic())
+        window = deadline - time.monotonic()
+        left = max(1.0, window)
         markers: list[str] = []
         # The log goes on from where following stopped: the confirmation's own steps (the
         # profile, the boot entry) reach the deployer's log too.
@@ -417,7 +421,21 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
         if result is not None:
             if marker is not None:
                 follow.reached(marker, until_settled=True)
-                return follow.last
+                last = follow.last
+                # The watchdog confirms at once when the request reaches it; a window that ran
+                # out while a request sent well within it was on its way means the new login
+                # (not the watchdog) stalled: sshd froze, then thawed with the rollback.
+                if (
+                    last is not None
+                    and last.reason == "timeout"
+                    and window >= _LOGIN_GRACE
+                    and follow.login_failure is None
+                ):
+                    follow.login_failure = (
+                        f"the confirmation, sent over a new ssh login {window:.0f} s before the "
+                        "window closed, reached the node only after it"
+                    )
+                return last
             tail = (result.stdout + result.stderr).strip().splitlines()
             why = tail[-1] if tail else f"exit {result.returncode}"
             if result.returncode == _SSH_FAILED and follow.login_failure is None:
