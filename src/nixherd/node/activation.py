@@ -50,7 +50,7 @@ from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarte
 from nixherd.node.checks import CheckResult, HealthCheck, run_checks, summary
 from nixherd.node.goal import Goal
 from nixherd.node.probe import NodeState, probe
-from nixherd.node.protocol import UNSAFE_EXIT, Marker, Status, describe
+from nixherd.node.protocol import UNSAFE_EXIT, Marker, Status, describe, unconfirmed
 from nixherd.node.watchdog import (
     PROFILE,
     STATE_DIR,
@@ -220,20 +220,8 @@ def _activate(
     if final is not None and final.status is Status.CONFIRMED:
         return ActivationResult(previous, False, None, final.status, results, tuple(follow.log))
     _check_vanished(follow, final, previous, results)
-    raise _failure(node, final, previous, follow.log, results, why=_unconfirmed(follow, final))
-
-
-def _unconfirmed(follow: Follower, final: Marker | None) -> str | None:
-    """Why no confirmation came, when the evidence says: a fresh ssh login failed while the
-    open connection (which just brought `final`) still worked, so the node, not the deployer,
-    stopped answering: typically the new system broke sshd or its network for new logins."""
-    if final is None or final.reason != "timeout" or follow.login_failure is None:
-        return None
-    return (
-        f"{describe(final.reason)}: the node stopped answering new ssh logins "
-        f"({follow.login_failure}) while the deployer's open connection still worked; "
-        "did the new system break sshd?"
-    )
+    why = unconfirmed(final, follow.login_failure, follow.confirm_sent) if final else None
+    raise _failure(node, final, previous, follow.log, results, why=why)
 
 
 def _answers_confirm(status: Status) -> bool:

@@ -72,11 +72,7 @@ STORE_PATH = re.compile(r"^/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+$")
 _RETRY = 1.0
 # Bound on one `wait` call on the target, so a forgotten waiter always ends by itself.
 _WAIT_SLICE = 120
-# ssh's exit status when ssh itself failed (connect, key exchange, authentication), ssh(1).
-_SSH_FAILED = 255
-# Seconds of confirmation window a new login is given before its lateness counts as evidence
-# that the node stopped answering logins (a login costs ~0.1 s of CPU on an idle node).
-_LOGIN_GRACE = 2.0
+_SSH_FAILED = 255  # ssh's exit status when ssh itself failed (connect, key exchange, auth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,9 +217,10 @@ class Follower:
     # The boot the activation runs in (from `start`, else the first status): a status from
     # another boot means the node rebooted, and that ends following at once.
     boot: BootMark | None = None
-    # Why a fresh ssh login to the node failed while confirming (ssh's own words), if it did:
-    # with the open connection still answering, the node stopped taking new logins.
+    # Evidence on new logins while confirming: why one failed (ssh's words), and how many
+    # seconds of the window were left when the confirmation that got an answer was sent.
     login_failure: str | None = None
+    confirm_sent: float | None = None
 
     def line(self, text: str) -> None:
         self.log.append(text)
@@ -415,30 +412,17 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
             )
         except CommandError as exc:
             result = None
-            if exc.returncode is None and follow.login_failure is None:
+            if exc.returncode is None:  # our timeout: the login never answered
                 follow.login_failure = "a new ssh login did not answer in time"
         marker = follow.ended(markers, result)
         if result is not None:
             if marker is not None:
                 follow.reached(marker, until_settled=True)
-                last = follow.last
-                # The watchdog confirms at once when the request reaches it; a window that ran
-                # out while a request sent well within it was on its way means the new login
-                # (not the watchdog) stalled: sshd froze, then thawed with the rollback.
-                if (
-                    last is not None
-                    and last.reason == "timeout"
-                    and window >= _LOGIN_GRACE
-                    and follow.login_failure is None
-                ):
-                    follow.login_failure = (
-                        f"the confirmation, sent over a new ssh login {window:.0f} s before the "
-                        "window closed, reached the node only after it"
-                    )
-                return last
+                follow.confirm_sent = window
+                return follow.last
             tail = (result.stdout + result.stderr).strip().splitlines()
             why = tail[-1] if tail else f"exit {result.returncode}"
-            if result.returncode == _SSH_FAILED and follow.login_failure is None:
+            if result.returncode == _SSH_FAILED:
                 follow.login_failure = why
             if tries == 1:
                 emit(LogLine(node, f"confirmation over a new connection failed: {why}"))

@@ -96,7 +96,8 @@ def test_activation_that_cuts_ssh_is_rolled_back_within_the_timeout(
     assert "no confirmation within the timeout" in report["alpha"]["rollback_reason"]
     # The fresh login of the confirmation failed, the open connection did not: the node's sshd
     # stopped answering, and the report says so rather than suspecting the deployer.
-    assert "stopped answering new ssh logins" in report["alpha"]["rollback_reason"], out(outcome["result"])
+    reason = report["alpha"]["rollback_reason"]
+    assert "stopped answering new ssh logins" in reason, out(outcome["result"])
     assert "cut off" not in report["alpha"]["error"]["message"]
     assert report["bravo"]["result"] == "ok"
     assert fleet.current("alpha") == v1
