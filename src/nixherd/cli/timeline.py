@@ -305,7 +305,14 @@ def _tick_step(total: float) -> float:
 
 
 def _row_html(row: Row, total: float) -> str:
-    bars = "".join(_bar_html(bar, total) for bar in row.bars)
+    # A stage that overlaps an earlier one (an early probe during the build) is drawn in the
+    # lower half of the row, so that neither hides the other.
+    drawn: list[str] = []
+    end = 0.0
+    for bar in row.bars:
+        drawn.append(_bar_html(bar, total, under=bar.start < end - 1e-6))
+        end = max(end, bar.start + bar.seconds)
+    bars = "".join(drawn)
     result_class = "result-" + "-".join(row.result.split())
     approx = "" if row.placed else '<span class="approx">no start times: end to end</span>'
     error = ""
@@ -325,13 +332,14 @@ def _row_html(row: Row, total: float) -> str:
     )
 
 
-def _bar_html(bar: Bar, total: float) -> str:
+def _bar_html(bar: Bar, total: float, *, under: bool) -> str:
     left = 100 * bar.start / total
     width = max(100 * bar.seconds / total, _MIN_WIDTH)
     colour = STAGE_COLOURS.get(bar.stage, _OTHER_COLOUR)
     tip = f"{bar.stage}: {bar.seconds:.2f} s, from {bar.start:.2f} s"
     return (
-        f'<span class="bar" data-stage="{_e(bar.stage)}" title="{_e(tip)}" '
+        f'<span class="bar{" under" if under else ""}" data-stage="{_e(bar.stage)}" '
+        f'title="{_e(tip)}" '
         f'style="left:{left:.3f}%;width:{width:.3f}%;background:{colour}"></span>'
     )
 
@@ -375,6 +383,7 @@ white-space:nowrap}
 .tick{position:absolute;top:0;font-size:11px;color:#777;border-left:1px solid #ccc;
 padding-left:2px;white-space:nowrap}
 .bar{position:absolute;top:2px;height:16px;border-radius:2px;opacity:.9}
+.bar.under{top:11px;height:8px;outline:1px solid #fff}
 .approx{position:absolute;right:4px;top:2px;font-size:11px;color:#777}
 .result{font-weight:600}
 .result-ok .result,.result-up-to-date .result{color:#2e7d32}

@@ -82,6 +82,8 @@ def test_a_row_per_node_with_its_stages_on_the_run_clock(tmp_path: Path) -> None
     # The run took 6 s: activate starts at 4 s, two thirds of the way, and lasts a sixth.
     activate = bars[4].attrs["style"]
     assert "left:66.667%" in activate and "width:16.667%" in activate
+    # The probe ran during the build: drawn beneath it, not over it.
+    assert [("under" in b.attrs["class"].split()) for b in bars[:4]] == [False, False, True, False]
     results = [e.text for e in dom.with_class("result")][1:]  # after the axis' empty cell
     assert results == ["ok", "failed", "rolled back"]
 
