@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "check-health": "check_health",
     "keys": "keys",
     "data": "data",
+    "report": "report",
     "completion": "completion",
 }
 
