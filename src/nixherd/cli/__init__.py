@@ -32,6 +32,9 @@ COMMANDS: dict[str, str] = {
     "check-health": "check_health",
     "keys": "keys",
     "data": "data",
+    "add": "add",
+    "remove": "remove",
+    "set": "setvalue",
 }
 
 
