@@ -9,7 +9,7 @@ was (comments, order, blank lines), and writing nothing unless the result is a v
 A TOML library alone cannot do this: tomlkit keeps comments, but it files the comment lines above
 a table header under the table before it, so deleting a table takes the next table's comment with
 it, and a key added to a table lands after that trailing comment. So tables are cut and keys added
-as lines of text, at places found by a small scanner of table headers (`_headers`); tomlkit only
+as lines of text, at places found by a small scanner of table headers (`headers`); tomlkit only
 renders values and edits inside a line (a value replaced, an inline array's element). Every edit
 is then checked against the same change made on plain data: the new text must parse to exactly
 that, or nothing is written (`_verify`).
@@ -31,6 +31,17 @@ from nixherd.errors import InventoryError, NixherdError, Problem, UsageError
 from nixherd.inventory.load import decode, loads
 from nixherd.inventory.model import Inventory
 from nixherd.inventory.resolve import fanout_name
+from nixherd.inventory.tomltext import (
+    block_end,
+    cut,
+    element_blocks,
+    find_headers,
+    item,
+    lines_of,
+    render_key,
+    render_value,
+    table_blocks,
+)
 from nixherd.inventory.validate import join
 
 
@@ -54,132 +65,6 @@ class Edit:
     notes: tuple[str, ...] = ()
 
 
-# --- the header scanner ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Header:
-    line: int
-    path: tuple[str, ...]
-    array: bool  # [[...]]
-
-
-def _headers(lines: Sequence[str]) -> list[_Header]:
-    """Every table header line of a valid TOML text. A line is a header when it starts with `[`
-    outside any string, array or inline table; the scanner tracks just enough of TOML's lexical
-    rules (strings, comments, brackets) to know that."""
-    import tomlkit
-
-    found: list[_Header] = []
-    multiline: str | None = None  # the delimiter of the multi-line string we are in
-    depth = 0
-    for number, line in enumerate(lines):
-        if multiline is None and depth == 0 and line.lstrip().startswith("["):
-            parsed: Any = tomlkit.parse(line).unwrap()
-            path: list[str] = []
-            while isinstance(parsed, dict) and len(parsed) == 1:
-                key = next(iter(parsed))
-                path.append(key)
-                parsed = parsed[key]
-            found.append(_Header(number, tuple(path), line.lstrip().startswith("[[")))
-            continue
-        i = 0
-        while i < len(line):
-            if multiline is not None:
-                if multiline == '"""' and line[i] == "\\":
-                    i += 2
-                    continue
-                if line.startswith(multiline, i):
-                    i += 3
-                    while i < len(line) and line[i] == multiline[0]:
-                        i += 1  # up to two quotes of content may touch the closing delimiter
-                    multiline = None
-                    continue
-                i += 1
-                continue
-            char = line[i]
-            if char == "#":
-                break
-            if line.startswith('"""', i) or line.startswith("'''", i):
-                multiline = line[i : i + 3]
-                i += 3
-            elif char == '"':
-                i += 1
-                while i < len(line) and line[i] != '"':
-                    i += 2 if line[i] == "\\" else 1
-                i += 1
-            elif char == "'":
-                end = line.find("'", i + 1)
-                i = len(line) if end < 0 else end + 1
-            else:
-                if char in "[{":
-                    depth += 1
-                elif char in "]}":
-                    depth -= 1
-                i += 1
-    return found
-
-
-def _is_content(line: str) -> bool:
-    stripped = line.strip()
-    return bool(stripped) and not stripped.startswith("#")
-
-
-def _block_end(lines: Sequence[str], headers: Sequence[_Header], index: int) -> int:
-    """One past the last line of content of header `index`'s block: the comments and blank lines
-    before the next header belong to that next header."""
-    start = headers[index].line
-    stop = headers[index + 1].line if index + 1 < len(headers) else len(lines)
-    end = start + 1
-    for number in range(start + 1, stop):
-        if _is_content(lines[number]):
-            end = number + 1
-    return end
-
-
-def _cut(lines: list[str], start: int, end: int) -> None:
-    """Remove lines [start, end) and the comment lines directly above them (they describe what
-    is removed), then one blank line where two would meet."""
-    while start > 0 and lines[start - 1].strip().startswith("#"):
-        start -= 1
-    before_blank = start == 0 or not lines[start - 1].strip()
-    if before_blank and end < len(lines) and not lines[end].strip():
-        end += 1
-    del lines[start:end]
-
-
-# --- rendering ---------------------------------------------------------------------------------
-
-
-def render_value(value: Any) -> str:
-    """One TOML value on one line; tables as inline tables with blanks inside the braces."""
-    import tomlkit
-
-    if isinstance(value, Mapping):
-        if not value:
-            return "{}"
-        inner = ", ".join(f"{render_key(k)} = {render_value(v)}" for k, v in value.items())
-        return "{ " + inner + " }"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(render_value(v) for v in value) + "]"
-    rendered: str = tomlkit.item(value).as_string()
-    return rendered
-
-
-def render_key(key: str) -> str:
-    import tomlkit
-
-    rendered: str = tomlkit.key(key).as_string()
-    return rendered
-
-
-def _item(text: str) -> Any:
-    """A tomlkit item that keeps the formatting of `text` (a rendered value)."""
-    import tomlkit
-
-    return tomlkit.parse("v = " + text + "\n")["v"]
-
-
 # --- the edits ---------------------------------------------------------------------------------
 
 
@@ -188,13 +73,6 @@ def _plain(text: str) -> dict[str, Any]:
 
     data: dict[str, Any] = tomlkit.parse(text).unwrap()
     return data
-
-
-def _lines(text: str) -> list[str]:
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    return lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,50 +111,28 @@ def _is_inline_targets(text: str, role: str) -> bool:
     import tomlkit
     from tomlkit.items import AoT
 
-    targets = tomlkit.parse(text)["roles"][role].get("targets")  # type: ignore[index,union-attr]
+    targets = tomlkit.parse(text)["roles"][role].get("targets")
     return targets is not None and not isinstance(targets, AoT)
-
-
-def _table_blocks(headers: Sequence[_Header], prefix: tuple[str, ...]) -> list[int]:
-    """The indexes of the headers of table `prefix` and of its sub-tables (not arrays of
-    tables of exactly that path)."""
-    return [i for i, h in enumerate(headers) if h.path[: len(prefix)] == prefix]
-
-
-def _element_blocks(headers: Sequence[_Header], path: tuple[str, ...], index: int) -> list[int]:
-    """The headers of element `index` of the array of tables `path`: its `[[path]]` header and
-    the sub-table headers that follow it."""
-    starts = [i for i, h in enumerate(headers) if h.array and h.path == path]
-    if index >= len(starts):
-        raise NixherdError(f"cannot find {'.'.join(path)}[{index}] in the file")
-    first = starts[index]
-    found = [first]
-    for i in range(first + 1, len(headers)):
-        h = headers[i]
-        if h.path[: len(path)] != path or (h.array and h.path == path):
-            break
-        found.append(i)
-    return found
 
 
 def remove_node(text: str, inventory: Inventory, name: str) -> Edit:
     data = _plain(text)
     place = _place(data, inventory, name)
     expected = copy.deepcopy(data)
-    lines = _lines(text)
+    lines = lines_of(text)
     if place.index is None:
         del expected["nodes"][name]
-        headers = _headers(lines)
-        blocks = _table_blocks(headers, ("nodes", name))
+        headers = find_headers(lines)
+        blocks = table_blocks(headers, ("nodes", name))
         if blocks:
             for i in reversed(blocks):
-                _cut(lines, headers[i].line, _block_end(lines, headers, i))
+                cut(lines, headers[i].line, block_end(lines, headers, i))
             new = "".join(lines)
         else:  # written inside [nodes] as `name = { ... }`: one key of that table
             import tomlkit
 
             doc = tomlkit.parse(text)
-            del doc["nodes"][name]  # type: ignore[union-attr]
+            del doc["nodes"][name]
             new = tomlkit.dumps(doc)
     else:
         role = place.role or ""
@@ -285,12 +141,12 @@ def remove_node(text: str, inventory: Inventory, name: str) -> Edit:
             import tomlkit
 
             doc = tomlkit.parse(text)
-            del doc["roles"][role]["targets"][place.index]  # type: ignore[index,union-attr]
+            del doc["roles"][role]["targets"][place.index]
             new = tomlkit.dumps(doc)
         else:
-            headers = _headers(lines)
-            blocks = _element_blocks(headers, ("roles", role, "targets"), place.index)
-            _cut(lines, headers[blocks[0]].line, _block_end(lines, headers, blocks[-1]))
+            headers = find_headers(lines)
+            blocks = element_blocks(headers, ("roles", role, "targets"), place.index)
+            cut(lines, headers[blocks[0]].line, block_end(lines, headers, blocks[-1]))
             new = "".join(lines)
             if not expected["roles"][role]["targets"]:
                 del expected["roles"][role]["targets"]
@@ -330,7 +186,7 @@ def add_node(text: str, inventory: Inventory, spec: NodeSpec) -> Edit:
             f"{inventory.path.name}: node {name!r} already exists ({inventory.nodes[name].source})"
         )
     expected = copy.deepcopy(data)
-    lines = _lines(text)
+    lines = lines_of(text)
     if not fan_out:
         expected.setdefault("nodes", {})[name] = values
         block = [f"[nodes.{render_key(name)}]\n"]
@@ -352,12 +208,12 @@ def add_node(text: str, inventory: Inventory, spec: NodeSpec) -> Edit:
 def _add_target(
     text: str, lines: list[str], role: str, values: Mapping[str, Any], index: int
 ) -> str:
-    headers = _headers(lines)
+    headers = find_headers(lines)
     path = ("roles", role, "targets")
     if index > 0 and not _is_inline_targets(text, role):
         # An array of tables: a new [[...]] block after the last element.
-        blocks = _element_blocks(headers, path, index - 1)
-        end = _block_end(lines, headers, blocks[-1])
+        blocks = element_blocks(headers, path, index - 1)
+        end = block_end(lines, headers, blocks[-1])
         block = ["\n", f"[[{'.'.join(render_key(k) for k in path)}]]\n"]
         block += [f"{render_key(k)} = {render_value(v)}\n" for k, v in values.items()]
         lines[end:end] = block
@@ -367,10 +223,10 @@ def _add_target(
         import tomlkit
 
         doc = tomlkit.parse(text)
-        array = doc["roles"][role]["targets"]  # type: ignore[index]
-        match = re.search(r"\n([ \t]*)\{", array.as_string())  # type: ignore[union-attr]
+        array = doc["roles"][role]["targets"]
+        match = re.search(r"\n([ \t]*)\{", array.as_string())
         indent = match.group(1) if match else "  "
-        array.add_line(_item(render_value(values)), indent=indent)  # type: ignore[union-attr]
+        array.add_line(item(render_value(values)), indent=indent)
         return tomlkit.dumps(doc)
     # The role's first target: `targets = [ ... ]` as the last key of the role's own table.
     own = [i for i, h in enumerate(headers) if h.path == ("roles", role) and not h.array]
@@ -379,7 +235,7 @@ def _add_target(
             f"roles.{render_key(role)} has no [roles.{render_key(role)}] table of its own to "
             "add `targets` to: add the first target by hand"
         )
-    end = _block_end(lines, headers, own[0])
+    end = block_end(lines, headers, own[0])
     lines[end:end] = ["targets = [\n", f"  {render_value(values)},\n", "]\n"]
     return "".join(lines)
 
@@ -404,7 +260,7 @@ def set_value(text: str, inventory: Inventory, name: str, key: str, value: Any) 
                 f"{name} is now {renamed}: a fan-out target without `name` is named after its "
                 "host (set `name` to keep the old one)"
             )
-    new = _set_text(text, place, table_path, keys, value, table_data)
+    new = _set_text(text, place, table_path, keys, table_data)
     _verify(new, expected, inventory)
     return Edit(new, f"set {place.key_path}.{key} = {render_value(value)}", tuple(notes))
 
@@ -423,7 +279,6 @@ def _set_text(
     place: _Place,
     table_path: tuple[str, ...],
     keys: Sequence[str],
-    value: Any,
     new_table: Mapping[str, Any],
 ) -> str:
     import tomlkit
@@ -431,14 +286,14 @@ def _set_text(
 
     doc = tomlkit.parse(text)
     if place.index is not None:
-        targets = doc["roles"][place.role or ""]["targets"]  # type: ignore[index]
+        targets = doc["roles"][place.role or ""]["targets"]
         if not isinstance(targets, AoT):
             # An inline target is one line: the element is written anew, its comment kept.
-            targets[place.index] = _item(render_value(new_table))  # type: ignore[index]
+            targets[place.index] = item(render_value(new_table))
             return tomlkit.dumps(doc)
         table: Any = targets[place.index]
     else:
-        table = doc["nodes"][place.name]  # type: ignore[index]
+        table = doc["nodes"][place.name]
     # Walk down the header tables; the first key that is not one is replaced or added whole.
     depth = 0
     while depth < len(keys) - 1 and isinstance(table.get(keys[depth]), Table):
@@ -452,20 +307,20 @@ def _set_text(
         existing = table[first]
         if isinstance(existing, InlineTable) or len(keys) == depth + 1:
             # A value already on its line: replaced in place, the line's comment kept.
-            table[first] = _item(render_value(plain))
+            table[first] = item(render_value(plain))
             return tomlkit.dumps(doc)
     # A new key: a line at the end of its table's own block (found by its header).
-    lines = _lines(text)
-    headers = _headers(lines)
+    lines = lines_of(text)
+    headers = find_headers(lines)
     path = table_path + tuple(keys[:depth])
     if place.index is not None:
-        blocks = _element_blocks(headers, table_path, place.index)
+        blocks = element_blocks(headers, table_path, place.index)
         owners = [i for i in blocks if headers[i].path == path]
     else:
         owners = [i for i, h in enumerate(headers) if h.path == path and not h.array]
     if not owners:
         raise NixherdError(f"{'.'.join(path)} has no table header to add {first} to: edit by hand")
-    end = _block_end(lines, headers, owners[0])
+    end = block_end(lines, headers, owners[0])
     lines[end:end] = [f"{render_key(first)} = {render_value(plain)}\n"]
     return "".join(lines)
 

@@ -234,8 +234,7 @@ def test_set_host_of_an_unnamed_target_says_it_renames(
         (["set", "edge", "port", "many"], "port: must be an integer, got 'many'"),
         (
             ["add", "x", "--role", "web", "--host", "10.0.0.1"],
-            "roles.web.targets[2]: host \"10.0.0.1\" port 22 is already used by node "
-            "web-10-0-0-1",
+            'roles.web.targets[2]: host "10.0.0.1" port 22 is already used by node web-10-0-0-1',
         ),
         (["add", "x", "--role", "nope", "--host", "10.9.0.1"], "nodes.x.role: unknown role"),
         (["add", "lone", "--host", "10.9.0.1"], "node 'lone' already exists (nodes.lone)"),
@@ -274,9 +273,7 @@ def test_the_write_is_atomic_and_keeps_mode_and_symlink(tmp_path: Path) -> None:
     assert load(real).nodes["lone"].port == 2022
 
 
-def test_dry_run_prints_and_writes_nothing(
-    inv: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_dry_run_prints_and_writes_nothing(inv: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("remove", "lone", "--dry-run") == 0
     out = capsys.readouterr().out
     assert "[nodes.lone]" not in out
