@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "add": "add",
     "remove": "remove",
     "set": "setvalue",
+    "import": "importer",
 }
 
 

@@ -1,0 +1,83 @@
+"""`nixherd import colmena`: evaluate a flake's Colmena hive for its nodes' deployment fields
+(`resources/colmena-import.nix`, without nixpkgs) and turn them into an inventory
+(`inventory.from_colmena`).
+
+One nix process reads every node. A node whose evaluation fails in a way Nix cannot catch (a
+missing attribute, a type error) stops that process: then each node is read in a process of its
+own, first with its own settings, then without them, so one odd node costs its own import only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from nixherd.errors import CommandError, NixherdError
+from nixherd.inventory.from_colmena import Imported, convert
+from nixherd.run import nix
+
+
+def flake_ref(given: str) -> str:
+    """A reference `builtins.getFlake` takes: a local directory made absolute, others as given."""
+    if ":" not in given.split("/", 1)[0] and os.path.isdir(given):
+        return os.path.abspath(given)
+    return given
+
+
+def _expression(ref: str, only: Sequence[str] | None, with_own: bool, attr: str) -> str:
+    with resources.as_file(
+        resources.files("nixherd").joinpath("resources/colmena-import.nix")
+    ) as path:
+        importer = nix.nix_string(str(path))
+    names = "null" if only is None else "[ " + " ".join(nix.nix_string(n) for n in only) + " ]"
+    return (
+        f"(import {importer} {{ flake = builtins.getFlake {nix.nix_string(ref)}; "
+        f"only = {names}; withOwn = {'true' if with_own else 'false'}; }}){attr}"
+    )
+
+
+def _eval(ref: str, attr: str = "", only: Sequence[str] | None = None, own: bool = True) -> Any:
+    return nix.eval_expr_json(_expression(ref, only, own, attr))
+
+
+def _first_line(exc: CommandError) -> str:
+    # The output holds what nix printed on stdout before the error too.
+    found = re.search(r"error: *(.+)", exc.output)
+    return found.group(1).strip() if found else (exc.tail(1) or "nix eval failed")
+
+
+def evaluate(ref: str) -> dict[str, Any]:
+    """The hive as data (see colmena-import.nix), each failing node isolated."""
+    try:
+        hive: dict[str, Any] = _eval(ref)
+        return hive
+    except CommandError as whole:
+        try:
+            head: dict[str, Any] = _eval(ref, " // { nodes = { }; }", only=[])
+        except CommandError:
+            raise NixherdError(
+                f"cannot read the Colmena hive of {ref}: {_first_line(whole)}\n{whole.tail()}"
+            ) from whole
+    nodes: dict[str, Any] = {}
+    for name in head["names"]:
+        try:
+            nodes[name] = _eval(ref, ".nodes", only=[name])[name]
+            continue
+        except CommandError:
+            pass
+        try:
+            data = _eval(ref, ".nodes", only=[name], own=False)[name]
+            data["own"] = {"data": {}, "skipped": ["(its own module does not evaluate here)"]}
+            nodes[name] = data
+        except CommandError as exc:
+            nodes[name] = {"error": f"its deployment does not evaluate: {_first_line(exc)}"}
+    head["nodes"] = nodes
+    return head
+
+
+def import_colmena(given: str) -> Imported:
+    ref = flake_ref(given)
+    return convert(evaluate(ref), origin=ref)
