@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from nixherd.errors import CommandError, NixherdError
+from nixherd.errors import CommandError, NixherdError, UsageError
 from nixherd.inventory.from_colmena import Imported, convert
 from nixherd.run import nix
 
@@ -49,6 +49,22 @@ def _first_line(exc: CommandError) -> str:
     return found.group(1).strip() if found else (exc.tail(1) or "nix eval failed")
 
 
+def _unreadable(ref: str, exc: CommandError) -> NixherdError:
+    """Why the hive could not be read at all: bad input (exit 2) when the flake is missing, has
+    no lock or no hive; else Nix's error."""
+    first = _first_line(exc)
+    if "requires lock file changes" in exc.output:
+        return UsageError(
+            f"{ref}: its flake.lock is missing or out of date, and Nix reads a flake for an import "
+            f"only through an up-to-date lock: run `nix flake lock {ref}` first"
+        )
+    if "has no `colmena` or `colmenaHive` output" in exc.output:
+        return UsageError(f"{ref}: the flake has no `colmena` or `colmenaHive` output")
+    if "does not exist" in first or "No such file" in first or "is not a flake" in first:
+        return UsageError(f"{ref}: {first}")
+    return NixherdError(f"cannot read the Colmena hive of {ref}: {first}\n{exc.tail()}")
+
+
 def evaluate(ref: str) -> dict[str, Any]:
     """The hive as data (see colmena-import.nix), each failing node isolated."""
     try:
@@ -58,9 +74,7 @@ def evaluate(ref: str) -> dict[str, Any]:
         try:
             head: dict[str, Any] = _eval(ref, " // { nodes = { }; }", only=[])
         except CommandError:
-            raise NixherdError(
-                f"cannot read the Colmena hive of {ref}: {_first_line(whole)}\n{whole.tail()}"
-            ) from whole
+            raise _unreadable(ref, whole) from whole
     nodes: dict[str, Any] = {}
     for name in head["names"]:
         try:

@@ -18,7 +18,7 @@
 # Colmena evaluates each node with nixpkgs' whole NixOS module system; that needs nixpkgs, which
 # an importer must not fetch (and cannot, offline). So this file evaluates `deployment` only,
 # with a small stand-in of the module system: modules are loaded (paths imported, functions
-# called), `imports` followed, `config`/`options` modules read, mkIf/mkMerge/mkOverride
+# called), `imports` followed (in nixpkgs' order), `config`/`options` modules read, mkIf/mkMerge/mkOverride
 # (mkDefault, mkForce) honoured, lists concatenated, attrsets merged key by key, and a lazy
 # `config` given back to the modules, so `deployment.targetHost = "${name}.lan"` or a value read
 # from another option works. `pkgs` and `modulesPath` throw: a node whose deployment needs them is
@@ -197,15 +197,32 @@ let
     in
     if isFunction loaded then loaded filled else loaded;
   bodyOf = value: if value ? config || value ? options then value.config or { } else removeAttrs value moduleMeta;
+  # Every module's body, in the order nixpkgs' module system lists them (lib/modules.nix,
+  # collectModules: builtins.genericClosure over the imports, so the modules given first, then
+  # what they import, breadth first, a file imported twice counted once). List options such as
+  # deployment.tags are concatenated in that order.
   collect =
     args: modules:
-    concatMap (
-      module:
-      let
-        value = load args module;
-      in
-      collect args (value.imports or [ ]) ++ [ (bodyOf value) ]
-    ) modules;
+    let
+      items =
+        parent: list:
+        builtins.genList (
+          i:
+          let
+            m = builtins.elemAt list i;
+          in
+          {
+            key = if isPath m || isString m then toString m else "${parent}:anon-${toString (i + 1)}";
+            value = load args m;
+          }
+        ) (builtins.length list);
+    in
+    map (item: bodyOf item.value) (
+      builtins.genericClosure {
+        startSet = items "" modules;
+        operator = item: items item.key (item.value.imports or [ ]);
+      }
+    );
 
   noNixpkgs = n: throw "`${n}` needs nixpkgs, which the import does not evaluate";
   argsOf =
