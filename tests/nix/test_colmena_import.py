@@ -27,7 +27,7 @@ BEFORE = REPO / "examples" / "seed-fleet" / "before"
 # targetPort null (ssh's own: 22, the inventory's default), tags none.
 DEPLOYMENT = (
     "h: builtins.mapAttrs (name: v: let d = v.deployment or { }; in {"
-    " targetHost = d.targetHost or name; targetUser = d.targetUser or \"root\";"
+    ' targetHost = d.targetHost or name; targetUser = d.targetUser or "root";'
     " targetPort = if (d.targetPort or null) == null then 22 else d.targetPort;"
     " tags = d.tags or [ ]; sshOptions = d.sshOptions or [ ]; })"
     ' (removeAttrs h [ "meta" "defaults" "network" ])'
@@ -136,7 +136,7 @@ HIVE = """{
 # `lib` for the `db` node's list: Colmena gives modules nixpkgs' lib; here only what a test needs.
 HIVE = HIVE.replace(
     "outputs = { self }: {",
-    "outputs = { self }: let lib = { mkForce = c: { _type = \"override\"; priority = 50; "
+    'outputs = { self }: let lib = { mkForce = c: { _type = "override"; priority = 50; '
     "content = c; }; }; in {",
 )
 
@@ -213,7 +213,7 @@ def test_an_evaluated_colmena_hive(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("flake", "message"),
     [
-        ('{ outputs = { self }: { }; }', "the flake has no `colmena` or `colmenaHive` output"),
+        ("{ outputs = { self }: { }; }", "the flake has no `colmena` or `colmenaHive` output"),
         (None, "No such file or directory"),
     ],
 )
