@@ -160,5 +160,5 @@ def describe(
         lines.append(f"{label} ({len(wave.nodes)}):")
         for name in wave.nodes:
             target = targets[name]
-            lines.append(f"  {name}  {target.destination}:{target.port}")
+            lines.append(f"  {name}  {target.describe()}")
     return lines

@@ -175,8 +175,7 @@ def probe(
     except CommandError as exc:
         if exc.returncode == SSH_FAILED:
             raise UnreachableError(
-                f"cannot reach {conn.target.destination} port {conn.target.port}: "
-                f"{exc.tail(3) or 'ssh failed'}"
+                f"cannot reach {conn.target.describe()}: {exc.tail(3) or 'ssh failed'}"
             ) from exc
         raise
     return parse(result.stdout)

@@ -85,7 +85,7 @@ def test_nodes_json_is_the_envelope_and_validates(capsys: pytest.CaptureFixture[
         "role": "nixos-vps",
         "host": "198.51.100.11",
         "user": "root",
-        "port": 22,
+        "port": None,  # not set: ssh decides (the schema allows null)
         "tags": ["vps", "batch-vps"],
     }
 
