@@ -24,11 +24,11 @@ BEFORE = REPO / "examples" / "seed-fleet" / "before"
 
 # Colmena's defaults for what a hive leaves unset (nix-community/colmena
 # src/nix/hive/options.nix, deploymentOptions): targetHost the node's name, targetUser root,
-# targetPort null (ssh's own: 22, the inventory's default), tags none.
+# targetPort null (ssh decides, as an inventory without a port), tags none.
 DEPLOYMENT = (
     "h: builtins.mapAttrs (name: v: let d = v.deployment or { }; in {"
     ' targetHost = d.targetHost or name; targetUser = d.targetUser or "root";'
-    " targetPort = if (d.targetPort or null) == null then 22 else d.targetPort;"
+    " targetPort = d.targetPort or null;"
     " tags = d.tags or [ ]; sshOptions = d.sshOptions or [ ]; })"
     ' (removeAttrs h [ "meta" "defaults" "network" ])'
 )
@@ -76,7 +76,7 @@ def test_the_seed_hive_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "#   - meta.specialArgs.inputs: pass it in mkFleet's `specialArgs`" in text
     inventory = load(out)
     # The helper's targets became the role's fan-out targets, one line each.
-    assert '  { host = "198.51.100.12", tags = ["batch-vps"] },\n' in text
+    assert '  { host = "198.51.100.12", port = 22, tags = ["batch-vps"] },\n' in text
     assert inventory.nodes["nixos-vps-198-51-100-12"].source == "roles.nixos-vps.targets[1]"
     assert inventory.nodes["nixos-hk"].role == "nixos-vps"
     assert inventory.nodes["nixos-ws"].modules == ("hosts/nixos-ws",)

@@ -18,13 +18,15 @@ LIST_FIELDS = frozenset({"tags", "modules", "ssh_options"})
 
 
 def parse_value(key: str, text: str) -> Any:
-    """VALUE as the key's type: a string for the string fields, an integer for `port`, a list
-    for tags/modules/ssh_options (a TOML array, or comma-separated words), and elsewhere (vars,
-    config, checks, ...) a TOML value when it is one (`true`, `3`, `[1, 2]`, `{ a = 1 }`,
-    `"quoted"`), else the text as a string."""
+    """VALUE as the key's type: `false` for user and port (ssh decides), a string for the string
+    fields, an integer for `port`, a list for tags/modules/ssh_options (a TOML array, or
+    comma-separated words), and elsewhere (vars, config, checks, ...) a TOML value when it is one
+    (`true`, `3`, `[1, 2]`, `{ a = 1 }`, `"quoted"`), else the text as a string."""
     from nixherd.errors import UsageError
 
     top = key.split(".", 1)[0]
+    if key in ("user", "port") and text == "false":
+        return False  # ssh decides (docs/inventory.md)
     if top in STRING_FIELDS and "." not in key:
         return text
     if top == "port" and "." not in key:

@@ -6,8 +6,9 @@ silently.
 
 Colmena's deployment options (nix-community/colmena `src/nix/hive/options.nix`,
 `deploymentOptions`) map to the inventory as docs/nix-library.md's table says in the other
-direction: targetHost -> host, targetUser -> user, targetPort -> port, tags -> tags, sshOptions
-(`-o K=V`, `-oK=V`, `-J X`, `-i X`) -> ssh_options. Keys are listed by name only: a Colmena key's
+direction: targetHost -> host, targetUser -> user (null: `false`, ssh decides), targetPort -> port
+(null: unset, ssh decides), tags -> tags, sshOptions (`-o K=V`, `-oK=V`, `-J X`, `-i X`) ->
+ssh_options. Keys are listed by name only: a Colmena key's
 `text` lives in the Nix expression, and nixherd's keys come from a file, a command or the
 environment, never the store.
 """
@@ -109,7 +110,7 @@ def _node(name: str, data: Mapping[str, Any], root: str, lost: list[str]) -> _No
     fields: dict[str, Any] = {"host": host}
     user = data.get("targetUser")
     if user is None:
-        lost.append(f"{name}: targetUser is null (ssh's own user): nixherd logs in as root")
+        fields["user"] = False  # Colmena's null and the inventory's false: ssh decides
     elif user != "root":
         problem = _check("user", user)
         if problem is None:
@@ -117,7 +118,8 @@ def _node(name: str, data: Mapping[str, Any], root: str, lost: list[str]) -> _No
         else:
             lost.append(f"{name}: targetUser: {problem}")
     port = data.get("targetPort")
-    if port is not None and port != 22:
+    # Colmena's null port is the inventory's unset one: ssh decides (its config, else 22).
+    if port is not None:
         problem = _check("port", port)
         if problem is None:
             fields["port"] = port
@@ -239,12 +241,12 @@ def convert(hive: Mapping[str, Any], *, origin: str) -> Imported:
     elif defaults_modules:
         defaults["modules"] = list(defaults_modules)
     nodes: list[_Node] = []
-    endpoints: dict[tuple[str, int], str] = {}
+    endpoints: dict[tuple[str, int | None], str] = {}
     for name in sorted(hive["nodes"]):
         node = _node(name, hive["nodes"][name], root, lost)
         if node is None:
             continue
-        endpoint = (endpoint_host(node.fields["host"]), node.fields.get("port", 22))
+        endpoint = (endpoint_host(node.fields["host"]), node.fields.get("port"))
         if endpoint in endpoints:
             lost.append(f"{name}: not imported: same host and port as {endpoints[endpoint]}")
             continue
@@ -285,6 +287,13 @@ def _group(nodes: Sequence[_Node]) -> tuple[list[_Role], list[dict[str, Any]]]:
                         m.fields["tags"] = rest
                     else:
                         del m.fields["tags"]
+            # A user or port every member shares is the role's.
+            for key in ("user", "port"):
+                values = [m.fields.get(key) for m in members]
+                if values[0] is not None and all(v == values[0] for v in values):
+                    fields[key] = values[0]
+                    for m in members:
+                        del m.fields[key]
         role = _Role(name, fields, [])
         roles.append(role)
         for m in members:

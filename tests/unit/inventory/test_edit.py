@@ -234,7 +234,8 @@ def test_set_host_of_an_unnamed_target_says_it_renames(
         (["set", "edge", "port", "many"], "port: must be an integer, got 'many'"),
         (
             ["add", "x", "--role", "web", "--host", "10.0.0.1"],
-            'roles.web.targets[2]: host "10.0.0.1" port 22 is already used by node web-10-0-0-1',
+            'roles.web.targets[2]: host "10.0.0.1" (port from ssh) is already used by node '
+            "web-10-0-0-1",
         ),
         (["add", "x", "--role", "nope", "--host", "10.9.0.1"], "nodes.x.role: unknown role"),
         (["add", "lone", "--host", "10.9.0.1"], "node 'lone' already exists (nodes.lone)"),
@@ -279,3 +280,13 @@ def test_dry_run_prints_and_writes_nothing(inv: Path, capsys: pytest.CaptureFixt
     assert "[nodes.lone]" not in out
     assert "[nodes.edge]" in out
     assert inv.read_text() == INVENTORY
+
+
+def test_user_and_port_false_leave_them_to_ssh(inv: Path) -> None:
+    assert run("set", "lone", "port", "false") == 0
+    assert run("set", "lone", "user", "false") == 0
+    assert run("add", "free", "--host", "192.0.2.30", "--port", "false") == 0
+    nodes = load(inv).nodes
+    assert (nodes["lone"].port, nodes["lone"].user) == (None, None)
+    assert nodes["free"].port is None
+    assert '[nodes.free]\nhost = "192.0.2.30"\nport = false\n' in inv.read_text()
