@@ -36,6 +36,7 @@ from nixherd.inventory.tomltext import (
     cut,
     element_blocks,
     find_headers,
+    insert,
     item,
     lines_of,
     render_key,
@@ -189,11 +190,11 @@ def add_node(text: str, inventory: Inventory, spec: NodeSpec) -> Edit:
     lines = lines_of(text)
     if not fan_out:
         expected.setdefault("nodes", {})[name] = values
-        block = [f"[nodes.{render_key(name)}]\n"]
+        block = ["\n"] if lines and lines[-1].strip() else []
+        block.append(f"[nodes.{render_key(name)}]\n")
         block += [f"{render_key(k)} = {render_value(v)}\n" for k, v in values.items()]
-        if lines and lines[-1].strip():
-            lines.append("\n")
-        new = "".join(lines + block)
+        insert(lines, len(lines), block)
+        new = "".join(lines)
         where = join("nodes", name)
     else:
         assert role is not None
@@ -216,7 +217,7 @@ def _add_target(
         end = block_end(lines, headers, blocks[-1])
         block = ["\n", f"[[{'.'.join(render_key(k) for k in path)}]]\n"]
         block += [f"{render_key(k)} = {render_value(v)}\n" for k, v in values.items()]
-        lines[end:end] = block
+        insert(lines, end, block)
         return "".join(lines)
     if index > 0:
         # An inline array: one more line, indented as the first element is.
@@ -236,7 +237,7 @@ def _add_target(
             "add `targets` to: add the first target by hand"
         )
     end = block_end(lines, headers, own[0])
-    lines[end:end] = ["targets = [\n", f"  {render_value(values)},\n", "]\n"]
+    insert(lines, end, ["targets = [\n", f"  {render_value(values)},\n", "]\n"])
     return "".join(lines)
 
 
@@ -321,7 +322,7 @@ def _set_text(
     if not owners:
         raise NixherdError(f"{'.'.join(path)} has no table header to add {first} to: edit by hand")
     end = block_end(lines, headers, owners[0])
-    lines[end:end] = [f"{render_key(first)} = {render_value(plain)}\n"]
+    insert(lines, end, [f"{render_key(first)} = {render_value(plain)}\n"])
     return "".join(lines)
 
 

@@ -138,10 +138,18 @@ def item(text: str) -> Any:
 
 
 def lines_of(text: str) -> list[str]:
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    return lines
+    """The text's lines, each with its line ending (the last one may have none)."""
+    return text.splitlines(keepends=True)
+
+
+def insert(lines: list[str], at: int, new: Sequence[str]) -> None:
+    """Insert `new` (lines ending in "\n") before line `at`, with the file's own line ending;
+    a last line without one gets it first, so that nothing is glued to it."""
+    crlf = bool(lines) and lines[0].endswith("\r\n")
+    ending = "\r\n" if crlf else "\n"
+    if at > 0 and not lines[at - 1].endswith("\n"):
+        lines[at - 1] += ending
+    lines[at:at] = [line[:-1] + ending if line.endswith("\n") else line for line in new]
 
 
 def table_blocks(headers: Sequence[Header], prefix: tuple[str, ...]) -> list[int]:

@@ -290,3 +290,37 @@ def test_user_and_port_false_leave_them_to_ssh(inv: Path) -> None:
     assert (nodes["lone"].port, nodes["lone"].user) == (None, None)
     assert nodes["free"].port is None
     assert '[nodes.free]\nhost = "192.0.2.30"\nport = false\n' in inv.read_text()
+
+
+def test_line_endings_and_a_missing_last_newline_are_kept(tmp_path: Path) -> None:
+    crlf = tmp_path / "crlf.toml"
+    crlf.write_bytes(b'[defaults]\r\nuser = "root"\r\n\r\n[nodes.c]\r\nhost = "192.0.2.6"\r\n')
+    assert main(["-i", str(crlf), "set", "c", "port", "2"]) == 0
+    assert main(["-i", str(crlf), "add", "e", "--host", "192.0.2.7"]) == 0
+    assert crlf.read_bytes() == (
+        b'[defaults]\r\nuser = "root"\r\n\r\n[nodes.c]\r\nhost = "192.0.2.6"\r\nport = 2\r\n'
+        b'\r\n[nodes.e]\r\nhost = "192.0.2.7"\r\n'
+    )
+    bare = tmp_path / "bare.toml"
+    bare.write_bytes(b'[nodes.a]\nhost = "192.0.2.1"\n\n[nodes.b]\nhost = "192.0.2.2"')
+    assert main(["-i", str(bare), "remove", "a"]) == 0
+    assert bare.read_bytes() == b'[nodes.b]\nhost = "192.0.2.2"'  # still no last newline
+    assert main(["-i", str(bare), "set", "b", "port", "3"]) == 0
+    assert bare.read_bytes() == b'[nodes.b]\nhost = "192.0.2.2"\nport = 3\n'
+
+
+def test_an_unusual_layout_is_edited_or_refused_never_damaged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "inventory.toml"
+    # A node written as dotted keys of [nodes]: one key of that table, removed as such.
+    path.write_text('[nodes]\na.host = "192.0.2.1"\nb = { host = "192.0.2.2" }  # b\n')
+    assert main(["-i", str(path), "remove", "b"]) == 0
+    assert path.read_text() == '[nodes]\na.host = "192.0.2.1"\n'
+    # A node split between dotted keys and a header of its own: cutting the header's lines
+    # would leave half of it, so nothing is written.
+    text = '[nodes]\nc.host = "192.0.2.4"\n\n[nodes.c.checks.x]\ntcp = "{host}:22"\n'
+    path.write_text(text)
+    assert main(["-i", str(path), "remove", "c"]) == 1
+    assert "could not be made without changing other parts" in capsys.readouterr().err
+    assert path.read_text() == text
