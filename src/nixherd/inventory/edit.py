@@ -283,6 +283,7 @@ def _set_text(
     new_table: Mapping[str, Any],
 ) -> str:
     import tomlkit
+    from tomlkit.container import OutOfOrderTableProxy as Proxy
     from tomlkit.items import AoT, InlineTable, Table
 
     doc = tomlkit.parse(text)
@@ -297,7 +298,7 @@ def _set_text(
         table = doc["nodes"][place.name]
     # Walk down the header tables; the first key that is not one is replaced or added whole.
     depth = 0
-    while depth < len(keys) - 1 and isinstance(table.get(keys[depth]), Table):
+    while depth < len(keys) - 1 and isinstance(table.get(keys[depth]), Table | Proxy):
         table = table[keys[depth]]
         depth += 1
     first = keys[depth]
@@ -310,19 +311,25 @@ def _set_text(
             # A value already on its line: replaced in place, the line's comment kept.
             table[first] = item(render_value(plain))
             return tomlkit.dumps(doc)
-    # A new key: a line at the end of its table's own block (found by its header).
+    # A new key: a line at the end of its table's own block (found by its header). A table with
+    # no header of its own (only its sub-tables have one) gets it as a dotted key in the nearest
+    # table above that has one (`checks.new.http = ...` in [nodes.x]).
     lines = lines_of(text)
     headers = find_headers(lines)
-    path = table_path + tuple(keys[:depth])
     if place.index is not None:
-        blocks = element_blocks(headers, table_path, place.index)
-        owners = [i for i in blocks if headers[i].path == path]
+        candidates = element_blocks(headers, table_path, place.index)
     else:
-        owners = [i for i, h in enumerate(headers) if h.path == path and not h.array]
-    if not owners:
-        raise NixherdError(f"{'.'.join(path)} has no table header to add {first} to: edit by hand")
+        candidates = [i for i, h in enumerate(headers) if not h.array]
+    for level in range(depth, -1, -1):
+        path = table_path + tuple(keys[:level])
+        owners = [i for i in candidates if headers[i].path == path]
+        if owners:
+            break
+    else:
+        raise NixherdError(f"{'.'.join(table_path)} has no table header to add {first} to")
+    dotted = ".".join(render_key(k) for k in keys[level : depth + 1])
     end = block_end(lines, headers, owners[0])
-    insert(lines, end, [f"{render_key(first)} = {render_value(plain)}\n"])
+    insert(lines, end, [f"{dotted} = {render_value(plain)}\n"])
     return "".join(lines)
 
 

@@ -324,3 +324,19 @@ def test_an_unusual_layout_is_edited_or_refused_never_damaged(
     assert main(["-i", str(path), "remove", "c"]) == 1
     assert "could not be made without changing other parts" in capsys.readouterr().err
     assert path.read_text() == text
+
+
+def test_set_inside_sub_tables(inv: Path) -> None:
+    # [nodes.edge.checks.tcp] has a header: a key is added to its lines; `checks` itself has
+    # none, so a new check is a dotted key in [nodes.edge]; then edited in place.
+    assert run("set", "edge", "checks.tcp.retries", "5") == 0
+    assert run("set", "edge", "checks.new.http", "http://{host}:8080/") == 0
+    assert run("set", "edge", "checks.new.retries", "4") == 0
+    assert changes(INVENTORY, inv.read_text()) == (
+        [],
+        ['checks.new = { http = "http://{host}:8080/", retries = 4 }', "retries = 5"],
+    )
+    checks = load(inv).nodes["edge"].checks
+    assert sorted(checks) == ["http", "new", "tcp"]
+    assert checks["tcp"].retries == 5
+    assert checks["new"].retries == 4
