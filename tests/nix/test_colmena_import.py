@@ -251,3 +251,29 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "inventory.toml"
     path.write_text(text)
     return path
+
+
+def test_a_hive_in_a_directory_of_a_git_repository(tmp_path: Path) -> None:
+    # As examples/seed-fleet/before is read from a clone: Nix reads the whole repository (its
+    # tracked files), and `modules` stay relative to the flake's own directory.
+    repo = tmp_path / "repo"
+    before = repo / "fleet" / "before"
+    shutil.copytree(BEFORE, before)
+    nixpkgs = stub_nixpkgs(tmp_path / "nixpkgs")
+    text = (before / "flake.nix").read_text()
+    (before / "flake.nix").write_text(
+        text.replace("github:NixOS/nixpkgs/nixos-24.05", f"path:{nixpkgs}")
+    )
+    git = ["git", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    ref = f"git+file://{repo}?dir=fleet/before"
+    subprocess.run(nix.nix_argv("flake", "lock", ref), check=True, capture_output=True)
+    subprocess.run([*git, "add", "."], check=True)
+    # By its directory, and by a git reference naming the directory.
+    for flake in (str(before), ref):
+        out = tmp_path / "inventory.toml"
+        assert main(["import", "colmena", "--flake", flake, "-o", str(out), "--force"]) == 0
+        nodes = load(out).nodes
+        assert nodes["nixos-ws"].modules == ("hosts/nixos-ws",)
+        assert nodes["nixos-hk"].modules == ("hosts/nixos-vps",)

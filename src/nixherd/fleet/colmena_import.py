@@ -21,9 +21,12 @@ from nixherd.run import nix
 
 
 def flake_ref(given: str) -> str:
-    """A reference `builtins.getFlake` takes: a local directory made absolute, others as given."""
+    """A reference `builtins.getFlake` takes. A local directory becomes `path:` of its absolute
+    path: so the source's root is that directory whatever Nix version reads it (a directory
+    inside a git work tree is read as the whole repository by some, as itself by others), and
+    `modules` come out relative to it. Other references are taken as given."""
     if ":" not in given.split("/", 1)[0] and os.path.isdir(given):
-        return os.path.abspath(given)
+        return "path:" + os.path.abspath(given)
     return given
 
 
@@ -92,6 +95,21 @@ def evaluate(ref: str) -> dict[str, Any]:
     return head
 
 
+def subdir(ref: str) -> str:
+    """The flake's directory inside its source tree (`?dir=` of the reference): the source's
+    store path holds the whole tree, and `modules` are relative to the flake's own directory."""
+    query = ref.partition("?")[2]
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "dir":
+            return value.strip("/")
+    return ""
+
+
 def import_colmena(given: str) -> Imported:
     ref = flake_ref(given)
-    return convert(evaluate(ref), origin=ref)
+    hive = evaluate(ref)
+    inner = subdir(ref)
+    if inner:
+        hive["root"] = f"{hive['root'].rstrip('/')}/{inner}"
+    return convert(hive, origin=ref)
