@@ -17,8 +17,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--role", metavar="ROLE", help="the role the node plays")
     parser.add_argument("--host", metavar="HOST", help="where ssh connects to")
-    parser.add_argument("--port", metavar="N", help="the ssh port")
-    parser.add_argument("--user", metavar="USER", help="the ssh login")
+    from nixherd.cli import numbers
+
+    parser.add_argument("--port", metavar="N", type=numbers.port_or_false, help="the ssh port")
+    parser.add_argument("--user", metavar="USER", help="the ssh login (false: ssh decides)")
     parser.add_argument("--system", metavar="SYSTEM", help="the platform, e.g. aarch64-linux")
     parser.add_argument(
         "--tag", metavar="TAG", action="append", default=[], help="a tag (repeatable)"
@@ -63,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     values: dict[str, Any] = {}
     for key in ("host", "user", "system"):
         if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
+            values[key] = editing.parse_value(key, getattr(args, key))
     if args.port is not None:
-        values["port"] = editing.parse_value("port", args.port)
+        values["port"] = args.port
     if args.tag:
         values["tags"] = list(args.tag)
     if args.module:
