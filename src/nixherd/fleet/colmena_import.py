@@ -30,20 +30,20 @@ def flake_ref(given: str) -> str:
     return given
 
 
-def _expression(ref: str, only: Sequence[str] | None, with_own: bool, attr: str) -> str:
-    with resources.as_file(
-        resources.files("nixherd").joinpath("resources/colmena-import.nix")
-    ) as path:
-        importer = nix.nix_string(str(path))
+def _expression(importer: str, ref: str, only: Sequence[str] | None, with_own: bool) -> str:
     names = "null" if only is None else "[ " + " ".join(nix.nix_string(n) for n in only) + " ]"
     return (
-        f"(import {importer} {{ flake = builtins.getFlake {nix.nix_string(ref)}; "
-        f"only = {names}; withOwn = {'true' if with_own else 'false'}; }}){attr}"
+        f"import {nix.nix_string(importer)} {{ flake = builtins.getFlake {nix.nix_string(ref)}; "
+        f"only = {names}; withOwn = {'true' if with_own else 'false'}; }}"
     )
 
 
 def _eval(ref: str, attr: str = "", only: Sequence[str] | None = None, own: bool = True) -> Any:
-    return nix.eval_expr_json(_expression(ref, only, own, attr))
+    # The file stays where nix can read it until nix has read it (a zipped package included).
+    with resources.as_file(
+        resources.files("nixherd").joinpath("resources/colmena-import.nix")
+    ) as importer:
+        return nix.eval_expr_json(f"({_expression(str(importer), ref, only, own)}){attr}")
 
 
 def _first_line(exc: CommandError) -> str:
