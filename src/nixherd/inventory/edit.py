@@ -211,7 +211,8 @@ def _add_target(
 ) -> str:
     headers = find_headers(lines)
     path = ("roles", role, "targets")
-    if index > 0 and not _is_inline_targets(text, role):
+    inline = _is_inline_targets(text, role)
+    if index > 0 and not inline:
         # An array of tables: a new [[...]] block after the last element.
         blocks = element_blocks(headers, path, index - 1)
         end = block_end(lines, headers, blocks[-1])
@@ -219,15 +220,24 @@ def _add_target(
         block += [f"{render_key(k)} = {render_value(v)}\n" for k, v in values.items()]
         insert(lines, end, block)
         return "".join(lines)
-    if index > 0:
-        # An inline array: one more line, indented as the first element is.
+    if inline:
+        # An inline array (even an empty one): one more line, indented as the first element is.
         import tomlkit
 
         doc = tomlkit.parse(text)
-        array = doc["roles"][role]["targets"]
-        match = re.search(r"\n([ \t]*)\{", array.as_string())
-        indent = match.group(1) if match else "  "
-        array.add_line(item(render_value(values)), indent=indent)
+        table = doc["roles"][role]
+        array = table["targets"]
+        written = array.as_string()
+        if not array:
+            # `targets = []`: becomes the one-line-per-target form.
+            table["targets"] = item(f"[\n  {render_value(values)},\n]")
+        elif "\n" not in written:
+            # Written on one line by choice: it stays one line.
+            array.append(item(render_value(values)))
+        else:
+            match = re.search(r"\n([ \t]*)\{", written)
+            indent = match.group(1) if match else "  "
+            array.add_line(item(render_value(values)), indent=indent)
         return tomlkit.dumps(doc)
     # The role's first target: `targets = [ ... ]` as the last key of the role's own table.
     own = [i for i, h in enumerate(headers) if h.path == ("roles", role) and not h.array]
