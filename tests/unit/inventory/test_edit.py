@@ -345,7 +345,8 @@ def test_set_inside_sub_tables(inv: Path) -> None:
 def test_add_to_an_empty_or_one_line_targets_array(tmp_path: Path) -> None:
     path = tmp_path / "inventory.toml"
     path.write_text(
-        '[roles.a]\ntargets = []  # none yet\n\n[roles.b]\ntargets = [{ host = "10.0.0.1" }]  # one\n'
+        "[roles.a]\ntargets = []  # none yet\n\n"
+        '[roles.b]\ntargets = [{ host = "10.0.0.1" }]  # one\n'
     )
     assert main(["-i", str(path), "add", "--role", "a", "--host", "10.0.0.5"]) == 0
     assert main(["-i", str(path), "add", "--role", "b", "--host", "10.0.0.6"]) == 0
