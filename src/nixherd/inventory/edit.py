@@ -9,7 +9,7 @@ was (comments, order, blank lines), and writing nothing unless the result is a v
 A TOML library alone cannot do this: tomlkit keeps comments, but it files the comment lines above
 a table header under the table before it, so deleting a table takes the next table's comment with
 it, and a key added to a table lands after that trailing comment. So tables are cut and keys added
-as lines of text, at places found by a small scanner of table headers (`headers`); tomlkit only
+as lines of text, at places found by a small scanner of table headers (`tomltext.py`); tomlkit only
 renders values and edits inside a line (a value replaced, an inline array's element). Every edit
 is then checked against the same change made on plain data: the new text must parse to exactly
 that, or nothing is written (`_verify`).
@@ -105,7 +105,7 @@ def _place(data: Mapping[str, Any], inventory: Inventory, name: str) -> _Place:
     for index, target in enumerate(data["roles"][role].get("targets", ())):
         if target.get("name", fanout_name(role, target.get("host", ""))) == name:
             return _Place(name, role, index)
-    raise NixherdError(f"{node.source}: cannot find node {name!r} in the file")  # pragma: no cover
+    raise NixherdError(f"{node.source}: cannot find node {name!r} in the file")
 
 
 def _is_inline_targets(text: str, role: str) -> bool:
