@@ -34,6 +34,10 @@ COMMANDS: dict[str, str] = {
     "keys": "keys",
     "data": "data",
     "report": "report",
+    "add": "add",
+    "remove": "remove",
+    "set": "setvalue",
+    "import": "importer",
     "completion": "completion",
 }
 
