@@ -58,6 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds a node waits for the confirmation before rolling back "
         f"({numbers.SECONDS_RULE}, default 30)",
     )
+    runs.add_activation_timeout(safety)
     safety.add_argument(
         "--no-keys", dest="keys", action="store_false", help="do not upload secret keys"
     )
@@ -147,6 +148,7 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
         reboot_timeout=args.reboot_timeout,
         rollback=args.rollback,
         confirm_timeout=args.confirm_timeout,
+        activation_timeout=args.activation_timeout,
         keys=args.keys,
         rollout=rollout,
     )

@@ -35,6 +35,20 @@ def add_parallel(parser: argparse.ArgumentParser, default: int = 10) -> None:
     )
 
 
+DEFAULT_ACTIVATION_TIMEOUT = 600.0
+
+
+def add_activation_timeout(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--activation-timeout",
+        type=numbers.seconds,
+        default=DEFAULT_ACTIVATION_TIMEOUT,
+        metavar="S",
+        help="seconds switch-to-configuration may run on a node before it is stopped and the "
+        f"node rolled back ({numbers.SECONDS_RULE}, default {DEFAULT_ACTIVATION_TIMEOUT:g})",
+    )
+
+
 def add_keep_result(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--keep-result",

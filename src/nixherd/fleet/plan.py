@@ -71,7 +71,7 @@ class DeployOptions:
             raise OptionError(
                 "reboot", f"reboot goes with the switch or boot goal, not {self.goal.value}"
             )
-        timeouts = (self.confirm_timeout, self.reboot_timeout)
+        timeouts = (self.confirm_timeout, self.reboot_timeout, self.activation_timeout)
         if not all(math.isfinite(t) and t > 0 for t in timeouts):
             raise UsageError("timeouts must be finite and positive")
 
@@ -87,6 +87,7 @@ class DeployOptions:
             "reboot": self.reboot,
             "rollback": self.rollback,
             "confirm_timeout": self.confirm_timeout,
+            "activation_timeout": self.activation_timeout,
             "keys": self.keys,
             "canary": rollout.canary,
             "batch": None if rollout.batch is None else str(rollout.batch),
@@ -118,6 +119,7 @@ def steps(options: DeployOptions) -> list[str]:
     activation = f"switch-to-configuration {goal.value}"
     if goal.changes_running_system and options.rollback:
         activation += f", then confirm within {options.confirm_timeout:g} s or roll back"
+    activation += f" (stopped if still running after {options.activation_timeout:g} s)"
     out.append(activation)
     if options.keys:
         out.append("upload keys (post-activation)")

@@ -7,16 +7,21 @@ engine, `fan_out`, directly (it adds waves and a stop rule).
 
 The Ctrl-C rule, the same for every command: the first Ctrl-C starts no new node and lets the
 nodes in flight finish (each decides at its own safe points whether to stop; an activation in
-flight always finishes, see nixherd.node.activation); the nodes never started are reported "not
-attempted" and the report is marked interrupted.
+flight finishes, see nixherd.node.activation); it is announced at once (an `Interrupted` event
+naming the nodes in flight). The second Ctrl-C fires the run's aborts (nixherd.node.abort: an
+activation in flight is stopped and its node rolls back), waits for their answers and for the
+nodes they ended (at most ABORT_GRACE seconds), and gives up on whatever is still in flight:
+those nodes are "abandoned", and their workers, daemon threads, no longer hold anything up (the
+commands they run end with nixherd, see nixherd.run.process). The nodes never started are
+reported "not attempted" and the report is marked interrupted.
 
 A node's failure (a NixherdError out of its work) is that node's result: the other nodes go on.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
+import queue as queues
 import signal
 import threading
 import time
@@ -26,13 +31,18 @@ from types import FrameType
 from typing import Any, Generic, Protocol, TypeVar
 
 from nixherd.errors import NixherdError
-from nixherd.events import EventSink, NodeFinished, Outcome
+from nixherd.events import EventSink, Interrupted, NodeFinished, Outcome, discard
 from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport, order
+from nixherd.node.abort import Aborts
 
 R = TypeVar("R")
 
 # The scheduler wakes this often to notice a Ctrl-C even while every node is busy.
 _TICK = 0.2
+# After the second Ctrl-C: the longest wait for the aborts and the nodes in flight, and how long
+# the nodes get to end once every abort has answered (their workers see the same settled status).
+ABORT_GRACE = 20.0
+ABORT_SETTLE = 2.0
 
 
 class Named(Protocol):
@@ -47,11 +57,13 @@ N = TypeVar("N", bound=Named)
 
 @dataclass(frozen=True, slots=True)
 class FanOut(Generic[R]):
-    """Results of the nodes that ran, and the nodes never started (stopped or interrupted)."""
+    """Results of the nodes that ran, the nodes never started (stopped or interrupted), and the
+    nodes given up on in flight after a second Ctrl-C."""
 
     results: dict[str, R]
     not_started: tuple[str, ...]
     interrupted: bool
+    abandoned: tuple[str, ...] = ()
 
 
 def fan_out(
@@ -61,11 +73,14 @@ def fan_out(
     parallel: int,
     cancel: threading.Event,
     stop: Callable[[str, R], bool] | None = None,
+    emit: EventSink = discard,
+    aborts: Aborts | None = None,
 ) -> FanOut[R]:
     """Run `work(name)` for each name, at most `parallel` at once (0: all at once).
 
     `stop(name, result)` is called in this thread as each node finishes; once it returns True no
-    new node starts. Returns when every started node is done.
+    new node starts. Returns when every started node is done, or after a second Ctrl-C, when
+    `aborts` have answered (see the module's docstring).
     """
     queue = list(names)
     width = len(queue) if parallel <= 0 else min(parallel, len(queue))
@@ -73,23 +88,67 @@ def fan_out(
     stopped = False
     if not queue:
         return FanOut(results, (), cancel.is_set())
-    with (
-        _ctrl_c_cancels(cancel),
-        cf.ThreadPoolExecutor(max_workers=width, thread_name_prefix="nixherd-node") as pool,
-    ):
-        running: dict[cf.Future[R], str] = {}
+    presses = _Presses(cancel)
+    finished: queues.SimpleQueue[tuple[str, R | None, BaseException | None]] = queues.SimpleQueue()
+    running: list[str] = []  # in the order they started
+    said_first = False
+    abort_deadline: float | None = None
+    quiet_since: float | None = None
+
+    def one(name: str) -> None:
+        try:
+            finished.put((name, work(name), None))
+        except BaseException as exc:  # handed to the scheduler, which raises it
+            finished.put((name, None, exc))
+
+    with _ctrl_c_counts(presses):
         while True:
             while queue and len(running) < width and not stopped and not cancel.is_set():
                 name = queue.pop(0)
-                running[pool.submit(work, name)] = name
+                running.append(name)
+                # Daemon threads: a worker given up on after a second Ctrl-C must not keep
+                # nixherd from exiting.
+                threading.Thread(
+                    target=one, args=(name,), name=f"nixherd-{name}", daemon=True
+                ).start()
             if not running:
                 break
-            done, _ = cf.wait(running, timeout=_TICK, return_when=cf.FIRST_COMPLETED)
-            for future in done:
-                name = running.pop(future)
-                results[name] = result = future.result()
-                if stop is not None and not stopped and stop(name, result):
+            try:
+                item: tuple[str, R | None, BaseException | None] | None = finished.get(
+                    timeout=_TICK
+                )
+            except queues.Empty:
+                item = None
+            while item is not None:
+                name, value, error = item
+                running.remove(name)
+                if error is not None:
+                    raise error
+                results[name] = value  # type: ignore[assignment]  # work returned it
+                if stop is not None and not stopped and stop(name, value):  # type: ignore[arg-type]
                     stopped = True
+                try:
+                    item = finished.get_nowait()
+                except queues.Empty:
+                    item = None
+            if not running:
+                continue
+            if cancel.is_set() and not said_first:
+                said_first = True
+                emit(Interrupted(tuple(running), aborting=False))
+            if presses.second.is_set() and abort_deadline is None:
+                abort_deadline = time.monotonic() + ABORT_GRACE
+                if aborts is not None:
+                    aborts.fire()
+                emit(Interrupted(tuple(running), aborting=True))
+            if abort_deadline is not None:
+                now = time.monotonic()
+                if aborts is None or aborts.pending() == 0:
+                    quiet_since = quiet_since if quiet_since is not None else now
+                if now >= abort_deadline or (
+                    quiet_since is not None and now - quiet_since >= ABORT_SETTLE
+                ):
+                    return FanOut(results, tuple(queue), True, tuple(running))
     return FanOut(results, tuple(queue), cancel.is_set())
 
 
@@ -132,6 +191,7 @@ def run_nodes(
     cancel: threading.Event | None = None,
     goal: str | None = None,
     options: Mapping[str, Any] | None = None,
+    aborts: Aborts | None = None,
 ) -> FleetRun[R]:
     """`work(node)` for each node, `parallel` at once (0: all), gathered into one report.
 
@@ -161,8 +221,19 @@ def run_nodes(
         )
         return node_result
 
-    run = fan_out(names, announced, parallel=parallel, cancel=cancel or threading.Event())
+    run = fan_out(
+        names,
+        announced,
+        parallel=parallel,
+        cancel=cancel or threading.Event(),
+        emit=emit,
+        aborts=aborts,
+    )
     results = dict(run.results)
+    for name in run.abandoned:
+        detail = abandoned_detail(name, aborts)
+        emit(NodeFinished(name, Outcome.INTERRUPTED, detail))
+        results[name] = NodeResult(name, Outcome.INTERRUPTED, detail=detail)
     for name in run.not_started:
         emit(NodeFinished(name, Outcome.NOT_ATTEMPTED, "interrupted"))
         results[name] = NodeResult(name, Outcome.NOT_ATTEMPTED, detail="interrupted")
@@ -183,26 +254,51 @@ def run_nodes(
     )
 
 
+def abandoned_detail(name: str, aborts: Aborts | None) -> str:
+    """What is known of a node given up on after the second Ctrl-C: its abort's answer, if any."""
+    said = aborts.said(name) if aborts is not None else None
+    if said is not None:
+        return said
+    if aborts is not None and aborts.registered(name):
+        return "abandoned after a second Ctrl-C; its activation had ended: the outcome is unknown"
+    return "abandoned in flight after a second Ctrl-C: the outcome is unknown"
+
+
 def reported(_name: str, value: NodeResult) -> NodeResult:
     """`result` for work that already returns its node's NodeResult."""
     return value
 
 
-@contextlib.contextmanager
-def _ctrl_c_cancels(cancel: threading.Event) -> Iterator[None]:
-    """While nodes run, a Ctrl-C only sets `cancel`.
+class _Presses:
+    """Ctrl-C presses while nodes run: the first sets `cancel`, the next one `second`."""
 
-    A KeyboardInterrupt could land anywhere, e.g. inside `pool.submit` after the node started but
-    before its future is recorded: that node would run unwatched and be reported as never
-    started. A handler that sets a flag cannot lose anything. (Only the main thread can install
-    it; elsewhere no KeyboardInterrupt arrives anyway.)
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+        self.second = threading.Event()
+
+    def press(self) -> None:
+        if self.cancel.is_set():
+            self.second.set()
+        else:
+            self.cancel.set()
+
+
+@contextlib.contextmanager
+def _ctrl_c_counts(presses: _Presses) -> Iterator[None]:
+    """While nodes run, a Ctrl-C only counts a press; the scheduler acts on it.
+
+    A KeyboardInterrupt could land anywhere, e.g. after a node's thread started but before it
+    is recorded: that node would run unwatched and be reported as never started. A handler that
+    sets a flag cannot lose anything, and emits nothing (the scheduler does, within a tick: a
+    sink called from a signal handler could wait on a lock its own thread holds). Only the main
+    thread can install it; elsewhere no KeyboardInterrupt arrives anyway.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(_signum: int, _frame: FrameType | None) -> None:
-        cancel.set()
+        presses.press()
 
     previous = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, handler)

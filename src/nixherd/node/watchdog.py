@@ -216,6 +216,8 @@ class Follower:
     # The boot the activation runs in (from `start`, else the first status): a status from
     # another boot means the node rebooted, and that ends following at once.
     boot: BootMark | None = None
+    # Called once the watchdog runs on the node (from here on, an abort reaches it).
+    on_launch: Callable[[], None] | None = None
 
     def line(self, text: str) -> None:
         self.log.append(text)
@@ -342,6 +344,8 @@ def start(
             if key == "prevgen":
                 shown = values.get("previous") or "none"
                 follow.emit(LogLine(node, f"previous system: {shown}"))
+                if follow.on_launch is not None:
+                    follow.on_launch()
         else:
             head.append(text)
 
@@ -419,15 +423,16 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
     return None
 
 
-def abort(follow: Follower, reason: str) -> Marker | None:
-    """Tell the watchdog to roll back (a check failed); the status it answers with, if any."""
+def abort(follow: Follower, reason: str, *, seconds: int = 60) -> Marker | None:
+    """Tell the watchdog to roll back (a check failed, or a second Ctrl-C: a switch still
+    running is stopped first); the status it answers with within `seconds`, if any."""
     try:
         result = follow.conn.run(
-            watchdog_argv(follow.activation_id, "abort", "60"),
+            watchdog_argv(follow.activation_id, "abort", str(seconds)),
             elevate=True,
             input=reason + "\n",
             check=False,
-            timeout=90,
+            timeout=seconds + 30,
             what="abort",
         )
     except CommandError:

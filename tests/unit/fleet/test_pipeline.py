@@ -158,8 +158,9 @@ class Activations:
         *,
         checks: Sequence[Any] = (),
         emit: Callable[[Event], None],
+        aborts: Any = None,
     ) -> activation.ActivationResult:
-        del checks
+        del checks, aborts
         self.calls.append((conn.target.node, toplevel, options))
         emit(StageFinished(options.node, Stage.ACTIVATE, 0.5))
         if options.node in self.fail:

@@ -115,7 +115,10 @@ def test_steps_follow_the_goal() -> None:
     assert not any("build (here" in s for s in push)
     switch = steps(DeployOptions(confirm_timeout=12, reboot=True))
     assert "set the system profile" in switch
-    assert "switch-to-configuration switch, then confirm within 12 s or roll back" in switch
+    assert (
+        "switch-to-configuration switch, then confirm within 12 s or roll back "
+        "(stopped if still running after 600 s)"
+    ) in switch
     assert switch[-1].startswith("reboot and wait")
     boot = steps(DeployOptions(goal=Goal.BOOT, keys=False))
     assert "switch-to-configuration boot" in boot and not any("keys" in s for s in boot)
