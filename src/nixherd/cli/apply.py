@@ -142,6 +142,7 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
         flake=runs.flake_ref(args),
         parallel=args.parallel,
         keep_result=args.keep_result,
+        results_dir=runs.results_dir(args),
         substitute_on_destination=args.substitute_on_destination,
         build_on_target=args.build_on_target,
         reboot=args.reboot,

@@ -25,7 +25,10 @@ def run(args: argparse.Namespace) -> int:
 
     inventory, nodes = runs.load_nodes(args)
     options = DeployOptions(
-        goal=Goal.BUILD, flake=runs.flake_ref(args), keep_result=args.keep_result
+        goal=Goal.BUILD,
+        flake=runs.flake_ref(args),
+        keep_result=args.keep_result,
+        results_dir=runs.results_dir(args),
     )
     names = [n.name for n in nodes]
     with runs.progress(args, names, title="build") as view:

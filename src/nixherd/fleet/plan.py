@@ -16,6 +16,9 @@ from nixherd.run.ssh import Target
 
 DEFAULT_PARALLEL = 10
 STATE_DIR = ".nixherd"
+# Where a library caller's --keep-result roots go; the command line gives the fleet's state
+# directory instead (nixherd.cli.state).
+RESULTS_DIR = os.path.join(STATE_DIR, "results")
 
 
 class DeployNode(Protocol):
@@ -49,7 +52,7 @@ class DeployOptions:
     flake: str = "."
     parallel: int = DEFAULT_PARALLEL  # 0: every node at once
     keep_result: bool = False
-    results_dir: str = os.path.join(STATE_DIR, "results")
+    results_dir: str = RESULTS_DIR
     substitute_on_destination: bool = False
     build_on_target: bool = False
     reboot: bool = False

@@ -174,10 +174,11 @@ def test_activation_timeout_reaches_the_plan_and_the_options(fleet: Path) -> Non
     code, out, err = run_main(argv_for(fleet, ("apply",), "--activation-timeout", "45"))
     assert (code, err) == (0, "")
     assert "(stopped if still running after 45 s)" in out
-    args = build_parser("apply").parse_args(["apply", "--activation-timeout", "7.5"])
+    given = ["-i", str(fleet), "apply", "--activation-timeout", "7.5"]
+    args = build_parser("apply").parse_args(given)
     assert apply.options_from(args).activation_timeout == 7.5
     assert apply.options_from(args).to_data()["activation_timeout"] == 7.5
-    default = build_parser("apply").parse_args(["apply"])
+    default = build_parser("apply").parse_args(["-i", str(fleet), "apply"])
     assert apply.options_from(default).activation_timeout == 600
 
 
