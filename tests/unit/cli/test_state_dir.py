@@ -43,6 +43,8 @@ def as_nobody(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Complete
     argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
     argv += [sys.executable, "-m", "nixherd", *args]
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+    if "PYTHONPATH" in os.environ:  # the code under test, when it is not the installed one
+        clean["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
         argv, cwd=cwd, env=clean, capture_output=True, text=True, timeout=60, check=False
     )
