@@ -20,6 +20,7 @@ A node's failure (a NixherdError out of its work) is that node's result: the oth
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import queue as queues
 import signal
@@ -80,76 +81,105 @@ def fan_out(
 
     `stop(name, result)` is called in this thread as each node finishes; once it returns True no
     new node starts. Returns when every started node is done, or after a second Ctrl-C, when
-    `aborts` have answered (see the module's docstring).
+    `aborts` have answered (see the module's docstring). An exception out of `work` other than
+    the node's own result is raised here.
     """
-    queue = list(names)
-    width = len(queue) if parallel <= 0 else min(parallel, len(queue))
-    results: dict[str, R] = {}
-    stopped = False
-    if not queue:
-        return FanOut(results, (), cancel.is_set())
+    if not names:
+        return FanOut({}, (), cancel.is_set())
+    scheduler = _Scheduler(list(names), work, parallel, cancel, stop)
     presses = _Presses(cancel)
-    finished: queues.SimpleQueue[tuple[str, R | None, BaseException | None]] = queues.SimpleQueue()
-    running: list[str] = []  # in the order they started
     said_first = False
     abort_deadline: float | None = None
     quiet_since: float | None = None
-
-    def one(name: str) -> None:
-        try:
-            finished.put((name, work(name), None))
-        except BaseException as exc:  # handed to the scheduler, which raises it
-            finished.put((name, None, exc))
-
     with _ctrl_c_counts(presses):
-        while True:
-            while queue and len(running) < width and not stopped and not cancel.is_set():
-                name = queue.pop(0)
-                running.append(name)
-                # Daemon threads: a worker given up on after a second Ctrl-C must not keep
-                # nixherd from exiting.
-                threading.Thread(
-                    target=one, args=(name,), name=f"nixherd-{name}", daemon=True
-                ).start()
-            if not running:
-                break
-            try:
-                item: tuple[str, R | None, BaseException | None] | None = finished.get(
-                    timeout=_TICK
-                )
-            except queues.Empty:
-                item = None
-            while item is not None:
-                name, value, error = item
-                running.remove(name)
-                if error is not None:
-                    raise error
-                results[name] = value  # type: ignore[assignment]  # work returned it
-                if stop is not None and not stopped and stop(name, value):  # type: ignore[arg-type]
-                    stopped = True
-                try:
-                    item = finished.get_nowait()
-                except queues.Empty:
-                    item = None
-            if not running:
-                continue
+        while scheduler.step():
+            running = tuple(scheduler.running)
             if cancel.is_set() and not said_first:
                 said_first = True
-                emit(Interrupted(tuple(running), aborting=False))
-            if presses.second.is_set() and abort_deadline is None:
-                abort_deadline = time.monotonic() + ABORT_GRACE
+                emit(Interrupted(running, aborting=False))
+            if not presses.second.is_set():
+                continue
+            now = time.monotonic()
+            if abort_deadline is None:
+                abort_deadline = now + ABORT_GRACE
                 if aborts is not None:
                     aborts.fire()
-                emit(Interrupted(tuple(running), aborting=True))
-            if abort_deadline is not None:
-                now = time.monotonic()
-                if aborts is None or aborts.pending() == 0:
-                    quiet_since = quiet_since if quiet_since is not None else now
-                if now >= abort_deadline or (
-                    quiet_since is not None and now - quiet_since >= ABORT_SETTLE
-                ):
-                    return FanOut(results, tuple(queue), True, tuple(running))
-    return FanOut(results, tuple(queue), cancel.is_set())
+                emit(Interrupted(running, aborting=True))
+            if quiet_since is None and (aborts is None or aborts.pending() == 0):
+                quiet_since = now
+            if now >= abort_deadline or (
+                quiet_since is not None and now - quiet_since >= ABORT_SETTLE
+            ):
+                return FanOut(scheduler.results, tuple(scheduler.queue), True, running)
+    return FanOut(scheduler.results, tuple(scheduler.queue), cancel.is_set())
+
+
+class _Scheduler(Generic[R]):
+    """The nodes of one fan_out: started in daemon threads (a worker given up on after a second
+    Ctrl-C must not keep nixherd from exiting), collected in this thread."""
+
+    def __init__(
+        self,
+        queue: list[str],
+        work: Callable[[str], R],
+        parallel: int,
+        cancel: threading.Event,
+        stop: Callable[[str, R], bool] | None,
+    ) -> None:
+        self.queue = queue
+        self.work = work
+        self.width = len(queue) if parallel <= 0 else min(parallel, len(queue))
+        self.cancel = cancel
+        self.stop = stop
+        self.stopped = False
+        self.running: list[str] = []  # in the order they started
+        self.results: dict[str, R] = {}
+        self._futures: dict[str, cf.Future[R]] = {}
+        self._done: queues.SimpleQueue[str] = queues.SimpleQueue()
+
+    def step(self) -> bool:
+        """Start what may start, collect what ended (waiting a tick at most); False when no
+        node runs any more."""
+        while (
+            self.queue
+            and len(self.running) < self.width
+            and not self.stopped
+            and not self.cancel.is_set()
+        ):
+            self._start(self.queue.pop(0))
+        if not self.running:
+            return False
+        try:
+            name = self._done.get(timeout=_TICK)
+        except queues.Empty:
+            return True
+        while True:
+            self._collect(name)
+            try:
+                name = self._done.get_nowait()
+            except queues.Empty:
+                break
+        return bool(self.running) or bool(self.queue and not self.stopped)
+
+    def _start(self, name: str) -> None:
+        future: cf.Future[R] = cf.Future()
+        self._futures[name] = future
+        self.running.append(name)
+
+        def one() -> None:
+            try:
+                future.set_result(self.work(name))
+            except BaseException as exc:  # raised by the scheduler's thread, in _collect
+                future.set_exception(exc)
+            self._done.put(name)
+
+        threading.Thread(target=one, name=f"nixherd-{name}", daemon=True).start()
+
+    def _collect(self, name: str) -> None:
+        self.running.remove(name)
+        self.results[name] = value = self._futures.pop(name).result()
+        if self.stop is not None and not self.stopped and self.stop(name, value):
+            self.stopped = True
 
 
 @dataclass(frozen=True, slots=True)
