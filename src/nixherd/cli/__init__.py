@@ -101,10 +101,11 @@ def requested_command(args: Sequence[str]) -> str | None:
     return None
 
 
-def inventory_path(args: argparse.Namespace) -> str:
+def inventory_path(args: argparse.Namespace, *, required: bool = True) -> str:
     """The inventory file chosen by --inventory, $NIXHERD_INVENTORY, or found: `inventory.toml`
     in the current directory or its parents up to the repository root (named as found: as
-    before when it is here, by its path when it is in a parent)."""
+    before when it is here, by its path when it is in a parent). None found: a UsageError
+    saying where it was looked for, or with `required` False, `inventory.toml` (here)."""
     given: str | None = getattr(args, "inventory", None)
     chosen = given or os.environ.get("NIXHERD_INVENTORY")
     if chosen:
@@ -118,6 +119,8 @@ def inventory_path(args: argparse.Namespace) -> str:
     search = find(here)
     if search.found is not None:
         return INVENTORY_NAME if search.found.parent == here else str(search.found)
+    if not required:
+        return INVENTORY_NAME
     where = (
         f"up to the repository root {search.stop}" if search.in_repository else "(no repository)"
     )

@@ -5,11 +5,12 @@ imported by nixherd's core (its imports are the standard library and `nixherd.la
 
     start HOSTDIR...      fork one detached supervisor per host; return once each recorded its pid
     supervise HOSTDIR     (internal) the host's tracked process, outside its namespaces: runs the
-                          host (`unshare ... hostinit.py HOSTDIR`, its pid 1), boots it again after
-                          a reboot inside it, stops it on SIGTERM
+                          host (`unshare ... hostinit.py HOSTDIR`, its pid 1, which becomes
+                          systemd), boots it again after a reboot inside it, stops it on SIGTERM,
+                          and removes the host's cgroup once it is gone
 
-Host directory contract (written by `nixherd.lab.hosts`): `host.json` (name, bin_dir),
-`nix/` (the host's /nix), `etc/` (bind-mounted over /etc as a whole), `sshd_config`, `log/`.
+Host directory contract (written by `nixherd.lab.hosts`): `host.json` (name), `nix/` (the
+host's /nix), `etc/` (bind-mounted over /etc as a whole), `var/`, `sshd_config`, `log/`.
 This program writes `supervisor.pid` ("PID STARTTIME") and `state.json` (the running boot).
 """
 
@@ -24,7 +25,7 @@ import time
 import traceback
 from collections.abc import Sequence
 
-from nixherd.lab import hostinit, proc
+from nixherd.lab import cgroup, hostinit, proc
 
 SCRIPT = os.path.abspath(__file__)
 
@@ -169,6 +170,7 @@ class Supervisor:
                 break
         if self.stopping:
             outcome = "stopped"
+        self.remove_cgroup()
         proc.log(f"supervisor exits: {outcome}")
         proc.write_atomic(
             os.path.join(self.hostdir, "state.json"),
@@ -177,6 +179,17 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.hostdir, "supervisor.pid"))
         return 0
+
+    def remove_cgroup(self) -> None:
+        """The host's cgroup tree, once its processes are gone (they die with its pid 1, but not
+        all in the same instant: a busy cgroup is tried again for a while)."""
+        name = cgroup.name_of(self.hostdir, proc.read_host(self.hostdir)["name"])
+        scratch = os.path.join(self.hostdir, "cgroup-mnt")
+        deadline = time.monotonic() + 5
+        while (left := cgroup.clean_up(name, scratch)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if left:
+            proc.log(f"cgroup {name} still busy; the host's next boot removes it")
 
     def _record(self, boots: int) -> None:
         """Find the namespace's init (unshare's child) and record it for `status` and `down`."""

@@ -5,21 +5,19 @@ Layout of a lab directory (DIR):
     DIR/lab.json                    base port, the deploy user's ids
     DIR/id_ed25519{,.pub}           the client key every host accepts (root and deploy)
     DIR/ssh_config, DIR/known_hosts for `ssh -F DIR/ssh_config` and NIX_SSHOPTS
-    DIR/bin/                        reboot, poweroff: on every host's PATH
     DIR/hosts/lab-N/                one host: host.json, sshd_config, host key, authorized_keys,
-                                    etc/ (its whole /etc: the machine's, copied at start, with its
-                                    own passwd, group, shadow, sudoers, hosts), nix/ (its
-                                    /nix), log/, supervisor.pid and state.json
+                                    machine-id, etc/ (its whole /etc: see `lab.etc`), nix/ (its
+                                    /nix), var/ (its /var), log/ (console.log, sshd.log, var-log/
+                                    = its /var/log with its journal), supervisor.pid, state.json
 
 A host is its supervisor (`boot.py supervise`, tracked by pid and start time) and the namespaces
-it runs; everything else is plain files, kept across `down` so the next `up` finds the same keys
-and stores.
+it runs, with systemd as their pid 1; everything else is plain files, kept across `down` so the
+next `up` finds the same keys, stores and journals.
 """
 
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import os
 import shutil
@@ -34,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nixherd.errors import CommandError, LabError
-from nixherd.lab import render
+from nixherd.lab import etc, render
 from nixherd.lab.proc import alive, mounts_under, namespace_pids
 from nixherd.lab.render import Account, HostFiles
 from nixherd.run import process
@@ -49,11 +47,7 @@ STATUS_LOGINS = 8
 LOGIN_TIMEOUT = 10.0
 
 BOOT_SCRIPT = str(Path(__file__).with_name("boot.py"))
-HOSTINIT_SCRIPT = str(Path(__file__).with_name("hostinit.py"))
 HOST_PREFIX = "lab-"
-# Files of the machine's /etc that a host's copy leaves out: hashes and backups of the user
-# database (the host gets its own shadow, without any hash), never needed inside.
-ETC_SECRETS = ("shadow-", "gshadow", "gshadow-", "passwd-", "group-", "subuid-", "subgid-")
 
 
 def default_dir() -> str:
@@ -115,18 +109,19 @@ def port_free(port: int) -> bool:
 
 
 def check_prerequisites() -> None:
-    """The lab needs root (namespaces, mounts) and unshare, sshd, ssh-keygen, nix-daemon."""
+    """The lab needs root (namespaces, mounts) and unshare, sshd, ssh-keygen, nix-daemon, and
+    systemd (every host's pid 1)."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (it creates namespaces and mounts): run as root")
     missing = [
         tool
-        for tool in ("unshare", "sshd", "ssh-keygen", "nix-daemon")
+        for tool in ("unshare", "sshd", "ssh-keygen", "nix-daemon", "systemctl")
         if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None
     ]
     if missing:
         raise LabError(
             f"the lab needs {', '.join(missing)}: apt-get install util-linux openssh-server "
-            "openssh-client nix-bin"
+            "openssh-client nix-bin nix-setup-systemd systemd"
         )
 
 
@@ -157,10 +152,6 @@ class Lab:
     @property
     def identity(self) -> str:
         return os.path.join(self.dir, "id_ed25519")
-
-    @property
-    def bin_dir(self) -> str:
-        return os.path.join(self.dir, "bin")
 
     @property
     def hosts_dir(self) -> str:
@@ -275,11 +266,12 @@ class Lab:
         base = base_port if base_port is not None else settings.get("base_port", DEFAULT_BASE_PORT)
         if base < 1 or base + count - 1 > 65535:
             raise LabError(f"ports {base}..{base + count - 1} are not all valid TCP ports")
-        for path in (self.dir, self.hosts_dir, self.bin_dir):
+        for path in (self.dir, self.hosts_dir):
             os.makedirs(path, exist_ok=True)
+        # `reboot` tools an older lab put on its hosts' PATH: systemd's own reboot does it now.
+        shutil.rmtree(os.path.join(self.dir, "bin"), ignore_errors=True)
         ids = self._account(settings, base)
         self._client_key()
-        self._write_tools()
         known = {host.name: host for host in self.hosts()}
         wanted: list[HostFiles] = []
         for index in range(1, count + 1):
@@ -317,80 +309,33 @@ class Lab:
                 Path("/etc/passwd").read_text(), Path("/etc/group").read_text()
             )
         settings.update({"base_port": base, "deploy_uid": uid, "deploy_gid": gid})
-        _write(os.path.join(self.dir, "lab.json"), json.dumps(settings, indent=2) + "\n")
+        etc.write(os.path.join(self.dir, "lab.json"), json.dumps(settings, indent=2) + "\n")
         return uid, gid
 
     def _client_key(self) -> None:
         if not os.path.exists(self.identity):
             _keygen(self.identity, "nixherd-lab-client")
 
-    def _write_tools(self) -> None:
-        for tool in ("reboot", "poweroff", "halt"):
-            script = (
-                "#!/bin/sh\n"
-                f"# nixherd lab: `{tool}` inside a lab host ends that host's namespace only.\n"
-                f'exec {sys.executable} -I {HOSTINIT_SCRIPT} {tool} "$@"\n'
-            )
-            _write(os.path.join(self.bin_dir, tool), script, mode=0o755)
-
     def _prepare(self, host: HostFiles, index: int, ids: tuple[int, int]) -> None:
         """Write the host's files (keys are made once and kept)."""
         for sub in ("nix", "log"):
             os.makedirs(os.path.join(host.dir, sub), exist_ok=True)
-        _write(
+        etc.write(
             os.path.join(host.dir, "host.json"),
-            json.dumps(
-                {"name": host.name, "port": host.port, "index": index, "bin_dir": self.bin_dir}
-            )
-            + "\n",
+            json.dumps({"name": host.name, "port": host.port, "index": index}) + "\n",
         )
         if not os.path.exists(host.host_key):
             _keygen(host.host_key, f"{host.name}-host")
-        _write(os.path.join(host.dir, "sshd_config"), render.sshd_config(host, self.bin_dir))
+        etc.write(os.path.join(host.dir, "sshd_config"), render.sshd_config(host))
         public = Path(self.identity + ".pub").read_text()
-        _write(host.authorized_keys, render.authorized_keys(public))
-        self._make_etc(host, Account(uid=ids[0], gid=ids[1]))
-
-    def _make_etc(self, host: HostFiles, user: Account) -> None:
-        """The host's own /etc: a copy of the machine's, with its own user database and sudoers.
-
-        The host bind-mounts this directory over /etc as a whole. Single files bind-mounted over
-        /etc/passwd and friends vanish from a running host the moment the machine replaces its
-        own file (`useradd`, apt adding a user: both rename a new file into place), and sshd then
-        knows no `deploy`. A directory of the lab's is never replaced by anything on the machine.
-        The copy is taken each time the host starts, so a restarted host sees the machine's
-        current /etc (minus its secrets).
-        """
-        etc = os.path.join(host.dir, "etc")
-        new = etc + ".new"
-        shutil.rmtree(new, ignore_errors=True)
-        process.run(["cp", "-a", "/etc", new], what="copy /etc for a lab host")
-        for secret in ETC_SECRETS:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(new, secret))
-        ssh_dir = os.path.join(new, "ssh")
-        if os.path.isdir(ssh_dir):
-            for entry in os.listdir(ssh_dir):
-                if entry.startswith("ssh_host_"):  # the machine's host keys stay the machine's
-                    os.unlink(os.path.join(ssh_dir, entry))
-        # Rendered from the copy just taken, not the machine's live files: one snapshot of /etc.
-        machine = {name: Path(new, name).read_text() for name in ("passwd", "group", "hosts")}
-        _write(os.path.join(new, "passwd"), render.passwd(machine["passwd"], user))
-        _write(os.path.join(new, "group"), render.group(machine["group"], user))
-        _write(os.path.join(new, "hosts"), render.hosts_file(machine["hosts"], host.name))
-        _write(os.path.join(new, "sudoers"), render.sudoers(self.bin_dir), mode=0o440)
-        shadow = os.path.join(new, "shadow")
-        _write(shadow, render.shadow(Path(new, "shadow").read_text()), mode=0o640)
-        with contextlib.suppress(KeyError):
-            os.chown(shadow, 0, grp.getgrnam("shadow").gr_gid)
-        shutil.rmtree(etc, ignore_errors=True)
-        os.rename(new, etc)
+        etc.write(host.authorized_keys, render.authorized_keys(public))
+        etc.make_etc(host, Account(uid=ids[0], gid=ids[1]))
 
     def _write_client_files(self) -> None:
         hosts = self.hosts()
-        _write(self.ssh_config, render.ssh_config(hosts, self.identity, self.known_hosts))
+        etc.write(self.ssh_config, render.ssh_config(hosts, self.identity, self.known_hosts))
         entries = [(h, Path(h.host_key + ".pub").read_text()) for h in hosts]
-        _write(self.known_hosts, render.known_hosts(entries))
+        etc.write(self.known_hosts, render.known_hosts(entries))
 
     def _wait(self, hosts: Sequence[HostFiles], timeout: float) -> None:
         pending = list(hosts)
@@ -471,14 +416,6 @@ def _keygen(path: str, comment: str) -> None:
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
         what="ssh-keygen",
     )
-
-
-def _write(path: str, text: str, mode: int = 0o644) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _log_tail(host: HostFiles, lines: int = 5) -> str:

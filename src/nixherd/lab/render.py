@@ -45,15 +45,13 @@ class HostFiles:
         return f"{self.dir}/log"
 
 
-def host_path(bin_dir: str) -> str:
-    """PATH inside a lab host: the active system's tools, the lab's (`reboot`), then Debian's."""
-    return (
-        f"/run/current-system/sw/bin:{bin_dir}:"
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    )
+# PATH inside a lab host: the active system's tools, then Debian's (`reboot` is systemd's).
+HOST_PATH = (
+    "/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
 
 
-def sshd_config(host: HostFiles, bin_dir: str) -> str:
+def sshd_config(host: HostFiles) -> str:
     """The sshd_config of one lab host (OpenSSH 9, no PAM, keys only)."""
     return "\n".join(
         [
@@ -74,7 +72,7 @@ def sshd_config(host: HostFiles, bin_dir: str) -> str:
             # The key files live in the lab directory, not in the users' homes.
             "StrictModes no",
             "PidFile /run/sshd.pid",
-            f"SetEnv PATH={host_path(bin_dir)} NIXHERD_LAB_HOST={host.name}",
+            f"SetEnv PATH={HOST_PATH} NIXHERD_LAB_HOST={host.name}",
             "PrintMotd no",
             "PrintLastLog no",
             # Tests and parallel deploys open many connections and multiplexed sessions at once.
@@ -193,19 +191,30 @@ def shadow(machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sudoers(bin_dir: str) -> str:
+def sudoers() -> str:
     """A complete sudoers (no includes): root and the deploy user, the latter without password."""
     return "\n".join(
         [
             "# nixherd lab host sudoers: in the host's own /etc, never the machine's.",
             "Defaults env_reset",
-            f'Defaults secure_path="{host_path(bin_dir)}"',
+            f'Defaults secure_path="{HOST_PATH}"',
             "Defaults !lecture",
             "root ALL=(ALL:ALL) ALL",
             f"{DEPLOY_USER} ALL=(ALL:ALL) NOPASSWD: ALL",
             "",
         ]
     )
+
+
+def nix_conf(machine: str) -> str:
+    """The machine's nix.conf with root and the deploy user trusted (their own line, last)."""
+    lines = [
+        line
+        for line in machine.splitlines()
+        if line.split("=", 1)[0].strip() not in ("trusted-users", "extra-trusted-users")
+    ]
+    lines.append(f"trusted-users = root {DEPLOY_USER}")
+    return "\n".join(lines) + "\n"
 
 
 def hosts_file(machine: str, name: str) -> str:

@@ -11,9 +11,14 @@ longer waits for.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import assert_never
+
+from nixherd.node.protocol import Status, describe
+from nixherd.node.watchdog import Follower, abort
 
 # An abort: a round trip to the node; returns what the node's state is, in words.
 Hook = Callable[[], str]
@@ -90,3 +95,57 @@ class Aborts:
 
         # A daemon: a node that never answers must not keep nixherd from exiting.
         threading.Thread(target=run, name=f"nixherd-abort-{node}", daemon=True).start()
+
+
+# How long the abort of a second Ctrl-C waits for the node's answer (it stops a hanging switch:
+# up to 7 s, then the previous system's own activation).
+ABORT_SECONDS = 60
+
+
+@contextlib.contextmanager
+def abortable(aborts: Aborts | None, follow: Follower, node: str) -> Iterator[None]:
+    """Within the block, `follow`'s activation registers with `aborts` as soon as its watchdog
+    runs on the node (not before: an abort must find it there), until the block ends."""
+    tokens: list[int] = []
+    if aborts is not None:
+        registry = aborts
+
+        def launched() -> None:
+            tokens.append(registry.add(node, lambda: abort_activation(follow)))
+
+        follow.on_launch = launched
+    try:
+        yield
+    finally:
+        for token in tokens:
+            if aborts is not None:
+                aborts.remove(token)
+
+
+def abort_activation(follow: Follower) -> str:
+    """Abort the activation (the second Ctrl-C); the node's state in words."""
+    final = abort(follow, "interrupted by the deployer (Ctrl-C twice)", seconds=ABORT_SECONDS)
+    if final is None:
+        return "the abort got no answer: the outcome is unknown (unconfirmed, it rolls back)"
+    match final.status:
+        case Status.ROLLED_BACK:
+            return "aborted: rolled back to its previous system"
+        case Status.FAILED:
+            return f"aborted: {describe(final.reason)}"
+        case Status.CONFIRMED | Status.DONE:
+            return "the activation was over before the abort arrived: it runs the new system"
+        case Status.ROLLBACK_FAILED:
+            return "aborted: ROLLBACK FAILED, the node may be on neither system"
+        case (
+            Status.STARTING
+            | Status.ACTIVATING
+            | Status.WAITING
+            | Status.CONFIRMING
+            | Status.ROLLING_BACK
+            | Status.LOST
+            | Status.MISSING
+            | Status.REBOOTED
+        ):
+            return f"aborted: the outcome is unknown (last status: {final})"
+        case never:
+            assert_never(never)

@@ -51,10 +51,10 @@ from typing import TypeVar, assert_never
 
 from nixherd.errors import NixherdError
 from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
-from nixherd.node.abort import Aborts
+from nixherd.node.abort import Aborts, abortable
 from nixherd.node.checks import CheckResult, HealthCheck, run_checks, summary
 from nixherd.node.goal import Goal
-from nixherd.node.probe import probe
+from nixherd.node.probe import NodeState, probe
 from nixherd.node.protocol import UNSAFE_EXIT, Marker, Status, describe
 from nixherd.node.watchdog import (
     PROFILE,
@@ -142,56 +142,12 @@ def activate(
     watchdog runs until it settles."""
     interrupted: list[KeyboardInterrupt] = []
     follow = Follower(conn, new_activation_id(), emit)
-    tokens: list[int] = []
-    if aborts is not None:
-        hold = aborts
-
-        def launched() -> None:
-            tokens.append(hold.add(options.node, lambda: _abort_now(follow)))
-
-        follow.on_launch = launched
     try:
-        return _activate(follow, toplevel, options, checks, interrupted)
+        with abortable(aborts, follow, options.node):
+            return _activate(follow, toplevel, options, checks, interrupted)
     finally:
-        if aborts is not None:
-            for token in tokens:
-                aborts.remove(token)
         if interrupted:
             raise interrupted[0]
-
-
-# How long the abort of a second Ctrl-C waits for the node's answer (it stops a hanging switch:
-# up to 7 s, then the previous system's own activation).
-ABORT_SECONDS = 60
-
-
-def _abort_now(follow: Follower) -> str:
-    """Abort the activation (the second Ctrl-C); the node's state in words."""
-    final = abort(follow, "interrupted by the deployer (Ctrl-C twice)", seconds=ABORT_SECONDS)
-    if final is None:
-        return "the abort got no answer: the outcome is unknown (unconfirmed, it rolls back)"
-    match final.status:
-        case Status.ROLLED_BACK:
-            return "aborted: rolled back to its previous system"
-        case Status.FAILED:
-            return f"aborted: {describe(final.reason)}"
-        case Status.CONFIRMED | Status.DONE:
-            return "the activation was over before the abort arrived: it runs the new system"
-        case Status.ROLLBACK_FAILED:
-            return "aborted: ROLLBACK FAILED, the node may be on neither system"
-        case (
-            Status.STARTING
-            | Status.ACTIVATING
-            | Status.WAITING
-            | Status.CONFIRMING
-            | Status.ROLLING_BACK
-            | Status.LOST
-            | Status.MISSING
-            | Status.REBOOTED
-        ):
-            return f"aborted: the outcome is unknown (last status: {final})"
-        case never:
-            assert_never(never)
 
 
 def _activate(
@@ -298,6 +254,25 @@ def _answers_confirm(status: Status) -> bool:
             assert_never(never)
 
 
+# How long a node that rebooted under an activation gets to answer again: on a systemd host the
+# reboot is an orderly shutdown and a boot, seconds during which no login works.
+REBOOT_ANSWER_TIMEOUT = 60.0
+
+
+def _state_after_reboot(follow: Follower) -> NodeState | None:
+    """The node's state once it answers again, over fresh connections (the shared master died
+    with the old boot); None if it does not answer in REBOOT_ANSWER_TIMEOUT."""
+    deadline = time.monotonic() + REBOOT_ANSWER_TIMEOUT
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return probe(follow.conn, multiplex=False, timeout=max(1.0, min(remaining, 30)))
+        except NixherdError:
+            if remaining <= 0:
+                return None
+            time.sleep(0.5)
+
+
 def _check_vanished(
     follow: Follower, status: Marker | None, previous: str | None, results: Sequence[CheckResult]
 ) -> None:
@@ -305,12 +280,22 @@ def _check_vanished(
     activation is over then, and what the node runs now is the news."""
     if status is None:
         return
+    rebooted = "the node rebooted before the activation was settled"
+    state: NodeState | None = None
     match status.status:
         case Status.REBOOTED:
-            what = "the node rebooted before the activation was settled"
-            why_back = f"{what} (it booted its previous system)"
+            what, why_back = rebooted, f"{rebooted} (it booted its previous system)"
         case Status.MISSING:
             what = why_back = "the activation's state vanished on the node"
+        case Status.LOST:
+            # A watchdog that died unsettled: on a systemd host, a shutdown stops its unit
+            # before the reboot, so "lost" is what a follower says first. A new boot decides.
+            if follow.boot is None:
+                return
+            state = _state_after_reboot(follow)
+            if state is None or state.boot == follow.boot:
+                return
+            what, why_back = rebooted, f"{rebooted} (it booted its previous system)"
         case (
             Status.STARTING
             | Status.ACTIVATING
@@ -322,16 +307,14 @@ def _check_vanished(
             | Status.FAILED
             | Status.ROLLED_BACK
             | Status.ROLLBACK_FAILED
-            | Status.LOST
         ):
             return
         case never:
             assert_never(never)
     node = follow.conn.target.node
-    try:
-        now = probe(follow.conn, timeout=30).current
-    except NixherdError:
-        now = None
+    if state is None:
+        state = _state_after_reboot(follow)
+    now = state.current if state is not None else None
     runs = now or "no system"
     if previous is not None and now == previous:
         raise ActivationError(

@@ -159,7 +159,7 @@ def test_ctrl_c_twice_on_a_terminal_aborts_the_hanging_activation_and_rolls_it_b
     host = fleet.hosts["alpha"]
     bravo_before = fleet.current("bravo")
     v1, report = hanging_run(fleet)
-    argv = fleet.argv("apply", "switch", "--parallel", "1", "--json", str(report))
+    argv = fleet.argv("apply", "switch", "--parallel", "1", "--report", str(report))
     with on_terminal(argv, fleet.dir) as term:
         wait_for_hang(fleet, host, term)
 
@@ -207,7 +207,7 @@ def test_a_single_ctrl_c_lets_the_activation_in_flight_run_its_course(
 ) -> None:
     fleet, host = deployed_single(hosts, tmp_path)
     v1, report = hanging_run(fleet)
-    argv = fleet.argv("apply", "switch", "--activation-timeout", "8", "--json", str(report))
+    argv = fleet.argv("apply", "switch", "--activation-timeout", "8", "--report", str(report))
     with on_terminal(argv, fleet.dir) as term:
         wait_for_hang(fleet, host, term)
         term.type(b"\x03")

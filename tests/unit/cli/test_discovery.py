@@ -129,3 +129,15 @@ def test_found_in_a_parent_messages_name_its_path(
     assert code == 2
     expected = f"nixherd: error: {repo / 'inventory.toml'}: nodes.a.port: must be 1..65535"
     assert err.startswith(expected), err
+
+
+def test_apply_without_any_inventory_says_where_it_looked(
+    monkeypatch: pytest.MonkeyPatch, repo: Path
+) -> None:
+    (repo / "inventory.toml").unlink()
+    monkeypatch.chdir(repo / "a")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["apply", "--dry-run"])
+    assert code == 2
+    assert err.getvalue().startswith(f"nixherd: error: no inventory.toml in {repo / 'a'} "), err

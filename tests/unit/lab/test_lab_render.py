@@ -96,7 +96,7 @@ def test_sshd_accepts_its_config(tmp_path: Path) -> None:
     host = HostFiles(name="lab-7", port=2207, dir=str(tmp_path))
     process.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", host.host_key])
     config = tmp_path / "sshd_config"
-    config.write_text(render.sshd_config(host, "/srv/lab/bin"))
+    config.write_text(render.sshd_config(host))
     # -T: check the file and print the effective settings (nothing listens). sshd wants
     # /run/sshd, which the machine may lack: give it one in a private mount namespace.
     script = 'mount -t tmpfs tmpfs /run && mkdir /run/sshd && exec /usr/sbin/sshd -T -f "$0"'
@@ -111,7 +111,7 @@ def test_sshd_accepts_its_config(tmp_path: Path) -> None:
     assert settings["authorizedkeyscommand"] == f"/bin/cat {host.authorized_keys}"
     assert settings["authorizedkeyscommanduser"] == "root"
     setenv = [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("setenv ")]
-    assert any(v.startswith("PATH=/run/current-system/sw/bin:/srv/lab/bin:") for v in setenv)
+    assert any(v.startswith("PATH=/run/current-system/sw/bin:/usr/local/sbin:") for v in setenv)
     assert "NIXHERD_LAB_HOST=lab-7" in setenv
 
 
@@ -145,10 +145,10 @@ def test_free_id_skips_uids_and_gids() -> None:
 
 
 def test_sudoers_gives_deploy_passwordless_root() -> None:
-    text = render.sudoers("/srv/lab/bin")
+    text = render.sudoers()
     assert "deploy ALL=(ALL:ALL) NOPASSWD: ALL" in text
     assert "#include" not in text and "@include" not in text
-    assert 'secure_path="/run/current-system/sw/bin:/srv/lab/bin:' in text
+    assert 'secure_path="/run/current-system/sw/bin:/usr/local/sbin:' in text
 
 
 def test_hosts_file_names_the_host() -> None:
