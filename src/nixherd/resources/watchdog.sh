@@ -231,6 +231,12 @@ stc() {
         wait "$tpid"
     else
         kill "$tpid" 2>/dev/null
+        # Aborted: the same rule. The abort's own stop may still be under way (its TERM ended
+        # the leader, not a helper that ignores it): none of the switch is left after this.
+        if [ "$abortable" = 1 ] && [ -e "$d/abort" ]; then
+            stop_switch TERM 20 "$pid" "$scope"
+            stop_switch KILL 50 "$pid" "$scope"
+        fi
     fi
     return 0
 }

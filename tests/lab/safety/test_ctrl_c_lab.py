@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import pty
 import re
@@ -24,14 +23,17 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import jsonkit
 import pytest
 from safetykit import (
     Fleet,
     HostPool,
     activation_status,
     by_node,
+    cmdline,
     deployed_pair,
     deployed_single,
+    descendants,
     host_pool,
     out,
     wait_for,
@@ -141,6 +143,30 @@ def fleet_nodes(fleet: Fleet) -> dict[str, dict[str, dict[str, str]]]:
     return {name: {"vars": {"version": "1"}} for name in fleet.hosts}
 
 
+def built_system(fleet: Fleet) -> str:
+    """The store path of alpha's new (hanging) system."""
+    built = fleet.nixherd("build", "--on", "alpha")
+    assert built.returncode == 0, out(built)
+    return built.stdout.split()[-1]
+
+
+def leftovers(fleet: Fleet, host: str, system: str) -> list[str]:
+    """Processes of the host still running the hanging system's switch (or its helper)."""
+    supervisor = fleet.lab.status(host).pid
+    assert supervisor is not None
+    found = []
+    for pid in descendants(supervisor):
+        argv = cmdline(pid)
+        if any(system in word for word in argv) or argv[:2] == ["sleep", "3600"]:
+            found.append(" ".join(argv))
+    return found
+
+
+def activation_log(fleet: Fleet, host: str) -> str:
+    script = 'd=$(ls -1dt /run/nixherd/act-* | head -n 1) && cat "$d/log"'
+    return fleet.lab.sh(host, script, check=False).stdout
+
+
 def wait_for_hang(fleet: Fleet, host: str, term: Terminal) -> None:
     def hanging() -> bool:
         assert term.poll() is None, term.text()
@@ -159,6 +185,7 @@ def test_ctrl_c_twice_on_a_terminal_aborts_the_hanging_activation_and_rolls_it_b
     host = fleet.hosts["alpha"]
     bravo_before = fleet.current("bravo")
     v1, report = hanging_run(fleet)
+    nodes_before = {"alpha": built_system(fleet)}
     argv = fleet.argv("apply", "switch", "--parallel", "1", "--report", str(report))
     with on_terminal(argv, fleet.dir) as term:
         wait_for_hang(fleet, host, term)
@@ -185,7 +212,9 @@ def test_ctrl_c_twice_on_a_terminal_aborts_the_hanging_activation_and_rolls_it_b
     assert fleet.current("alpha") == v1  # back on the previous system
     assert fleet.profile("alpha") == v1
     assert activation_status(fleet.lab, host) == "rolled-back aborted"
-    data = json.loads(report.read_text())
+    # The hanging switch is gone, whole (its helper ignores SIGTERM): stopped, not signalled.
+    assert leftovers(fleet, host, nodes_before["alpha"]) == [], activation_log(fleet, host)
+    data = jsonkit.document(report.read_text(), "apply")
     assert data["interrupted"] is True
     nodes = by_node(data)
     assert nodes["alpha"]["result"] == "rolled back", nodes["alpha"]
@@ -220,7 +249,7 @@ def test_a_single_ctrl_c_lets_the_activation_in_flight_run_its_course(
         # One press never aborts: the switch runs into its own timeout and is undone by it.
         code = term.wait(timeout=120)
     assert code == 130, term.text()
-    node = by_node(json.loads(report.read_text()))["alpha"]
+    node = by_node(jsonkit.document(report.read_text(), "apply"))["alpha"]
     assert node["result"] == "rolled back", node
     assert "activation timed out" in node["error"]["message"]
     assert fleet.current("alpha") == v1
