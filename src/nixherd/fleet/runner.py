@@ -105,7 +105,10 @@ def fan_out(
                 if aborts is not None:
                     aborts.fire()
                 emit(Interrupted(running, aborting=True))
-            if quiet_since is None and (aborts is None or aborts.pending() == 0):
+            # Quiet: no abort waiting for its answer (one that registers late restarts it).
+            if aborts is not None and aborts.pending():
+                quiet_since = None
+            elif quiet_since is None:
                 quiet_since = now
             if now >= abort_deadline or (
                 quiet_since is not None and now - quiet_since >= ABORT_SETTLE
