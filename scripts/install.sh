@@ -8,6 +8,8 @@
 #                       with "the group 'nixbld' specified in 'build-users-group' does not exist".
 #                       It pulls in systemd, which lab hosts will boot as their pid 1.
 #   openssh-server, openssh-client, sudo, util-linux, procps, iproute2, git
+#   zsh, fish           the tests run `nixherd completion zsh|fish`'s scripts in these shells
+#   groff-base          the tests render the man page (docs/nixherd.1) and want no warning
 #   python3, python3-venv (when the machine has no Python 3.11+ with venv)
 # and then nixherd with its dev and bench extras into .venv (pip, from PyPI).
 #
@@ -17,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(nix-bin nix-setup-systemd openssh-server openssh-client sudo util-linux procps
-  iproute2 git)
+  iproute2 git zsh fish groff-base)
 
 PY=${PYTHON:-python3}
 python_ok() {
