@@ -15,8 +15,17 @@
 #
 # A second run changes nothing: apt is skipped when every package is there, pip when the venv
 # already holds this pyproject.toml's install (a stamp in .venv records its hash).
+#
+#   --system-only   the apt part only, no .venv: what a machine needs to run a nixherd installed
+#                   from its package (scripts/wheel-check.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+system_only=0
+case "${1:-}" in
+  "") ;;
+  --system-only) system_only=1 ;;
+  *) echo "usage: install.sh [--system-only]" >&2; exit 2 ;;
+esac
 
 APT_PACKAGES=(nix-bin nix-setup-systemd openssh-server openssh-client sudo util-linux procps
   iproute2 git zsh fish groff-base)
@@ -51,6 +60,9 @@ fi
 if ! getent group nixbld >/dev/null; then
   echo "install.sh: nix-setup-systemd is installed but the nixbld group is missing" >&2
   exit 1
+fi
+if ((system_only)); then
+  exit 0
 fi
 
 stamp=.venv/.nixherd-installed

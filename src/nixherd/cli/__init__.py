@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from nixherd import __version__
 from nixherd.cli.suggest import Parser
+from nixherd.cli.version import VersionAction
 
 # Command name -> module under nixherd.cli. Order is the order shown in --help.
 COMMANDS: dict[str, str] = {
@@ -71,7 +71,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Deploy NixOS configurations to a fleet of machines over SSH.",
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"nixherd {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
