@@ -59,6 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds a node waits for the confirmation before rolling back "
         f"({numbers.SECONDS_RULE}, default 30)",
     )
+    runs.add_activation_timeout(safety)
     safety.add_argument(
         "--no-keys", dest="keys", action="store_false", help="do not upload secret keys"
     )
@@ -147,12 +148,14 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
         flake=runs.flake_ref(args),
         parallel=args.parallel,
         keep_result=args.keep_result,
+        results_dir=runs.results_dir(args),
         substitute_on_destination=args.substitute_on_destination,
         build_on_target=args.build_on_target,
         reboot=args.reboot,
         reboot_timeout=args.reboot_timeout,
         rollback=args.rollback,
         confirm_timeout=args.confirm_timeout,
+        activation_timeout=args.activation_timeout,
         keys=args.keys,
         rollout=rollout,
         nix=runs.nix_flags(args),

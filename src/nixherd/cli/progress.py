@@ -126,6 +126,9 @@ class Progress:
         self._announced: set[str] = set()
         self._live: Any = None
         self._above: list[str] = []  # -v lines to print above the live view, outside the lock
+        # Once closed, late events (a node given up on after a second Ctrl-C, ending anyway
+        # while the summary is printed) are dropped: the run's account is given.
+        self._closed = False
 
     # --- lifecycle ---
 
@@ -166,15 +169,26 @@ class Progress:
         if live is not None:
             live.stop()
         with self.lock:
+            self._closed = True
             self.logs.close()
 
     # --- events ---
 
     def __call__(self, event: Event) -> None:
-        from nixherd.events import LogLine, NodeFinished, StageFinished, StageStarted
+        from nixherd.events import (
+            RUN_WIDE,
+            Interrupted,
+            LogLine,
+            NodeFinished,
+            StageFinished,
+            StageStarted,
+        )
 
         now = time.monotonic()
+        notice: str | None = None
         with self.lock:
+            if self._closed:
+                return
             match event:
                 case StageStarted(node=node, stage=stage):
                     row = self._row(node)
@@ -206,11 +220,34 @@ class Progress:
                         self._print(node, first + elapsed)
                         for extra in rest:
                             self._print(node, "  " + extra)
+                case Interrupted(in_flight=in_flight, aborting=aborting):
+                    notice = self._interrupted(in_flight, aborting)
+                    self.logs.write(RUN_WIDE, notice)
             above, self._above = self._above, []
         live = self._live
         if above and live is not None:
             for text in above:
                 live.console.print(text, markup=False, highlight=False)
+        if notice is not None:
+            # Said at once, on the terminal, whatever the view: the user just pressed a key.
+            if live is not None:
+                live.console.print(notice, markup=False, highlight=False)
+            else:
+                sys.stderr.write(notice + "\n")
+                sys.stderr.flush()
+
+    def _interrupted(self, in_flight: Sequence[str], aborting: bool) -> str:
+        """The words for a Ctrl-C: what stops, and each node in flight with its stage."""
+        nodes = ", ".join(f"{n} ({self._row(n).stage})" for n in in_flight) or "none"
+        if aborting:
+            return (
+                f"nixherd: Ctrl-C again: aborting the nodes in flight: {nodes}; their "
+                "activations are stopped and rolled back, the rest is given up within seconds"
+            )
+        return (
+            f"nixherd: Ctrl-C: no new node starts; in flight: {nodes}. They finish; "
+            "Ctrl-C again aborts them (activations roll back)"
+        )
 
     def _row(self, node: str) -> _Row:
         row = self.rows.get(node)

@@ -21,7 +21,7 @@ from nixherd.events import EventSink, Outcome, Stage, discard
 from nixherd.fleet.plan import DeployNode, DeployOptions
 from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport, SpanRecorder, order
 from nixherd.fleet.rollout import WaveKind
-from nixherd.fleet.runner import fan_out
+from nixherd.fleet.runner import abandoned_detail, fan_out
 from nixherd.fleet.stages import Context, EarlyProbes, Track, delivery_for, run_node
 from nixherd.fleet.systems import Evaluator, build, evaluate, split
 from nixherd.node import keys as secrets
@@ -178,6 +178,19 @@ class _Run:
         return list(self.results.values())
 
 
+def _abandoned(ctx: Context, name: str) -> NodeResult:
+    """A node given up on in flight after the second Ctrl-C: what its abort found, or, when it
+    never activated, that its running system is unchanged."""
+    node = Track(name, ctx.emit)
+    if name in ctx.systems:
+        node.store_path = ctx.systems[name].out_path
+    if ctx.aborts.registered(name):
+        detail = abandoned_detail(name, ctx.aborts)
+    else:
+        detail = "abandoned before activating (second Ctrl-C): its running system is unchanged"
+    return node.finish(Outcome.INTERRUPTED, detail=detail)
+
+
 def _first_started(
     options: DeployOptions, names: Sequence[str], systems: Mapping[str, System]
 ) -> dict[str, str]:
@@ -232,8 +245,18 @@ def _roll_out(
                 failures=failures(), total=total, canary_failed=state["canary_failed"]
             )
 
-        outcome = fan_out(todo, work, parallel=ctx.options.parallel, cancel=ctx.cancel, stop=stop)
+        outcome = fan_out(
+            todo,
+            work,
+            parallel=ctx.options.parallel,
+            cancel=ctx.cancel,
+            stop=stop,
+            emit=ctx.emit,
+            aborts=ctx.aborts,
+        )
         results.update(outcome.results)
+        for name in outcome.abandoned:
+            results[name] = _abandoned(ctx, name)
         if outcome.interrupted:
             return True
         if outcome.not_started:

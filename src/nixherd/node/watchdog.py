@@ -14,7 +14,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
@@ -221,6 +221,8 @@ class Follower:
     # seconds of the window were left when the confirmation that got an answer was sent.
     login_failure: str | None = None
     confirm_sent: float | None = None
+    # Called once the watchdog runs on the node (from here on, an abort reaches it).
+    on_launch: Callable[[], None] | None = None
 
     def line(self, text: str) -> None:
         self.log.append(text)
@@ -347,6 +349,8 @@ def start(
             if key == "prevgen":
                 shown = values.get("previous") or "none"
                 follow.emit(LogLine(node, f"previous system: {shown}"))
+                if follow.on_launch is not None:
+                    follow.on_launch()
         else:
             head.append(text)
 
@@ -430,15 +434,16 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
     return None
 
 
-def abort(follow: Follower, reason: str) -> Marker | None:
-    """Tell the watchdog to roll back (a check failed); the status it answers with, if any."""
+def abort(follow: Follower, reason: str, *, seconds: int = 60) -> Marker | None:
+    """Tell the watchdog to roll back (a check failed, or a second Ctrl-C: a switch still
+    running is stopped first); the status it answers with within `seconds`, if any."""
     try:
         result = follow.conn.run(
-            watchdog_argv(follow.activation_id, "abort", "60"),
+            watchdog_argv(follow.activation_id, "abort", str(seconds)),
             elevate=True,
             input=reason + "\n",
             check=False,
-            timeout=90,
+            timeout=seconds + 30,
             what="abort",
         )
     except CommandError:
@@ -453,47 +458,3 @@ def await_settled(
     without its log; its final status (missing or rebooted too), or None if not by `deadline`."""
     follow = Follower(conn, activation_id, emit, offset=None)
     return follow.wait(deadline, until_settled=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Generations:
-    """What a node runs and the system profile's generations (number -> system)."""
-
-    current: str | None
-    profile: int | None  # the generation the profile points at
-    systems: Mapping[int, str]
-
-    def previous(self) -> int | None:
-        """The newest generation older than the profile's current one."""
-        if self.profile is None:
-            return None
-        older = [n for n in self.systems if n < self.profile]
-        return max(older) if older else None
-
-
-def parse_generations(output: str) -> Generations:
-    current: str | None = None
-    profile: int | None = None
-    systems: dict[int, str] = {}
-    for line in output.splitlines():
-        key, _, value = line.partition("=")
-        if key == "current":
-            current = value.strip() or None
-        elif key == "profile" and value.strip().isdigit():
-            profile = int(value)
-        elif key == "generation":
-            number, _, path = value.partition(" ")
-            if number.isdigit() and STORE_PATH.match(path.strip()):
-                systems[int(number)] = path.strip()
-    return Generations(current, profile, systems)
-
-
-def generations(conn: Connection) -> Generations:
-    """Read the node's running system and its system profile's generations (mode `info`)."""
-    result = conn.run(
-        ["sh", "-s", "--", "-", "info"],
-        input=watchdog_script(),
-        timeout=60,
-        what="read generations",
-    )
-    return parse_generations(result.stdout)

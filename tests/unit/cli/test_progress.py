@@ -11,6 +11,7 @@ import pytest
 from nixherd.cli.progress import Progress, new_log_dir, print_summary
 from nixherd.events import (
     RUN_WIDE,
+    Interrupted,
     LogLine,
     NodeFinished,
     Outcome,
@@ -120,6 +121,42 @@ def test_summary_plain_with_failure_details() -> None:
     assert "  | error: disk full" in lines
     assert "3 nodes: 1 ok, 1 failed, 1 not attempted in 3.0 s" in text
     assert "logs: /tmp/logs/1" in lines
+
+
+def test_a_ctrl_c_is_said_at_once_with_each_node_in_flight_and_its_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.StringIO()  # the command's own output (exec's is stdout): the notice is not in it
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with Progress(
+        ["web-1", "db", "cache"], title="apply", live=False, stream=out, log_dir=str(logs)
+    ) as view:
+        view(StageStarted("web-1", Stage.ACTIVATE))
+        view(StageStarted("db", Stage.COPY))
+        view(Interrupted(("web-1", "db"), aborting=False))
+        first = capsys.readouterr().err
+        view(Interrupted(("web-1",), aborting=True))
+        second = capsys.readouterr().err
+    assert first == (
+        "nixherd: Ctrl-C: no new node starts; in flight: web-1 (activate), db (copy). They "
+        "finish; Ctrl-C again aborts them (activations roll back)\n"
+    )
+    assert second.startswith(
+        "nixherd: Ctrl-C again: aborting the nodes in flight: web-1 (activate);"
+    )
+    assert "Ctrl-C" not in out.getvalue()
+    assert "Ctrl-C: no new node starts" in (logs / "run.log").read_text()
+
+
+def test_events_after_the_view_is_closed_are_dropped() -> None:
+    out = io.StringIO()
+    view = Progress(["web-1"], title="apply", live=False, stream=out)
+    with view:
+        view(NodeFinished("web-1", Outcome.INTERRUPTED, "abandoned"))
+    # A node given up on after a second Ctrl-C ends later, while the summary is printed.
+    view(NodeFinished("web-1", Outcome.ROLLED_BACK, "rolled back"))
+    assert "rolled back" not in out.getvalue()
 
 
 def test_build_logs_show_the_build_in_the_live_view_and_where_lines_are_hidden() -> None:

@@ -166,8 +166,9 @@ class Activations:
         *,
         checks: Sequence[Any] = (),
         emit: Callable[[Event], None],
+        aborts: Any = None,
     ) -> activation.ActivationResult:
-        del checks
+        del checks, aborts
         self.calls.append((conn.target.node, toplevel, options))
         emit(StageStarted(options.node, Stage.ACTIVATE))
         emit(StageFinished(options.node, Stage.ACTIVATE, 0.5))
