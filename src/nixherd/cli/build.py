@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
         goal=Goal.BUILD,
         flake=runs.flake_ref(args),
         keep_result=args.keep_result,
+        results_dir=runs.results_dir(args),
         nix=flags,
         evaluation=runs.eval_limits(args),
     )

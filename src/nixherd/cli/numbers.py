@@ -87,6 +87,13 @@ def eval_node_limit(text: str) -> int | None:
     return _integer(stripped, 0, MAX_NODES, f"'auto' or an integer 0..{MAX_NODES} (0: no limit)")
 
 
+def port_or_false(text: str) -> int | bool:
+    """An inventory's port: 1..MAX_PORT, or `false` (ssh decides, docs/inventory.md)."""
+    if text.strip() == "false":
+        return False
+    return _integer(text, 1, MAX_PORT, f"a TCP port 1..{MAX_PORT} or false")
+
+
 def max_jobs(text: str) -> str:
     """Nix's `--max-jobs`: `auto` (a job per core) or 0..MAX_JOBS, as Nix's own text."""
     stripped = text.strip()

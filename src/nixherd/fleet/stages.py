@@ -31,6 +31,7 @@ from nixherd.fleet.report import TAIL_LINES, ErrorInfo, NodeResult
 from nixherd.node import activation
 from nixherd.node import keys as secrets
 from nixherd.node import reboot as reboot_mod
+from nixherd.node.abort import Aborts
 from nixherd.node.checks import HealthCheck, run_checks, summary
 from nixherd.node.delivery import BuildOnTarget, Delivery, PushFromHere, System
 from nixherd.node.goal import Goal
@@ -49,6 +50,8 @@ class Context:
     delivery: Delivery
     systems: dict[str, System] = field(default_factory=dict)
     early: EarlyProbes | None = None
+    # What the second Ctrl-C aborts: the activations in flight.
+    aborts: Aborts = field(default_factory=Aborts)
 
 
 def delivery_for(options: DeployOptions) -> Delivery:
@@ -339,7 +342,12 @@ def _activate(
     )
     try:
         result = activation.activate(
-            conn, system.out_path, act_options, checks=health_checks(node), emit=track.sink
+            conn,
+            system.out_path,
+            act_options,
+            checks=health_checks(node),
+            emit=track.sink,
+            aborts=ctx.aborts,
         )
     except activation.ActivationError as exc:
         if exc.previous is not None:
