@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     flags = runs.nix_flags(args)
     if flags.words() and not args.eval:
         raise UsageError("Nix flags go with --eval: check alone runs no Nix")
+    if (args.eval_workers, args.eval_node_limit) != (None, None) and not args.eval:
+        raise UsageError(
+            "--eval-workers and --eval-node-limit go with --eval: check alone runs no Nix"
+        )
     selection = None if args.on is None else Selection.parse(args.on)
     path = inventory_path(args)
     try:

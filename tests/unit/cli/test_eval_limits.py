@@ -77,3 +77,12 @@ def test_eval_hands_them_to_the_evaluation(monkeypatch: pytest.MonkeyPatch, tmp_
     argv = ["eval", "-i", inventory, "--eval-workers", "3", "--eval-node-limit", "0"]
     assert main(argv) == 0
     assert seen == [EvalLimits(3, 0)]
+
+
+def test_check_without_eval_refuses_them(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from nixherd.cli import main
+
+    inventory = tmp_path / "inventory.toml"
+    inventory.write_text("[nodes.a]\n")
+    assert main(["check", "-i", str(inventory), "--eval-workers", "2"]) == 2
+    assert "--eval-workers and --eval-node-limit go with --eval" in capsys.readouterr().err
