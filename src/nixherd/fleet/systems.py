@@ -178,9 +178,10 @@ def _sort(
     fresh: dict[str, System] = {}
     for ev in taken:
         made.evals[ev.name] = ev
-        seconds = wall if ev.seconds is None else ev.seconds
-        made.node_stages[ev.name] = {"eval": seconds}
-        emit(StageFinished(ev.name, Stage.EVAL, seconds))
+        # The report's figure is the node's own evaluation; the event's (and so the timeline's
+        # span, started with the run) lasts until its result came out of its worker.
+        made.node_stages[ev.name] = {"eval": wall if ev.seconds is None else ev.seconds}
+        emit(StageFinished(ev.name, Stage.EVAL, wall))
         systems, failures = split([ev.name], {ev.name: ev})
         fresh.update(systems)
         made.failures.update({n: (Stage.EVAL, e) for n, e in failures.items()})

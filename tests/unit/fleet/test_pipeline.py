@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -530,7 +531,13 @@ def test_a_node_is_built_while_the_next_one_is_evaluated(
     fake.hook = hook
     # The evaluation of a, b (one process) holds after a until a's build has started.
     evals = FakeEval(answers={n: {"drv": drv(n), "out": out(n)} for n in "ab"})
-    evals.hold = lambda _names: built.wait(5) or pytest.fail("a was not built during b's eval")
+
+    def hold(_names: list[str]) -> None:
+        if not built.wait(5):
+            pytest.fail("a was not built during b's evaluation")
+        time.sleep(0.05)  # b's evaluation goes on after a's build began
+
+    evals.hold = hold
     real_evaluator(monkeypatch, evals)
     one = EvalLimits(workers=1, node_limit=0)
     results = run(fake, ["a", "b"], goal=Goal.BUILD, evaluation=one, evaluator=None)
@@ -541,6 +548,13 @@ def test_a_node_is_built_while_the_next_one_is_evaluated(
     ]
     assert [results[n].outcome for n in "ab"] == [Outcome.OK] * 2
     assert set(results["a"].stages) == {"eval", "build"}
+    # The timeline shows it: a's build began before b's evaluation ended.
+    spans = {
+        n["node"]: {x["stage"]: x for x in n["spans"]}
+        for n in results["_report"].to_data()["nodes"]
+    }
+    b_eval = spans["b"]["eval"]
+    assert spans["a"]["build"]["start"] < b_eval["start"] + b_eval["seconds"]
 
 
 def test_workers_evaluate_in_bounded_chunks_and_one_failure_stays_its_nodes(
