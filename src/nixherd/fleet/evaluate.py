@@ -332,7 +332,7 @@ class _Evaluator:
             if not got:
                 self._check_flake(failure)
             culprit, todo = rest[0], rest[1:]
-            deliver(NodeEval(culprit, error=error_message(failure.output)))
+            deliver(NodeEval(culprit, error=_failure_message(failure)))
             if todo and not self.spend():
                 why = (
                     f"not evaluated: the nix process evaluating it stopped at {culprit}'s error, "
@@ -424,6 +424,17 @@ class _Evaluator:
     def node_installable(self, name: str) -> str:
         attr = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else nix.nix_string(name)
         return f"{self.flake}#{CONFIGURATIONS}.{attr}.{TOPLEVEL}.drvPath"
+
+
+def _failure_message(failure: CommandError) -> str:
+    code = failure.returncode or 0
+    if code >= 0:
+        return error_message(failure.output)
+    # The kernel's OOM killer is the usual one: say which knob holds the memory down.
+    return (
+        f"nix eval was killed by signal {-code} while evaluating this node (out of memory? "
+        "fewer nodes per process: --eval-node-limit)"
+    )
 
 
 def _toplevel(name: str) -> str:

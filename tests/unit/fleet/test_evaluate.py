@@ -119,6 +119,26 @@ def test_an_error_that_ends_the_process_is_its_nodes_and_the_rest_go_on(fake: Fa
     assert fake.flake_checks == 0  # a came out: the flake evaluates
 
 
+def test_a_killed_process_names_the_node_it_was_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def killed_at_b(argv: Sequence[str], **kw: Any) -> Result:
+        calls.append(names_of(argv))
+        if calls[-1][0] == "a":
+            kw["on_line"]("trace: nixherd-eval " + json.dumps({"name": "a", **system("a")}))
+            return Result(tuple(argv), -9, "", "")  # the OOM killer, say
+        return FakeEval()(argv, **kw)
+
+    monkeypatch.setattr(process, "run", killed_at_b)
+    results = fleet.eval_nodes("/srv/fleet", ["a", "b", "c"], limits=ONE)
+    assert calls == [["a", "b", "c"], ["c"]]
+    assert results["a"].ok and results["c"].ok
+    assert results["b"].error == (
+        "nix eval was killed by signal 9 while evaluating this node (out of memory? fewer nodes "
+        "per process: --eval-node-limit)"
+    )
+
+
 def test_restarts_are_rationed(fake: FakeEval) -> None:
     fake.answers.update(a="boom a", b="boom b")
     results = fleet.eval_nodes("/srv/fleet", ["a", "b", "c"], limits=ONE, max_diagnoses=1)
