@@ -87,7 +87,7 @@ def parse_ini(info: UnitInfo, text: str) -> None:
         line = pending + raw.strip()
         pending = ""
         if line.endswith("\\"):
-            pending = line[:-1] + " "
+            pending = line[:-1].rstrip() + " "
             continue
         if not line or line[0] in "#;":
             continue
