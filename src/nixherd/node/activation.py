@@ -245,6 +245,25 @@ def _answers_confirm(status: Status) -> bool:
             assert_never(never)
 
 
+# How long a node that rebooted under an activation gets to answer again: on a systemd host the
+# reboot is an orderly shutdown and a boot, seconds during which no login works.
+REBOOT_ANSWER_TIMEOUT = 60.0
+
+
+def _current_after_reboot(follow: Follower) -> str | None:
+    """What the node runs once it answers again, over fresh connections (the shared master
+    died with the old boot); None if it does not answer in REBOOT_ANSWER_TIMEOUT."""
+    deadline = time.monotonic() + REBOOT_ANSWER_TIMEOUT
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return probe(follow.conn, multiplex=False, timeout=max(1.0, min(remaining, 30))).current
+        except NixherdError:
+            if remaining <= 0:
+                return None
+            time.sleep(0.5)
+
+
 def _check_vanished(
     follow: Follower, status: Marker | None, previous: str | None, results: Sequence[CheckResult]
 ) -> None:
@@ -275,10 +294,7 @@ def _check_vanished(
         case never:
             assert_never(never)
     node = follow.conn.target.node
-    try:
-        now = probe(follow.conn, timeout=30).current
-    except NixherdError:
-        now = None
+    now = _current_after_reboot(follow)
     runs = now or "no system"
     if previous is not None and now == previous:
         raise ActivationError(
