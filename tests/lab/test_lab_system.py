@@ -169,6 +169,23 @@ def test_switch_starts_restarts_reloads_and_stops_units(
     assert responder(port)["version"] == "c"
 
 
+def test_the_responder_rereads_what_it_serves_on_reload(
+    host: LabHosts, systems: dict[str, str], port: int
+) -> None:
+    # What `data push` with `reload = ["systemctl", "reload", "app"]` relies on.
+    ok(stc(host, systems["a"], "switch"))
+    before = responder(port)
+    assert http_get(port, "/data/backends.json")[0] == 404
+    host.sh(HOST, "mkdir -p /nix/var/lab/data && echo '[1, 2]' >/nix/var/lab/data/backends.json")
+    assert http_get(port, "/data/backends.json")[0] == 404  # not before the reload
+    host.ssh(HOST, "systemctl", "reload", "app")
+    assert http_get(port, "/data/backends.json") == (200, b"[1, 2]\n")
+    after = responder(port)
+    assert after["pid"] == before["pid"]
+    assert after["reloads"] == int(str(before["reloads"])) + 1
+    host.ssh(HOST, "rm", "-r", "/nix/var/lab/data")
+
+
 def test_dry_activate_says_and_changes_nothing(
     host: LabHosts, systems: dict[str, str], port: int
 ) -> None:
