@@ -40,7 +40,11 @@ def test_unit_files_parse_as_systemd_reads_them(stc: ModuleType) -> None:
     dropin = "[Service]\nExecStart=\nExecStart=/bin/y\nEnvironment=A=1\n"
     assert info(stc, base, dropin) == {
         "Unit": {"After": ["a.service", "b.service"]},
-        "Service": {"ExecStart": ["/bin/y"], "ExecStop": ["/bin/x --flag=1"], "Environment": ["A=1"]},
+        "Service": {
+            "ExecStart": ["/bin/y"],
+            "ExecStop": ["/bin/x --flag=1"],
+            "Environment": ["A=1"],
+        },
     }
 
 
