@@ -13,6 +13,7 @@ Exit codes: 0 all well; 1 usage, not root, lock held elsewhere or the boot loade
 stop/reload/restart/start or is failed afterwards (its status is printed).
 """
 
+import ctypes
 import fcntl
 import glob
 import json
@@ -551,6 +552,16 @@ def switch(plan: Plan, before: dict[str, tuple[str, str]]) -> int:
     return code
 
 
+def sync_store() -> None:
+    """Just in case the new configuration hangs the host: the store's file system on disk first
+    (syncfs(2) of /nix/store, as -ng; not a sync of every file system of the shared machine)."""
+    fd = os.open("/nix/store", os.O_RDONLY)
+    try:
+        ctypes.CDLL(None, use_errno=True).syncfs(fd)
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str]) -> int:
     argv0 = os.path.basename(argv[0]) if argv else "switch-to-configuration"
     action = argv[1] if len(argv) > 1 else None
@@ -573,8 +584,7 @@ def main(argv: list[str]) -> int:
     if action in ("switch", "boot"):
         install_boot_loader()
     if os.environ.get("NIXOS_NO_SYNC") != "1":
-        # Just in case the new configuration hangs the host: the store on disk first.
-        os.sync()
+        sync_store()
     if action == "boot":
         return 0
 
