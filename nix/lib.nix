@@ -6,7 +6,17 @@
 # (nixherd.inventory) follows the same rules and tests/nix/test_agreement.py checks that both
 # produce the same nodes. Validation is the Python side's job: here only the mistakes that would
 # otherwise surface as a confusing evaluation error are caught (unknown role, duplicate node name,
-# missing module file), each with a message naming the node.
+# missing module file, a node name a peer cannot carry), each with a message naming the node.
+#
+# The peers' contracts the outputs follow (docs/nix-library.md, "Colmena and deploy-rs"):
+# - Colmena: the deployment options and their types, nix-community/colmena
+#   src/nix/hive/options.nix (`deploymentOptions`: targetHost nullOr str, targetPort nullOr
+#   ints.unsigned, targetUser nullOr str, tags listOf str, sshOptions listOf str); the hive's own
+#   keys and the module arguments `name`/`nodes`, src/nix/hive/eval.nix (`reservedNames`,
+#   `evalNode`); how it calls ssh, src/nix/host/ssh.rs (`ssh_options`).
+# - deploy-rs: the JSON schema of `deploy`, serokell/deploy-rs interface.json (checked by its
+#   `deployChecks`, flake.nix, with Python's jsonschema); how sshOpts are used, src/deploy.rs and
+#   src/push.rs (`ssh USER@HOST <sshOpts...>`, and NIX_SSHOPTS = sshOpts joined by spaces).
 let
   inherit (builtins)
     attrNames
@@ -24,8 +34,10 @@ let
     listToAttrs
     mapAttrs
     pathExists
+    match
     readFile
     replaceStrings
+    substring
     ;
 
   # Later wins for scalars; tables merge key by key, recursively; anything else is replaced.
@@ -45,6 +57,26 @@ let
     system = "x86_64-linux";
     host_key_policy = "strict";
   };
+
+  # `host_key_policy` -> the StrictHostKeyChecking it passes (nixherd.sshrules.HOST_KEY_POLICIES).
+  strictHostKeyChecking = {
+    strict = "yes";
+    accept-new = "accept-new";
+  };
+
+  # Node names Colmena keeps for the hive itself (src/nix/hive/eval.nix, `reservedNames`): such a
+  # node would replace the hive's `meta` here, and Colmena refuses the name anyway.
+  colmenaReserved = [
+    "defaults"
+    "meta"
+    "network"
+  ];
+
+  # deploy-rs's interface.json keys `nodes` by the pattern `[A-z][A-z0-9_-]*` with
+  # `additionalProperties: false`. A JSON Schema pattern is not anchored (it matches anywhere in
+  # the name), so the names it rejects are those without any character of A..z: among nixherd's
+  # names ([A-Za-z0-9][A-Za-z0-9_.-]*), the ones with no letter and no `_`, such as `10-0-0-1`.
+  deployRsNameOk = name: match ".*[A-z].*" name != null;
 
   listFields = [
     "tags"
@@ -222,20 +254,61 @@ let
           node.config
         ];
 
+      # Every module gets `node` (the resolved node), and Colmena's module arguments: `name`, the
+      # node's name, and `nodes`, every node's evaluated system by name (the node's own too), as
+      # Colmena's evalNode passes them (src/nix/hive/eval.nix), so that modules written for a
+      # Colmena hive work unchanged. `nodes` is this very attrset: lazy, each system evaluated
+      # once (Colmena evaluates a second, unchecked copy of each for it), and only what a module
+      # reads is evaluated. Like Colmena's, they come last and win over `specialArgs`.
       nixosConfigurations = mapAttrs (
         name: node:
         system' {
           inherit (node) system;
           specialArgs = sharedArgs // {
-            inherit node;
+            inherit node name;
+            nodes = nixosConfigurations;
           };
           modules = nodeModules name node;
         }
       ) nodes;
 
+      # The inventory's `[defaults] ssh_config`, as `-F FILE` words: an absolute path as it is, a
+      # relative one against the inventory's directory (Python's rule), which for a flake is its
+      # copy in the store, so the file must be part of the flake (tracked by git); for an inventory
+      # given as an attrset, against `root`. A relative file that is missing is an error here rather
+      # than in every ssh call the peer would make.
+      sshConfig =
+        let
+          file = (inv.defaults or { }).ssh_config or null;
+          base = if isAttrs inventory then toString root else toString (dirOf inventory);
+          path = "${base}/${file}";
+        in
+        if file == null then
+          null
+        else if substring 0 1 file == "/" then
+          file
+        else if pathExists path then
+          path
+        else
+          throw "nixherd: defaults.ssh_config '${file}' not found (looked for ${path}; a relative ssh_config must be in the flake, tracked by git, or give an absolute path)";
+      sshConfigWords = if sshConfig == null then [ ] else [ "-F" sshConfig ];
+      sshOptionWords = node: concatMap (option: [ "-o" option ]) node.ssh_options;
+      hostKeyWords =
+        name: node:
+        if strictHostKeyChecking ? ${node.host_key_policy} then
+          [ "-o" "StrictHostKeyChecking=${strictHostKeyChecking.${node.host_key_policy}}" ]
+        else
+          throw "nixherd: node '${name}': host_key_policy must be strict or accept-new, got '${node.host_key_policy}'";
+
       importNixpkgs = system: import nixpkgs { inherit system; };
 
+      reservedNodes = filter (name: elem name colmenaReserved) (attrNames nodes);
       colmenaHive =
+        if reservedNodes != [ ] then
+          throw "nixherd: node '${concatStringsSep "', '" reservedNodes}': Colmena keeps the names ${concatStringsSep ", " colmenaReserved} for the hive itself: rename the node"
+        else
+          hive;
+      hive =
         {
           meta =
             {
@@ -255,30 +328,55 @@ let
             );
         }
         // mapAttrs (name: node: {
-          deployment = {
-            targetHost = node.host;
-            targetUser = node.user;
-            targetPort = node.port;
-            inherit (node) tags;
-          };
+          # A null port or user (none set) is left to ssh by Colmena, as the option types allow.
+          # `sshOptions` only when there is something to pass: Colmena before the option existed
+          # (zhaofengli/colmena PR #197, 2024) refuses an unknown option. Colmena puts its own
+          # `-o StrictHostKeyChecking=accept-new` before them (src/nix/host/ssh.rs), and ssh keeps
+          # the first value of an option: the host key policy cannot be carried, so it is not
+          # passed (docs/nix-library.md). The port is `targetPort`, never `-p` here: Colmena adds
+          # `-p` after sshOptions and ssh keeps the first `-p` too.
+          deployment =
+            {
+              targetHost = node.host;
+              targetUser = node.user;
+              targetPort = node.port;
+              inherit (node) tags;
+            }
+            // (
+              let
+                words = sshConfigWords ++ sshOptionWords node;
+              in
+              if words == [ ] then { } else { sshOptions = words; }
+            );
           imports = nodeModules name node;
         }) nodes;
 
-      deployNodes = mapAttrs (name: node: {
-        hostname = node.host;
-        sshUser = node.user;
-        sshOpts = [
-          "-p"
-          (toString node.port)
-        ] ++ concatMap (option: [
-          "-o"
-          option
-        ]) node.ssh_options;
-        profiles.system = {
-          user = "root";
-          path = deploy-rs.lib.${node.system}.activate.nixos nixosConfigurations.${name};
-        };
-      }) nodes;
+      # deploy-rs runs `ssh USER@HOST <sshOpts...>` and has no port or host key setting of its own,
+      # so all of it goes into sshOpts: the ssh_config, the port, the host key policy (before the
+      # node's own options: ssh keeps the first value), then the node's options. deploy-rs joins
+      # sshOpts with spaces for NIX_SSHOPTS; no word holds a space (Python's validation). Without a
+      # user, deploy-rs logs in as the local user (`whoami`), not as ssh_config's `User`.
+      badDeployNames = filter (name: !(deployRsNameOk name)) (attrNames nodes);
+      deployNodes =
+        if badDeployNames != [ ] then
+          throw "nixherd: node '${concatStringsSep "', '" badDeployNames}': deploy-rs's schema (interface.json) needs a letter or _ in a node name: rename the node"
+        else
+          mapAttrs (
+            name: node:
+            {
+              hostname = node.host;
+              sshOpts =
+                sshConfigWords
+                ++ (if node.port == null then [ ] else [ "-p" (toString node.port) ])
+                ++ hostKeyWords name node
+                ++ sshOptionWords node;
+              profiles.system = {
+                user = "root";
+                path = deploy-rs.lib.${node.system}.activate.nixos nixosConfigurations.${name};
+              };
+            }
+            // (if node.user == null then { } else { sshUser = node.user; })
+          ) nodes;
     in
     {
       inherit nixosConfigurations;

@@ -20,7 +20,7 @@ step "the fleet, read from inventory.toml without evaluating Nix"
 nixherd nodes
 
 step "apply: one evaluation, one build, then copy + switch per node in parallel"
-nixherd apply switch --json ../../lab-state/report.json
+nixherd apply switch --report ../../lab-state/report.json
 
 step "status: what each host runs now, against the flake"
 nixherd status
@@ -41,4 +41,4 @@ PY
 step "a no-op redeploy: every node up to date, nothing copied"
 nixherd apply switch
 
-printf '\nThe JSON report is lab-state/report.json. Stop the lab with: nixherd lab down --dir lab-state\n'
+printf '\nThe JSON report is lab-state/report.json (its shape: docs/json.md). Stop the lab with: nixherd lab down --dir lab-state\n'

@@ -223,8 +223,8 @@ class Bench:
             for _ in range(runs)
         ]
         report = self.dir / "noop.json"
-        self.nixherd("apply", "--parallel", "0", "--json", str(report))
-        counts = json.loads(report.read_text())["counts"]
+        self.nixherd("apply", "--parallel", "0", "--report", str(report))
+        counts = json.loads(report.read_text())["data"]["counts"]
         assert counts == {"up to date": n}, counts
         nixherd_median = statistics.median(nixherd_times)
         parallel_median = statistics.median(parallel_times)

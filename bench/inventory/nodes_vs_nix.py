@@ -62,9 +62,14 @@ def nix_command(inventory: Path, tag: str) -> list[str]:
 
 
 def listing(argv: list[str]) -> list[dict[str, Any]]:
+    """The listing: nixherd's JSON document's nodes (docs/json.md), or Nix's plain list."""
     result = process.run(argv, timeout=300, what="listing")
-    data: list[dict[str, Any]] = json.loads(result.stdout)
-    return data
+    data = json.loads(result.stdout)
+    if isinstance(data, dict):
+        assert data["schema"] == "nixherd/v1" and data["command"] == "nodes", data.keys()
+        data = data["data"]["nodes"]
+    nodes: list[dict[str, Any]] = data
+    return nodes
 
 
 def main() -> int:

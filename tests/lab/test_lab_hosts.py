@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import stat
 import time
 from pathlib import Path
 
+import jsonkit
 import pytest
 from labkit import LabFactory, free_base
 
@@ -222,7 +222,7 @@ def test_cli_up_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert f'ssh_config = "{lab_dir}/ssh_config"' in out
         assert ssh_banner(base) and ssh_banner(base + 1)
         assert main(["lab", "status", "--dir", lab_dir, "--json"]) == 0
-        data = json.loads(capsys.readouterr().out)
+        data = jsonkit.document(capsys.readouterr().out, "lab status")["hosts"]
         assert [(h["name"], h["port"], h["state"]) for h in data] == [
             ("lab-1", base, "up"),
             ("lab-2", base + 1, "up"),

@@ -79,9 +79,13 @@ let
 in
 {
   inherit config;
-  # What mkFleet passed, as plain data (`toString`: a path in JSON would be copied to the store).
+  # What mkFleet passed, as plain data (`toString`: a path in JSON would be copied to the store;
+  # `nodes`, every node's system, by its names only: it holds this very record).
   recorded = {
-    inherit system specialArgs;
+    inherit system;
+    specialArgs =
+      specialArgs
+      // (if specialArgs ? nodes then { nodes = builtins.attrNames specialArgs.nodes; } else { });
     modules = map (m: if builtins.isPath m then toString m else m) modules;
   };
 }

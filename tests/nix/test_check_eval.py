@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import jsonkit
 import pytest
 from nixfleet import Fleet, write_fleet
 
@@ -66,25 +66,28 @@ def test_selection_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     inventory = fleet(tmp_path, BROKEN_DB).inventory
     # The broken node is not selected: nothing fails.
     assert main(["check", "--eval", "--on", "@app", "--json", "-i", str(inventory)]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = jsonkit.document(capsys.readouterr().out, "check")
     assert result["ok"] is True
     assert result["selected"] == ["app-10-0-1-1", "app-10-0-1-2"]
-    assert sorted(result["eval"]) == ["app-10-0-1-1", "app-10-0-1-2"]
-    entry = result["eval"]["app-10-0-1-2"]
+    evaluated = {e["node"]: e for e in result["eval"]}
+    assert list(evaluated) == ["app-10-0-1-1", "app-10-0-1-2"]
+    entry = evaluated["app-10-0-1-2"]
     assert entry["ok"] is True
     assert entry["error"] is None
     assert entry["drv_path"].endswith("-nixos-system-app-10-0-1-2.drv")
 
     assert main(["check", "--eval", "--on", "db", "--json", "-i", str(inventory)]) == 1
-    result = json.loads(capsys.readouterr().out)
+    result = jsonkit.document(capsys.readouterr().out, "check")
     assert result["ok"] is False
-    assert result["eval"]["db"] == {
-        "name": "db",
-        "ok": False,
-        "drv_path": None,
-        "out_path": None,
-        "error": "db: no disk",
-    }
+    assert result["eval"] == [
+        {
+            "node": "db",
+            "ok": False,
+            "drv_path": None,
+            "out_path": None,
+            "error": "db: no disk\n(use '--show-trace' to show detailed location information)",
+        }
+    ]
 
 
 def test_broken_flake_is_one_clear_error(

@@ -96,6 +96,9 @@ def test_system_gets_node_modules_hostname_then_config(tmp_path: Path) -> None:
     assert db["system"] == "aarch64-linux"
     assert db["specialArgs"]["site"] == "ams"
     assert db["specialArgs"]["node"]["name"] == "db"
+    # Colmena's module arguments: the node's name, and every node's system (recorded by name).
+    assert db["specialArgs"]["name"] == "db"
+    assert db["specialArgs"]["nodes"] == ["db", "web-10-0-0-1", "web-10-0-0-2"]
     # Module paths are resolved against `root`, here the flake's copy in the store.
     assert db["modules"][0].startswith("/nix/store/")
     assert db["modules"][0].endswith("-source/roles/web.nix")
@@ -151,6 +154,7 @@ def test_colmena_hive(tmp_path: Path) -> None:
             "targetUser": "deploy",
             "targetPort": 2222,
             "tags": ["fleet", "web"],
+            "sshOptions": ["-o", "ConnectTimeout=5"],
         },
     }
     meta = fleet.eval("colmena.meta")
@@ -174,12 +178,14 @@ def test_optional_outputs_only_when_inputs_are_passed(tmp_path: Path) -> None:
     assert deploy["web-10-0-0-2"] == {
         "hostname": "10.0.0.2",
         "sshUser": "deploy",
-        "sshOpts": ["-p", "2222", "-o", "ConnectTimeout=5"],
+        "sshOpts": [
+            *("-p", "2222", "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=5"),
+        ],
         "profiles": {"system": {"user": "root", "path": "activate-x86_64-linux-front"}},
     }
     # deploy-rs's activation is looked up for the node's own system.
     assert deploy["db"]["profiles"]["system"]["path"] == "activate-aarch64-linux-front"
-    assert deploy["db"]["sshOpts"] == ["-p", "22"]
+    assert deploy["db"]["sshOpts"] == ["-p", "22", "-o", "StrictHostKeyChecking=yes"]
 
 
 def test_nixpkgs_gives_mkdefault_and_colmena_nixpkgs(tmp_path: Path) -> None:

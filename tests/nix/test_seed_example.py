@@ -100,7 +100,11 @@ def test_systems_get_hostname_config_and_node(tmp_path: Path, nodes: dict[str, N
     recorded = per_node(fleet, "nixosConfigurations", "value.recorded")
     for name, node in nodes.items():
         assert recorded[name]["system"] == node.system
-        assert recorded[name]["specialArgs"] == {"node": node.to_data()}
+        assert recorded[name]["specialArgs"] == {
+            "node": node.to_data(),
+            "name": name,
+            "nodes": sorted(nodes),
+        }
         module_files = [m for m in recorded[name]["modules"] if isinstance(m, str)]
         assert [m.split("-source/", 1)[1] for m in module_files] == list(node.modules)
 
@@ -115,7 +119,7 @@ def test_colmena_and_deploy_rs_outputs_with_stub_inputs(
         name: {
             "hostname": node.host,
             "sshUser": node.user,
-            "sshOpts": ["-p", str(node.port)],
+            "sshOpts": ["-p", str(node.port), "-o", "StrictHostKeyChecking=yes"],
             "profiles": {"system": {"user": "root", "path": f"activate:nixos-system-{name}"}},
         }
         for name, node in nodes.items()

@@ -43,6 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="copy the derivations and build on each node instead of here",
     )
+    runs.add_nix_flags(parser)
     safety = parser.add_argument_group("activation and safety")
     safety.add_argument(
         "--no-rollback",
@@ -149,6 +150,7 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
         confirm_timeout=args.confirm_timeout,
         keys=args.keys,
         rollout=rollout,
+        nix=runs.nix_flags(args),
     )
 
 
@@ -159,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.fleet import commands, pipeline
     from nixherd.fleet.plan import describe
 
+    if args.dry_run and (args.json or args.report):
+        raise UsageError("--dry-run prints a plan for people; it has no --json or --report")
     options = options_from(args)
     inventory, nodes = runs.load_nodes(args)
     if args.dry_run:
@@ -174,10 +178,13 @@ def run(args: argparse.Namespace) -> int:
             from nixherd.node.diff import plan_text
 
             diffs = commands.closure_diffs(nodes, systems, parallel=options.parallel)
+            # With --json, stdout holds the JSON document alone: the question goes to stderr.
+            out = sys.stderr if args.json else sys.stdout
             with view.suspended():
-                sys.stdout.write(plan_text(dict(diffs)))
-                sys.stdout.flush()
-                answer = input(f"Deploy {options.goal.value} to {len(systems)} nodes? [y/N] ")
+                out.write(plan_text(dict(diffs)))
+                out.write(f"Deploy {options.goal.value} to {len(systems)} nodes? [y/N] ")
+                out.flush()
+                answer = input()
             return answer.strip().lower() in ("y", "yes")
 
         report = pipeline.deploy(

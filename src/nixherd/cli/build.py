@@ -13,6 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_selection(parser)
     runs.add_flake(parser)
     runs.add_keep_result(parser)
+    runs.add_nix_flags(parser)
     runs.add_output(parser)
 
 
@@ -23,9 +24,10 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.fleet.plan import DeployOptions
     from nixherd.node.goal import Goal
 
+    flags = runs.nix_flags(args)
     inventory, nodes = runs.load_nodes(args)
     options = DeployOptions(
-        goal=Goal.BUILD, flake=runs.flake_ref(args), keep_result=args.keep_result
+        goal=Goal.BUILD, flake=runs.flake_ref(args), keep_result=args.keep_result, nix=flags
     )
     names = [n.name for n in nodes]
     with runs.progress(args, names, title="build") as view:
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             command="build",
         )
     report = runs.report_with_logs(report, view)
-    if args.json != "-":
+    if not args.json:
         width = max((len(n) for n in names), default=0)
         for result in report.nodes:
             if result.store_path and not result.failed:

@@ -4,11 +4,13 @@ selected nodes' systems with Nix."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from nixherd.cli.payloads import EvalNode
     from nixherd.errors import Problem
     from nixherd.inventory import Node
+    from nixherd.run.nix import NixFlags
 
 HELP = "validate the inventory (every problem listed); --eval also evaluates the nodes with Nix"
 
@@ -20,14 +22,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--on", metavar="SEL", help="select nodes: names, @tags, role:R, !exclude, &intersect"
     )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    from nixherd.cli import jsonout, runs
+
+    jsonout.add_json(parser, "the problems (and with --eval, each evaluation)")
+    runs.add_nix_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nixherd.cli import inventory_path, render
-    from nixherd.errors import InventoryError
+    from nixherd.cli import inventory_path, render, runs
+    from nixherd.errors import InventoryError, UsageError
     from nixherd.inventory import Selection, load, select
 
+    flags = runs.nix_flags(args)
+    if flags.words() and not args.eval:
+        raise UsageError("Nix flags go with --eval: check alone runs no Nix")
     selection = None if args.on is None else Selection.parse(args.on)
     path = inventory_path(args)
     try:
@@ -42,21 +50,24 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.on is not None:
         summary += f" ({len(nodes)} selected)"
-    evaluated: dict[str, Any] | None = None
+    evaluated: list[EvalNode] | None = None
     failed = 0
     if args.eval:
-        evaluated, failed = _eval(nodes, path)
+        evaluated, failed = _eval(nodes, path, flags)
     if args.json:
-        result: dict[str, Any] = {
-            "ok": not failed,
-            "nodes": len(inventory.nodes),
-            "roles": len(inventory.roles),
-            "selected": [node.name for node in nodes],
-            "problems": [],
-        }
-        if evaluated is not None:
-            result["eval"] = evaluated
-        render.print_json(result)
+        from nixherd.cli import jsonout
+
+        jsonout.emit(
+            "check",
+            {
+                "ok": not failed,
+                "nodes": len(inventory.nodes),
+                "roles": len(inventory.roles),
+                "selected": [node.name for node in nodes],
+                "problems": [],
+                "eval": evaluated,
+            },
+        )
     else:
         status = f"{failed} of {len(nodes)} failed to evaluate" if failed else "ok"
         print(f"{summary}: {status}")
@@ -69,13 +80,20 @@ def _report_problems(args: argparse.Namespace, problems: tuple[Problem, ...]) ->
     from nixherd.cli import render
 
     if args.json:
-        render.print_json(
+        from nixherd.cli import jsonout
+
+        jsonout.emit(
+            "check",
             {
                 "ok": False,
+                "nodes": None,
+                "roles": None,
+                "selected": None,
                 "problems": [
                     {"file": p.file, "path": p.path, "message": p.message} for p in problems
                 ],
-            }
+                "eval": None,
+            },
         )
     else:
         # One problem per line, `file: key.path: message`, on stdout: the result of a check.
@@ -83,7 +101,7 @@ def _report_problems(args: argparse.Namespace, problems: tuple[Problem, ...]) ->
     sys.stderr.write(f"nixherd: error: {render.plural(len(problems), 'problem')} found\n")
 
 
-def _eval(nodes: list[Node], path: str) -> tuple[dict[str, Any], int]:
+def _eval(nodes: list[Node], path: str, flags: NixFlags) -> tuple[list[EvalNode], int]:
     """Evaluate the nodes' systems with `nixherd.fleet.evaluate` (the flake next to the inventory).
 
     Returns the per-node results as data and how many failed; failures are printed as they are
@@ -93,7 +111,7 @@ def _eval(nodes: list[Node], path: str) -> tuple[dict[str, Any], int]:
 
     from nixherd.fleet import evaluate as fleet
 
-    results = fleet.eval_nodes(fleet.flake_for(path), [node.name for node in nodes])
+    results = fleet.eval_nodes(fleet.flake_for(path), [node.name for node in nodes], flags=flags)
     failed = 0
     for name, result in results.items():
         if not result.ok:
@@ -101,4 +119,6 @@ def _eval(nodes: list[Node], path: str) -> tuple[dict[str, Any], int]:
             sys.stderr.write(f"{name}: {result.error}\n")
         else:
             sys.stderr.write(f"{name}: ok {result.out_path}\n")
-    return {name: result.to_data() for name, result in results.items()}, failed
+    from nixherd.cli.jsonout import eval_node
+
+    return [eval_node(results[node.name]) for node in nodes], failed

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nixherd.cli.keys import add_node_options, error_text, finish, load_selection, progress
 
 if TYPE_CHECKING:
+    from nixherd.cli.payloads import DataDiffData, DataDiffNode, DataPushData, DataPushNode
     from nixherd.errors import NixherdError
     from nixherd.node.data import DataResult, FileDiff
 
@@ -54,15 +55,19 @@ def _push_summary(
         result = "ok" if r.changed else "up to date"
         return [name, result, str(len(r.changed)), str(len(r.unchanged)), str(len(r.reloads)), ""]
 
-    def report(_name: str, r: DataResult | NixherdError) -> dict[str, Any]:
+    def report(name: str, r: DataResult | NixherdError) -> DataPushNode:
         if isinstance(r, NixherdError):
-            return {"outcome": "failed", "error": r.render()}
+            return {"node": name, "outcome": "failed", "error": r.render()}
         return {
+            "node": name,
             "outcome": "ok" if r.changed else "up to date",
             "changed": list(r.changed),
             "unchanged": list(r.unchanged),
             "reloads": [list(argv) for argv in r.reloads],
         }
+
+    def document() -> DataPushData:
+        return {"nodes": [report(name, r) for name, r in results.items()]}
 
     done = [r for r in results.values() if not isinstance(r, NixherdError)]
     changed = sum(len(r.changed) for r in done)
@@ -71,8 +76,7 @@ def _push_summary(
         results,
         rows,
         ["NODE", "RESULT", "CHANGED", "UNCHANGED", "RELOADS", "ERROR"],
-        json_mode=json_mode,
-        report=report,
+        json_data=("data push", document) if json_mode else None,
         totals=f"{changed} files pushed, {same} unchanged on {len(results)} nodes{note}",
     )
 
@@ -96,10 +100,11 @@ def _diff_summary(
         changed = [d.name for d in r if d.changed]
         return [name, "changes" if changed else "up to date", ", ".join(changed) or "-", ""]
 
-    def report(_name: str, r: list[FileDiff] | NixherdError) -> dict[str, Any]:
+    def report(name: str, r: list[FileDiff] | NixherdError) -> DataDiffNode:
         if isinstance(r, NixherdError):
-            return {"outcome": "failed", "error": r.render()}
+            return {"node": name, "outcome": "failed", "error": r.render()}
         return {
+            "node": name,
             "outcome": "changes" if any(d.changed for d in r) else "up to date",
             "files": [
                 {
@@ -116,14 +121,16 @@ def _diff_summary(
             ],
         }
 
+    def document() -> DataDiffData:
+        return {"nodes": [report(name, r) for name, r in results.items()]}
+
     done = [r for r in results.values() if not isinstance(r, NixherdError)]
     changed = sum(1 for r in done for d in r if d.changed)
     return finish(
         results,
         rows,
         ["NODE", "RESULT", "FILES THAT WOULD CHANGE", "ERROR"],
-        json_mode=json_mode,
-        report=report,
+        json_data=("data diff", document) if json_mode else None,
         totals=f"{changed} files would change on {len(results)} nodes{note}",
     )
 

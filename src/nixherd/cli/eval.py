@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nixherd.cli import runs
+from nixherd.cli import jsonout, runs
 
 HELP = "evaluate the selected nodes' systems (one nix process); print derivations or errors"
 
@@ -12,34 +12,37 @@ HELP = "evaluate the selected nodes' systems (one nix process); print derivation
 def configure(parser: argparse.ArgumentParser) -> None:
     runs.add_selection(parser)
     runs.add_flake(parser)
-    parser.add_argument("--json", action="store_true", help="print a JSON array on stdout")
+    runs.add_nix_flags(parser)
+    jsonout.add_json(parser, "each node's evaluation")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import sys
 
     from nixherd.errors import NodesFailedError
     from nixherd.fleet import evaluate as fleet
 
+    flags = runs.nix_flags(args)
     _, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
-    results = fleet.eval_nodes(runs.flake_ref(args), names)
+    results = fleet.eval_nodes(runs.flake_ref(args), names, flags=flags)
     failed = [r for r in results.values() if not r.ok]
     if args.json:
-        sys.stdout.write(json.dumps([results[n].to_data() for n in names], indent=2) + "\n")
+        from nixherd.cli import jsonout
+
+        jsonout.emit("eval", {"nodes": [jsonout.eval_node(results[n]) for n in names]})
     else:
         width = max((len(n) for n in names), default=0)
         for name in names:
             result = results[name]
             if result.ok:
                 sys.stdout.write(f"{name.ljust(width)}  {result.drv_path}\n")
-            else:
-                first, *rest = (result.error or "failed").splitlines() or ["failed"]
-                sys.stdout.write(f"{name.ljust(width)}  error: {first}\n")
-                for line in rest:
-                    sys.stdout.write(f"{' ' * width}    {line}\n")
     sys.stdout.flush()
+    # Why a node failed is a diagnostic (stderr), in Nix's words with their file positions:
+    # stdout keeps the derivations (or the JSON) for whatever reads them.
+    for result in failed:
+        sys.stderr.write(f"{result.name}: {result.error or 'failed'}\n")
+    sys.stderr.flush()
     if failed:
         raise NodesFailedError(
             f"{len(failed)} of {len(names)} nodes failed to evaluate: "

@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"give up on a node after S seconds ({numbers.SECONDS_RULE})",
     )
-    parser.add_argument("--json", metavar="FILE", help="write a JSON report to FILE (- : stdout)")
+    runs.add_report_json(parser, "the report (each node's exit code and output, bounded)")
     parser.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD...", help="the command and its args"
     )
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     _inventory, nodes = runs.load_nodes(args)
     names = [n.name for n in nodes]
     # The command's output is this command's product: plain prefixed lines on stdout.
-    stream = sys.stderr if args.json == "-" else sys.stdout
+    stream = sys.stderr if args.json else sys.stdout
     with Progress(names, title="exec", live=False, stream=stream, show_stages=False) as view:
         report = exec_everywhere(
             nodes,
@@ -51,6 +51,6 @@ def run(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             emit=view,
         )
-    if args.json != "-":
+    if not args.json:
         print_summary(report, stream=sys.stderr)
     return runs.finish(args, report, summary=False)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nixherd.cli import runs
+from nixherd.cli import jsonout, runs
 
 if TYPE_CHECKING:
+    from nixherd.cli.payloads import KeysData, KeysNode, Payload
     from nixherd.cli.progress import Progress
     from nixherd.errors import NixherdError
 
@@ -27,7 +27,7 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by the per-node commands of this module and `data`."""
     runs.add_selection(parser)
     runs.add_parallel(parser)
-    parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    jsonout.add_json(parser, "each node's result")
 
 
 def progress(names: Sequence[str], title: str) -> Progress:
@@ -51,17 +51,19 @@ def finish(
     rows: Callable[[str, Any], Sequence[str]],
     headers: Sequence[str],
     *,
-    json_mode: bool,
-    report: Callable[[str, Any], dict[str, Any]],
+    json_data: tuple[str, Callable[[], Payload]] | None,
     totals: str,
 ) -> int:
-    """Print the summary (a table, or the JSON report); raise NodesFailedError if any failed."""
+    """Print the summary: a table, or with `json_data` (the command, and its document made on
+    demand) the JSON document; raise NodesFailedError if any failed."""
     from nixherd.errors import NixherdError, NodesFailedError
 
     failed = [name for name, result in results.items() if isinstance(result, NixherdError)]
-    if json_mode:
-        document = {"nodes": {name: report(name, result) for name, result in results.items()}}
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    if json_data is not None:
+        from nixherd.cli import jsonout
+
+        command, make = json_data
+        jsonout.emit(command, make())
     else:
         table = [list(headers), *(list(rows(name, r)) for name, r in results.items())]
         widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
@@ -105,11 +107,18 @@ def run(args: argparse.Namespace) -> int:
             return [name, "failed", "-", "-", error_text(r)]
         return [name, "ok" if r.sent else "up to date", str(len(r.sent)), str(len(r.unchanged)), ""]
 
-    def report(_name: str, r: KeysResult | NixherdError) -> dict[str, Any]:
+    def report(name: str, r: KeysResult | NixherdError) -> KeysNode:
         if isinstance(r, NixherdError):
-            return {"outcome": "failed", "error": r.render()}
-        outcome = "ok" if r.sent else "up to date"
-        return {"outcome": outcome, "sent": list(r.sent), "unchanged": list(r.unchanged)}
+            return {"node": name, "outcome": "failed", "error": r.render()}
+        return {
+            "node": name,
+            "outcome": "ok" if r.sent else "up to date",
+            "sent": list(r.sent),
+            "unchanged": list(r.unchanged),
+        }
+
+    def document() -> KeysData:
+        return {"nodes": [report(name, r) for name, r in results.items()]}
 
     sent, same = summary([r for r in results.values() if isinstance(r, KeysResult)])
     skipped = len(names) - len(with_keys)
@@ -120,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
         results,
         rows,
         ["NODE", "RESULT", "SENT", "UNCHANGED", "ERROR"],
-        json_mode=args.json,
-        report=report,
+        json_data=("keys upload", document) if args.json else None,
         totals=totals,
     )

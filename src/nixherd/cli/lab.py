@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nixherd.cli import numbers
+from nixherd.cli import jsonout, numbers
 
 HELP = "local test hosts: up, status, down"
 
@@ -39,13 +39,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="port of lab-1 (default: the lab's, else 2201)",
     )
+    jsonout.add_json(up, "the hosts (instead of the table, ssh line and inventory snippet)")
     status = sub.add_parser(
         "status",
         help="show each host: port, pid, state (up: the deploy user logs in), current system; "
         "exit 1 when a host is not up",
     )
     with_dir(status)
-    status.add_argument("--json", action="store_true", help="print a JSON array of hosts")
+    jsonout.add_json(status, "the hosts")
     down = sub.add_parser("down", help="stop the hosts (by recorded pid); keep their files")
     with_dir(down)
     down.add_argument(
@@ -61,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
     lab = Lab(args.dir or default_dir())
     if args.lab_command == "up":
         hosts = lab.up(args.n if args.n is not None else DEFAULT_COUNT, args.base_port)
+        if args.json:
+            jsonout.emit("lab up", {"hosts": [jsonout.lab_host(h) for h in hosts]})
+            return 0
         _table([h.to_data() for h in hosts])
         out = sys.stdout
         out.write(f"\nssh -F {lab.ssh_config} lab-1\n")
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         hosts = lab.status()
         data = [h.to_data() for h in hosts]
         if args.json:
-            render.print_json(data)
+            jsonout.emit("lab status", {"hosts": [jsonout.lab_host(h) for h in hosts]})
         elif not data:
             sys.stdout.write(f"no lab hosts in {lab.dir}\n")
         else:

@@ -13,7 +13,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--on", metavar="SEL", help="select nodes: names, @tags, role:R, !exclude, &intersect"
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON array of nodes")
+    from nixherd.cli import jsonout
+
+    jsonout.add_json(parser, "the nodes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +40,9 @@ def _list(args: argparse.Namespace) -> int:
     selection = None if args.on is None else Selection.parse(args.on)
     nodes = select(load(inventory_path(args), cache=True), selection)
     if args.json:
-        render.print_json([node.summary() for node in nodes])
+        from nixherd.cli import jsonout
+
+        jsonout.emit("nodes", {"nodes": [jsonout.node_summary(node) for node in nodes]})
         return 0
     rows = [
         (

@@ -21,6 +21,9 @@ SECONDS_RULE = f"0 < S <= {MAX_SECONDS}"
 MAX_PARALLEL = 1000
 MAX_NODES = 1_000_000  # more than an inventory can hold (64 MiB)
 MAX_PORT = 65535
+# Nix's max-jobs: builds at once on this machine (0: only on --builders). More than any machine
+# runs; Nix itself takes any unsigned int.
+MAX_JOBS = 65535
 
 _INTEGER = re.compile(r"[+-]?[0-9]+").fullmatch
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?").fullmatch
@@ -65,3 +68,11 @@ def hosts(text: str) -> int:
 def port(text: str) -> int:
     """A TCP port: 1..MAX_PORT."""
     return _integer(text, 1, MAX_PORT, f"a TCP port 1..{MAX_PORT}")
+
+
+def max_jobs(text: str) -> str:
+    """Nix's `--max-jobs`: `auto` (a job per core) or 0..MAX_JOBS, as Nix's own text."""
+    stripped = text.strip()
+    if stripped == "auto":
+        return stripped
+    return str(_integer(stripped, 0, MAX_JOBS, f"'auto' or an integer 0..{MAX_JOBS}"))

@@ -103,6 +103,7 @@ class Progress:
         stream: TextIO | None = None,
         show_lines: bool = True,
         show_stages: bool = True,
+        build_logs: bool = False,
     ) -> None:
         self.names = list(names)
         self.title = title
@@ -111,6 +112,8 @@ class Progress:
         self.verbose = verbose
         self.show_lines = show_lines
         self.show_stages = show_stages
+        # -L: the build's lines (run-wide) shown as they come, in the live view too.
+        self.build_logs = build_logs
         self.rows = {name: _Row() for name in self.names}
         self.width = max((len(n) for n in self.names), default=1)
         self.lock = threading.Lock()
@@ -226,15 +229,16 @@ class Progress:
     def _line(self, node: str, line: str) -> None:
         from nixherd.events import RUN_WIDE
 
+        build_log = self.build_logs and node == RUN_WIDE
         if node == RUN_WIDE:
             self.run_line = line
         else:
             self._row(node).last = line
-        if not self.show_lines:
+        if not (self.show_lines or build_log):
             return
         if not self.live_mode:
             self._print(node, line)
-        elif self.verbose:
+        elif self.verbose or build_log:
             self._above.append(f"{node.ljust(self.width)} | {line}")
 
     def _print(self, node: str, text: str) -> None:
@@ -325,10 +329,32 @@ def summary_rows(report: RunReport) -> list[tuple[str, str, str, str]]:
     return [(r.node, r.outcome.value, _seconds(r), _note(r)) for r in report.nodes]
 
 
+def print_failures(report: RunReport, stream: TextIO) -> None:
+    """Why each failed node failed: its message whole (Nix's error with its file positions
+    spans lines), the failing command and its last lines."""
+    for result in report.nodes:
+        error = result.error
+        if error is None or not (error.command or error.output or "\n" in error.message):
+            continue
+        first, *rest = error.message.splitlines() or [""]
+        stream.write(f"\n{result.node}: {first}\n")
+        stream.writelines(f"  {line}".rstrip() + "\n" for line in rest)
+        if error.command:
+            stream.write(f"  command: {error.command}\n")
+        for text in (error.output or "").splitlines()[-8:]:
+            stream.write(f"  | {text}\n")
+    stream.flush()
+
+
 def print_summary(
-    report: RunReport, *, stream: TextIO | None = None, rich: bool | None = None
+    report: RunReport,
+    *,
+    stream: TextIO | None = None,
+    rich: bool | None = None,
+    details: TextIO | None = None,
 ) -> None:
-    """The summary table, the details of every failure, the counts and where the logs are."""
+    """The summary table, the details of every failure (to `details`, default the same
+    stream), the counts and where the logs are."""
     out = stream if stream is not None else sys.stdout
     use_rich = (is_terminal(out) and "NO_COLOR" not in os.environ) if rich is None else rich
     rows = summary_rows(report)
@@ -350,13 +376,8 @@ def print_summary(
         for cells in (headers, *rows):
             out.write("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
             out.write("\n")
-    for result in report.nodes:
-        if result.error is not None and (result.error.command or result.error.output):
-            out.write(f"\n{result.node}: {result.error.message}\n")
-            if result.error.command:
-                out.write(f"  command: {result.error.command}\n")
-            for text in (result.error.output or "").splitlines()[-8:]:
-                out.write(f"  | {text}\n")
+    out.flush()
+    print_failures(report, details if details is not None else out)
     counts = ", ".join(f"{n} {k}" for k, n in report.counts().items())
     took = report.finished_at - report.started_at
     out.write(f"\n{len(report.nodes)} nodes: {counts or 'none'} in {took:.1f} s")

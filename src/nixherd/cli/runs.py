@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from nixherd.cli.progress import Progress
     from nixherd.fleet.report import RunReport
     from nixherd.inventory.model import Inventory, Node
+    from nixherd.run.nix import NixFlags
 
 DEFAULT_LOG_BASE = os.path.join(".nixherd", "logs")
 INTERRUPTED_EXIT = 130
@@ -67,8 +68,87 @@ def flake_ref(args: argparse.Namespace) -> str:
     return fleet.flake_for(inventory_path(args))
 
 
+def add_nix_flags(parser: argparse.ArgumentParser) -> None:
+    """Nix's own flags, spelled as `nix build` spells them, for every local nix eval and build."""
+    group = parser.add_argument_group("Nix flags (for every nix eval and build run here)")
+    group.add_argument(
+        "--show-trace", action="store_true", help="show Nix's trace with evaluation errors"
+    )
+    group.add_argument(
+        "-L",
+        "--print-build-logs",
+        action="store_true",
+        help="show the build's log lines as they come (also in the live view and in diff)",
+    )
+    group.add_argument(
+        "--impure", action="store_true", help="let the evaluation read the environment and files"
+    )
+    group.add_argument(
+        "--option",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        dest="nix_option",
+        help="set a Nix setting (repeatable); Nix is asked first whether it knows NAME",
+    )
+    group.add_argument(
+        "--builders", metavar="SPEC", help="Nix's builders setting, as Nix reads it (or @FILE)"
+    )
+    group.add_argument(
+        "--max-jobs",
+        type=numbers.max_jobs,
+        metavar="N",
+        help=f"builds at once here: 'auto' or 0..{numbers.MAX_JOBS} (0: only on --builders)",
+    )
+
+
+def nix_flags(args: argparse.Namespace) -> NixFlags:
+    """The Nix flags of the command line, checked (their form here, the options by Nix)."""
+    from nixherd.run import nix
+
+    flags = nix.NixFlags(
+        show_trace=getattr(args, "show_trace", False),
+        print_build_logs=getattr(args, "print_build_logs", False),
+        impure=getattr(args, "impure", False),
+        options=tuple((name, value) for name, value in getattr(args, "nix_option", [])),
+        builders=getattr(args, "builders", None),
+        max_jobs=getattr(args, "max_jobs", None),
+    )
+    nix.check_options(flags)
+    return flags
+
+
+def add_report_json(parser: argparse.ArgumentParser, what: str) -> None:
+    """`--json` of the commands whose `--json` took a FILE before the JSON contract v1 (apply,
+    build, exec, rollback, check-health), and `--report FILE`.
+
+    The old spelling `--json FILE` is refused while parsing (nothing started), naming --report,
+    rather than read as before: `apply --json boot` would otherwise write a file "boot" and
+    switch, and `exec --json out.json -- cmd` would run `out.json` on the nodes.
+    """
+    parser.add_argument(  # the same flag as nixherd.cli.jsonout.add_json, refusing a value
+        "--json",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_json_takes_no_value,
+        help=f"print {what} as JSON on stdout (docs/json.md); progress stays on stderr",
+    )
+    parser.add_argument(
+        "--report", metavar="FILE", help="also write the JSON report to FILE (docs/json.md)"
+    )
+
+
+def _json_takes_no_value(value: str) -> bool:
+    raise argparse.ArgumentTypeError(
+        f"takes no value (got {value!r}): --report FILE writes the report to a file, --json "
+        "alone prints it on stdout; put a GOAL or command before --json"
+    )
+
+
 def add_output(parser: argparse.ArgumentParser, *, logs: bool = True) -> None:
-    parser.add_argument("--json", metavar="FILE", help="write a JSON report to FILE (- : stdout)")
+    add_report_json(parser, "the report")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="show every output line, also in the live view"
     )
@@ -105,26 +185,35 @@ def progress(args: argparse.Namespace, names: list[str], title: str) -> Progress
             raise UsageError(
                 f"--log-dir {log_base}: cannot create {where}: {exc.strerror or exc}"
             ) from exc
-    return Progress(names, title=title, verbose=args.verbose, log_dir=log_dir)
+    return Progress(
+        names,
+        title=title,
+        verbose=args.verbose,
+        log_dir=log_dir,
+        build_logs=getattr(args, "print_build_logs", False),
+    )
 
 
 def finish(args: argparse.Namespace, report: RunReport, *, summary: bool = True) -> int:
-    """Write the JSON report, print the summary; the exit code (NodesFailedError when failed)."""
-    from nixherd.cli.progress import print_summary
+    """Print the JSON report (--json) or the summary, write --report; the exit code
+    (NodesFailedError when a node failed)."""
+    import sys
+
+    from nixherd.cli import jsonout
+    from nixherd.cli.progress import print_failures, print_summary
     from nixherd.errors import NodesFailedError
-    from nixherd.fleet.report import to_json_text, write_json
 
-    target = getattr(args, "json", None)
-    if target == "-":
-        import sys
-
-        sys.stdout.write(to_json_text(report))
-        sys.stdout.flush()
+    # Why nodes failed is a diagnostic: on stderr, whatever stdout carries (table or JSON).
+    data = report.to_data()
+    if args.json:
+        jsonout.emit(report.command, data)
+        print_failures(report, sys.stderr)
+    elif summary:
+        print_summary(report, details=sys.stderr)
     else:
-        if summary:
-            print_summary(report)
-        if target:
-            write_json(report, target)
+        print_failures(report, sys.stderr)
+    if args.report:
+        jsonout.write(report.command, data, args.report)
     if report.interrupted:
         return INTERRUPTED_EXIT
     failed = report.failed

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from nixherd.cli.payloads import ShowData
     from nixherd.inventory import Inventory, Node
 
 HELP = "show one resolved node and where each value comes from"
@@ -16,9 +17,9 @@ HEADERS = ("FIELD", "VALUE", "ORIGIN")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("node", metavar="NODE", help="the node's name")
-    parser.add_argument(
-        "--json", action="store_true", help='print {"node": ..., "origins": ..., "source": ...}'
-    )
+    from nixherd.cli import jsonout
+
+    jsonout.add_json(parser, "the node, its values' origins and its source")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +30,14 @@ def run(args: argparse.Namespace) -> int:
     data = node.to_data(deployer=True)
     origins = node.origins(deployer=True)
     if args.json:
-        render.print_json({"node": data, "origins": _origin_names(origins), "source": node.source})
+        from nixherd.cli import jsonout
+
+        shown: ShowData = {
+            "node": data,
+            "origins": _origin_names(origins),
+            "source": node.source,
+        }
+        jsonout.emit("show", shown)
         return 0
     rows = [
         (field if first else "", value, origin)

@@ -17,10 +17,10 @@ from dataclasses import replace
 from nixherd.errors import NixherdError, UsageError
 from nixherd.events import EventSink, Outcome, Stage, StageFinished, StageStarted, discard
 from nixherd.fleet.plan import DeployNode
-from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport
+from nixherd.fleet.report import ErrorInfo, NodeResult, Output, RunReport
 from nixherd.fleet.runner import FleetRun, reported, run_nodes
 from nixherd.fleet.stages import health_checks
-from nixherd.fleet.systems import build, evaluate
+from nixherd.fleet.systems import build, evaluate, split
 from nixherd.inventory.model import Node
 from nixherd.node import data
 from nixherd.node.activation import ActivationError, rollback
@@ -31,6 +31,7 @@ from nixherd.node.execute import SSH_FAILED, run_command
 from nixherd.node.goal import Goal
 from nixherd.node.keys import KeysResult, upload_keys
 from nixherd.node.status import NodeStatus, read_status
+from nixherd.run.nix import NO_FLAGS, NixFlags
 from nixherd.run.ssh import Connection
 
 
@@ -72,13 +73,21 @@ def exec_everywhere(
         def step() -> NodeResult:
             result = run_command(node.target, command, elevate=elevate, timeout=timeout, emit=emit)
             code = result.returncode
+            output = Output.bounded(result.stdout)
             if code == 0:
-                return NodeResult(node.name, Outcome.OK, detail="exit 0", exit_code=0)
+                return NodeResult(
+                    node.name, Outcome.OK, detail="exit 0", exit_code=0, output=output
+                )
             tail = "\n".join(result.stdout.rstrip().splitlines()[-5:]) or None
             why = "ssh failed or the command exited with 255" if code == SSH_FAILED else None
             error = ErrorInfo(why or f"exited with {code}", returncode=code, output=tail)
             return NodeResult(
-                node.name, Outcome.FAILED, error=error, detail=f"exit {code}", exit_code=code
+                node.name,
+                Outcome.FAILED,
+                error=error,
+                detail=f"exit {code}",
+                exit_code=code,
+                output=output,
             )
 
         return _timed(node.name, Stage.EXEC, step, emit=emit)
@@ -332,20 +341,17 @@ def diff_fleet(
     *,
     parallel: int = 10,
     emit: EventSink = discard,
+    flags: NixFlags = NO_FLAGS,
 ) -> dict[str, ClosureDiff | NixherdError]:
     """`nixherd diff`: evaluate (one nix process) and build (one nix-store --realise) the nodes,
     then diff each. A node that does not evaluate or build gets its error in place of a diff."""
     names = [n.name for n in nodes]
-    evals, _ = evaluate(names, flake, emit=emit)
-    out: dict[str, ClosureDiff | NixherdError] = {}
-    systems: dict[str, System] = {}
-    for name in names:
-        ev = evals[name]
-        if ev.ok and ev.drv_path and ev.out_path:
-            systems[name] = System(ev.drv_path, ev.out_path)
-        else:
-            out[name] = NixherdError(f"evaluation failed: {ev.error or 'no system'}")
-    failures, _ = build(systems, emit=emit)
+    evals, _ = evaluate(names, flake, emit=emit, flags=flags)
+    systems, unevaluated = split(names, evals)
+    out: dict[str, ClosureDiff | NixherdError] = {
+        name: NixherdError(error.message) for name, error in unevaluated.items()
+    }
+    failures, _ = build(systems, emit=emit, flags=flags)
     for name, error in failures.items():
         out[name] = NixherdError(error.message)
         del systems[name]

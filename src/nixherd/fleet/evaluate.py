@@ -78,16 +78,16 @@ def eval_nodes(
     names: Sequence[str],
     *,
     timeout: float | None = None,
-    extra: Sequence[str] = (),
+    flags: nix.NixFlags = nix.NO_FLAGS,
     max_diagnoses: int = MAX_DIAGNOSES,
 ) -> dict[str, NodeEval]:
     """Evaluate `config.system.build.toplevel` of `nixosConfigurations.<name>` for each name.
 
     Returns one NodeEval per name, in the order given. Raises FlakeError when the flake's
     `nixosConfigurations` cannot be evaluated at all (the flake is missing or broken). `timeout`
-    applies to each nix process.
+    applies to each nix process; `flags` (the user's Nix flags) go to each of them.
     """
-    evaluator = _Evaluator(flake, timeout, tuple(extra), max_diagnoses)
+    evaluator = _Evaluator(flake, timeout, flags, max_diagnoses)
     results: dict[str, NodeEval] = {}
     for chunk in _chunks(list(dict.fromkeys(names))):
         results |= evaluator.batch(chunk)
@@ -115,17 +115,17 @@ def _chunks(names: list[str]) -> list[list[str]]:
 
 class _Evaluator:
     def __init__(
-        self, flake: str, timeout: float | None, extra: tuple[str, ...], diagnoses: int
+        self, flake: str, timeout: float | None, flags: nix.NixFlags, diagnoses: int
     ) -> None:
         self.flake = flake
         self.installable = f"{flake}#{CONFIGURATIONS}"
         self.timeout = timeout
-        self.extra = extra
+        self.flags = flags
         self.diagnoses = diagnoses
         self.known: frozenset[str] | None = None
 
     def _eval(self, apply: str) -> Any:
-        return nix.eval_json(self.installable, apply=apply, extra=self.extra, timeout=self.timeout)
+        return nix.eval_json(self.installable, apply=apply, flags=self.flags, timeout=self.timeout)
 
     def batch(self, names: list[str]) -> dict[str, NodeEval]:
         if not names:
@@ -174,7 +174,8 @@ class _Evaluator:
     def explain(self, name: str) -> NodeEval:
         """Evaluate one node without tryEval, so that Nix's own message comes out."""
         if self.diagnoses < 1:
-            command = shlex.join(nix.nix_argv("eval", self.node_installable(name), *self.extra))
+            argv = nix.nix_argv("eval", self.node_installable(name), *self.flags.eval_args())
+            command = shlex.join(argv)
             return NodeEval(name, error=f"evaluation failed; to see why: {command}")
         self.diagnoses -= 1
         try:
@@ -231,14 +232,52 @@ def _single_apply(name: str) -> str:
     return f"configs: {{ drv = {top}.drvPath; out = {top}.outPath; }}"
 
 
-def error_message(output: str) -> str:
-    """Nix's error without its noise: from the first `error:` on, minus the --show-trace hint.
+# Nix's error is shown whole up to this many lines; past it (a long --show-trace), see excerpt().
+MAX_ERROR_LINES = 80
+_HEAD_LINES = 30
+_TAIL_LINES = 20
+_MAX_FRAME_LINES = 100
+# A line of a trace frame worth keeping when the code excerpts are cut: its position
+# (`at /nix/store/...-source/web.nix:4:5:`) or what was being evaluated (`… while evaluating`).
+_FRAME = re.compile(r"\s*(at \S+:\d+:\d+:?|… .*|\.\.\. .*)")
 
-    The output is stdout and stderr together, so partial JSON may stand before the error.
+
+def error_message(output: str) -> str:
+    """Nix's error as Nix wrote it, from its first `error:` line on, bounded (`excerpt`).
+
+    File positions, the code they point at, "Did you mean", the trace of --show-trace and Nix's
+    hint about --show-trace all stay: they are how the user finds the mistake (nixherd passes
+    --show-trace on). Warnings before the error go (a dirty Git tree, a substituter retry).
     """
-    start = output.find("error:")
-    if start < 0:
-        return output.strip() or "nix eval failed without a message"
-    lines = output[start + len("error:") :].strip().splitlines()
-    kept = [line for line in lines if not line.startswith("(use '--show-trace'")]
-    return "\n".join(kept).strip()
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+    if start is None:
+        # An error not at the start of a line: nix's stdout glued before it, or a message of
+        # another tool (the shell, the kernel's OOM killer).
+        at = output.find("error:")
+        if at < 0:
+            return output.strip() or "nix eval failed without a message"
+        lines = output[at:].splitlines()
+        start = 0
+    lines = lines[start:]
+    lines[0] = lines[0][len("error:") :].strip()
+    if not lines[0] and len(lines) > 1:
+        lines.pop(0)  # Nix 2.16+: a bare "error:" opens the trace, the message comes last
+    return "\n".join(excerpt(lines)).strip("\n").rstrip()
+
+
+def excerpt(lines: list[str], limit: int = MAX_ERROR_LINES) -> list[str]:
+    """`lines`, or when there are more than `limit`: the first and last lines whole (Nix 2.8
+    puts the error first and the trace after it, Nix 2.16+ the trace first and the error
+    last), and between them each trace frame's heading and position, without its code."""
+    if len(lines) <= limit:
+        return lines
+    middle = lines[_HEAD_LINES : len(lines) - _TAIL_LINES]
+    frames = [line for line in middle if _FRAME.fullmatch(line)]
+    if len(frames) > _MAX_FRAME_LINES:
+        half = _MAX_FRAME_LINES // 2
+        more = f"       … {len(frames) - 2 * half} more trace lines"
+        frames = [*frames[:half], more, *frames[-half:]]
+    left_out = len(middle) - len(frames)
+    note = f"       ({left_out} lines of Nix's message left out: code excerpts of the trace)"
+    return [*lines[:_HEAD_LINES], note, *frames, *lines[len(lines) - _TAIL_LINES :]]

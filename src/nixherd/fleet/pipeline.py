@@ -18,13 +18,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from nixherd.events import EventSink, Outcome, Stage, discard
-from nixherd.fleet import evaluate as fleet
 from nixherd.fleet.plan import DeployNode, DeployOptions
 from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport, order
 from nixherd.fleet.rollout import WaveKind
 from nixherd.fleet.runner import fan_out
 from nixherd.fleet.stages import Context, EarlyProbes, Track, delivery_for, run_node
-from nixherd.fleet.systems import Evaluator, build, evaluate
+from nixherd.fleet.systems import Evaluator, build, evaluate, split
 from nixherd.node import keys as secrets
 from nixherd.node.delivery import System
 from nixherd.node.goal import Goal
@@ -40,7 +39,7 @@ def deploy(
     base_dir: str = ".",
     emit: EventSink = discard,
     cancel: threading.Event | None = None,
-    evaluator: Evaluator = fleet.eval_nodes,
+    evaluator: Evaluator | None = None,
     command: str = "apply",
     confirm: Confirm | None = None,
 ) -> RunReport:
@@ -82,7 +81,9 @@ class _Run:
     """One deploy's state between its steps: what each node ended as, and why the rest did not
     start (interrupted, declined, rollout stopped)."""
 
-    def __init__(self, ctx: Context, nodes: Sequence[DeployNode], evaluator: Evaluator) -> None:
+    def __init__(
+        self, ctx: Context, nodes: Sequence[DeployNode], evaluator: Evaluator | None
+    ) -> None:
         self.ctx = ctx
         self.evaluator = evaluator
         self.names = [n.name for n in nodes]
@@ -107,15 +108,16 @@ class _Run:
         ctx, options = self.ctx, self.ctx.options
         try:
             evals, self.stages["eval"] = evaluate(
-                self.names, options.flake, emit=ctx.emit, evaluator=self.evaluator
+                self.names,
+                options.flake,
+                emit=ctx.emit,
+                evaluator=self.evaluator,
+                flags=options.nix,
             )
-            for name in self.names:
-                ev = evals[name]
-                if ev.ok and ev.drv_path and ev.out_path:
-                    ctx.systems[name] = System(ev.drv_path, ev.out_path)
-                else:
-                    message = f"evaluation failed: {ev.error or 'no system'}"
-                    self.fail(name, Stage.EVAL, ErrorInfo(message), self.stages["eval"])
+            systems, eval_failures = split(self.names, evals)
+            ctx.systems.update(systems)
+            for name, error in eval_failures.items():
+                self.fail(name, Stage.EVAL, error, self.stages["eval"])
             builds_here = options.goal is Goal.BUILD or ctx.delivery.builds_locally
             # Not before a confirmation: until it is given, no node is contacted by the deploy.
             if builds_here and options.goal is not Goal.BUILD and confirm is None:
@@ -127,6 +129,7 @@ class _Run:
                     emit=ctx.emit,
                     keep_result=options.keep_result,
                     results_dir=options.results_dir,
+                    flags=options.nix,
                 )
                 for name, error in failures.items():
                     self.fail(name, Stage.BUILD, error, self.stages["build"])

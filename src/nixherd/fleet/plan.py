@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -12,6 +13,7 @@ from nixherd.errors import UsageError
 from nixherd.fleet.rollout import Rollout, WaveKind
 from nixherd.inventory.entries import HealthCheck, Key
 from nixherd.node.goal import Goal
+from nixherd.run.nix import NO_FLAGS, NixFlags
 from nixherd.run.ssh import Target
 
 DEFAULT_PARALLEL = 10
@@ -59,6 +61,7 @@ class DeployOptions:
     activation_timeout: float = 600.0
     keys: bool = True
     rollout: Rollout = field(default_factory=Rollout)
+    nix: NixFlags = NO_FLAGS  # the user's flags for every local nix eval and build
 
     def __post_init__(self) -> None:
         if self.parallel < 0:
@@ -146,6 +149,8 @@ def describe(
     ]
     if ssh_config:
         lines.append(f"ssh config: {ssh_config}")
+    if options.nix.words():
+        lines.append(f"nix flags: {shlex.join(options.nix.words())}")
     for key, value in (extra or {}).items():
         lines.append(f"{key}: {value}")
     lines.append("steps per node:")

@@ -1,21 +1,103 @@
-"""What a run did on each node (results, timings, errors) and its JSON report."""
+"""What a run did on each node (results, timings, errors), and its report as typed data.
+
+The report's shape is declared here, as TypedDicts, once: `RunReport.to_data` builds it (mypy
+checks every key), and `nixherd.cli.jsonout` wraps it in the versioned JSON envelope and derives
+the published JSON Schema (docs/schema/) from these same declarations.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 from nixherd.errors import CommandError, NixherdError
 from nixherd.events import Outcome
 
-REPORT_VERSION = 1
 # Enough of a failing command's output to see why, small enough for a report of 1,000 nodes.
 TAIL_LINES = 20
+# `exec` keeps at most this much of each node's output in its report (the last bytes: where a
+# command says how it ended). 1,000 nodes at the bound make a 64 MiB report, still one file a
+# JSON parser reads whole; the full output is in the node's log and was streamed live.
+OUTPUT_LIMIT = 64 * 1024
+
+
+class ErrorData(TypedDict):
+    """Why a node failed."""
+
+    message: str
+    command: str | None  # the failing command, as a copy-pasteable line
+    returncode: int | None  # null: it timed out, or no command failed
+    output: str | None  # the last lines of the failing command's output
+
+
+class OutputData(TypedDict):
+    """A command's output on one node (`exec`): stdout and stderr merged, in the order written."""
+
+    text: str  # the output, or its last `OUTPUT_LIMIT` bytes (from a line start) when truncated
+    bytes: int  # the size of the whole output, in bytes of UTF-8
+    truncated: bool  # true when `text` is only the end of it
+
+
+class NodeResultData(TypedDict):
+    """How one node ended and what it went through."""
+
+    node: str
+    result: Annotated[str, Outcome]
+    store_path: str | None
+    previous: str | None
+    seconds: dict[str, float]  # per stage
+    rolled_back: bool
+    rollback_reason: str | None
+    detail: str | None
+    exit_code: int | None  # `exec`: the remote command's exit code
+    output: OutputData | None  # `exec`: the command's output (bounded); null elsewhere
+    error: ErrorData | None
+
+
+class ReportData(TypedDict):
+    """A run over the selected nodes (apply, build, exec, rollback, check-health)."""
+
+    command: str
+    goal: str | None
+    flake: str | None
+    started_at: str  # ISO 8601, UTC, milliseconds
+    finished_at: str
+    seconds: float
+    run_seconds: dict[str, float]  # run-wide stages: eval, build
+    interrupted: bool
+    ok: bool  # no node failed and the run was not interrupted
+    counts: dict[str, int]  # nodes per result
+    failed: list[str]
+    not_attempted: list[str]
+    options: dict[str, Any]
+    log_dir: str | None
+    nodes: list[NodeResultData]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What a report keeps of a command's output: at most OUTPUT_LIMIT bytes, its end."""
+
+    text: str
+    size: int
+    truncated: bool
+
+    @classmethod
+    def bounded(cls, text: str, limit: int = OUTPUT_LIMIT) -> Output:
+        raw = text.encode("utf-8", "surrogateescape")
+        if len(raw) <= limit:
+            return cls(text, len(raw), False)
+        tail = raw[-limit:]
+        # Start at a whole line when the kept part has one (and never inside a character).
+        newline = tail.find(b"\n")
+        if 0 <= newline < len(tail) - 1:
+            tail = tail[newline + 1 :]
+        return cls(tail.decode("utf-8", "ignore"), len(raw), True)
+
+    def to_data(self) -> OutputData:
+        return {"text": self.text, "bytes": self.size, "truncated": self.truncated}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +140,7 @@ class ErrorInfo:
             lines.extend(self.output.rstrip().splitlines())
         return "\n".join(lines)
 
-    def to_data(self) -> dict[str, Any]:
+    def to_data(self) -> ErrorData:
         return {
             "message": self.message,
             "command": self.command,
@@ -81,12 +163,13 @@ class NodeResult:
     rollback_reason: str | None = None
     detail: str | None = None  # e.g. "copied nothing", "exit 3" (a human note, not an error)
     exit_code: int | None = None  # `exec` only: the remote command's exit code
+    output: Output | None = None  # `exec` only: what the command printed (bounded)
 
     @property
     def failed(self) -> bool:
         return self.outcome.failed
 
-    def to_data(self) -> dict[str, Any]:
+    def to_data(self) -> NodeResultData:
         return {
             "node": self.node,
             "result": self.outcome.value,
@@ -97,6 +180,7 @@ class NodeResult:
             "rollback_reason": self.rollback_reason,
             "detail": self.detail,
             "exit_code": self.exit_code,
+            "output": self.output.to_data() if self.output else None,
             "error": self.error.to_data() if self.error else None,
         }
 
@@ -128,9 +212,8 @@ class RunReport:
         counter = Counter(r.outcome.value for r in self.nodes)
         return {o.value: counter[o.value] for o in Outcome if counter[o.value]}
 
-    def to_data(self) -> dict[str, Any]:
+    def to_data(self) -> ReportData:
         return {
-            "version": REPORT_VERSION,
             "command": self.command,
             "goal": self.goal,
             "flake": self.flake,
@@ -155,24 +238,6 @@ def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC).isoformat(
         timespec="milliseconds"
     )
-
-
-def to_json_text(report: RunReport) -> str:
-    return json.dumps(report.to_data(), indent=2) + "\n"
-
-
-def write_json(report: RunReport, path: str) -> None:
-    """Write the report atomically (a reader never sees half a file)."""
-    data = to_json_text(report)
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".nixherd-report-", dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise NixherdError(f"cannot write the report to {path}: {exc}") from exc
 
 
 def order(results: Sequence[NodeResult], names: Sequence[str]) -> tuple[NodeResult, ...]:

@@ -6,6 +6,7 @@ other to get the systems.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,17 +26,38 @@ def evaluate(
     flake: str,
     *,
     emit: EventSink = discard,
-    evaluator: Evaluator = fleet.eval_nodes,
+    evaluator: Evaluator | None = None,
+    flags: nix.NixFlags = nix.NO_FLAGS,
 ) -> tuple[dict[str, fleet.NodeEval], float]:
-    """Every node's system derivation, in ONE nix process; (per-node results, seconds)."""
+    """Every node's system derivation, in ONE nix process; (per-node results, seconds).
+
+    `evaluator` stands in for `fleet.eval_nodes` (with the user's Nix `flags`) in tests.
+    """
     for name in names:
         emit(StageStarted(name, Stage.EVAL))
     started = time.monotonic()
-    results = dict(evaluator(flake, names))
+    run = evaluator or functools.partial(fleet.eval_nodes, flags=flags)
+    results = dict(run(flake, names))
     seconds = time.monotonic() - started
     for name in names:
         emit(StageFinished(name, Stage.EVAL, seconds))
     return results, seconds
+
+
+def split(
+    names: Sequence[str], evals: Mapping[str, fleet.NodeEval]
+) -> tuple[dict[str, System], dict[str, ErrorInfo]]:
+    """The evaluated nodes' systems, and why each other node has none (Nix's error, whole:
+    its file positions and trace are how the user finds the mistake)."""
+    systems: dict[str, System] = {}
+    failures: dict[str, ErrorInfo] = {}
+    for name in names:
+        ev = evals[name]
+        if ev.ok and ev.drv_path and ev.out_path:
+            systems[name] = System(ev.drv_path, ev.out_path)
+        else:
+            failures[name] = ErrorInfo(f"evaluation failed: {ev.error or 'no system'}")
+    return systems, failures
 
 
 def build(
@@ -44,6 +66,7 @@ def build(
     emit: EventSink = discard,
     keep_result: bool = False,
     results_dir: str = "",
+    flags: nix.NixFlags = nix.NO_FLAGS,
 ) -> tuple[dict[str, ErrorInfo], float]:
     """Build every system in ONE `nix-store --realise --keep-going`; (failures by node, seconds).
 
@@ -58,7 +81,7 @@ def build(
     failures: dict[str, ErrorInfo] = {}
     drvs = list(dict.fromkeys(systems[n].drv_path for n in names))
     try:
-        nix.realise(drvs, on_line=lambda line: _build_line(line, emit))
+        nix.realise(drvs, flags=flags, on_line=lambda line: _build_line(line, emit))
     except CommandError as exc:
         missing = nix.invalid_paths([systems[n].out_path for n in names])
         info = ErrorInfo.from_exception(exc)

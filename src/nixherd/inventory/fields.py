@@ -37,6 +37,7 @@ from nixherd.inventory.validate import (
     list_of_names,
     name_check,
     named_table,
+    node_name_check,
     one,
     shown,
     string,
@@ -325,7 +326,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "name",
         "string (node name)",
-        name_check("a node name"),
+        node_name_check(),
         Merge.NONE,
         Where.TARGET,
         "the node's name (default: <role>-<host> with . and : turned into -)",
@@ -355,7 +356,7 @@ ALLOWED: Final[dict[Where, dict[str, Field]]] = {
 }
 
 
-check_node_name: Final = name_check("a node name")
+check_node_name: Final = node_name_check()
 check_role_name: Final = name_check("a role name")
 
 

@@ -27,7 +27,15 @@ from nixherd.inventory.fields import (
 from nixherd.inventory.merge import Values, apply_layer
 from nixherd.inventory.model import Inventory, Layer, Node, Origin
 from nixherd.inventory.normal import destination_clash, endpoint_host
-from nixherd.inventory.validate import got, is_name, join, shown, unknown_field_message
+from nixherd.inventory.validate import (
+    NO_LETTER,
+    got,
+    is_name,
+    join,
+    peer_name_problem,
+    shown,
+    unknown_field_message,
+)
 
 # Every key a node's storage ends up with, so that the per-node copy is made at its final size;
 # `add` fills in the placeholders (None, "", ()).
@@ -110,6 +118,9 @@ class _Resolver:
             values = role_values[role_name] = apply_layer(base, role)
             layers = role_layers[role_name] = (*base_layers, (Origin.ROLE, role))
             prefix = role_name + "-"
+            # A fan-out name is never a hive key (it has a `-`); it has a letter when its role
+            # has one, so only the targets of a role without are checked one by one.
+            peers_ok = peer_name_problem(prefix) is None
             for index, target in enumerate(role.get("targets", ())):
                 target_path = f"{role_path}.targets[{index}]"
                 # The fast path (fastpath.py); None sends the target down the reference path.
@@ -129,6 +140,12 @@ class _Resolver:
                             target_path,
                             f"the node name made from role and host, {shown(name)}, is not a valid "
                             "name: set `name`",
+                        )
+                    elif name_ok and not peers_ok and peer_name_problem(name) is not None:
+                        self.report(
+                            target_path,
+                            f"the node name made from role and host, {shown(name)}, is not one "
+                            f"the peers can carry: {NO_LETTER}: set `name`",
                         )
                 self.add(name, role_name, fields, target_path, (*layers, (Origin.TARGET, target)))
 

@@ -138,6 +138,54 @@ def name_check(what: str = "a name") -> Check:
     )
 
 
+# --- names the peers cannot carry ------------------------------------------------------------
+# mkFleet's Colmena hive and deploy-rs nodes (nix/lib.nix) are keyed by node name, and nix/lib.nix
+# refuses these names too (docs/nix-library.md, "Node names and the peers").
+# - Colmena keeps `defaults`, `meta` and `network` for the hive itself (nix-community/colmena
+#   src/nix/hive/eval.nix, `reservedNames`).
+# - deploy-rs's interface.json admits a node only under the pattern `[A-z][A-z0-9_-]*`, unanchored
+#   as JSON Schema reads a pattern: the name needs one character of A..z somewhere. Among the
+#   characters of a nixherd name that is a letter or `_`.
+COLMENA_RESERVED = ("defaults", "meta", "network")
+_DEPLOY_RS_NAME = re.compile("[A-Za-z_]").search
+NO_LETTER = "deploy-rs's schema (interface.json) refuses a node name without a letter or _"
+
+
+def peer_name_problem(name: str) -> str | None:
+    """Why a valid node name cannot be carried by the Colmena or deploy-rs outputs, or None."""
+    if name in COLMENA_RESERVED:
+        return (
+            f"{shown(name)} is a name Colmena keeps for the hive itself "
+            f"({', '.join(COLMENA_RESERVED)}): rename the node"
+        )
+    if _DEPLOY_RS_NAME(name) is None:
+        return f"{shown(name)}: {NO_LETTER}: rename the node"
+    return None
+
+
+def node_name_check() -> Check:
+    """A node name: a valid name (`name_check`) that the peers' outputs can carry too."""
+    valid = name_check("a node name")
+
+    def check(value: Any) -> list[Issue] | None:
+        # The fast path (every node of a valid inventory), without a further call.
+        if (
+            type(value) is str
+            and len(value) <= MAX_NAME
+            and NAME(value) is not None
+            and value not in COLMENA_RESERVED
+            and _DEPLOY_RS_NAME(value) is not None
+        ):
+            return None
+        found = valid(value)
+        if found is not None:
+            return found
+        problem = peer_name_problem(value)
+        return None if problem is None else one(problem)
+
+    return check
+
+
 def is_host(value: str) -> bool:
     """Whether a string is a valid `host` (hostname, IPv4 or IPv6 address; never `-` first)."""
     return len(value) <= MAX_HOST and host_ok(value)

@@ -49,7 +49,7 @@ from nixherd.errors import NixherdError
 from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
 from nixherd.node.checks import CheckResult, HealthCheck, run_checks, summary
 from nixherd.node.goal import Goal
-from nixherd.node.probe import probe
+from nixherd.node.probe import NodeState, probe
 from nixherd.node.protocol import UNSAFE_EXIT, Marker, Status, describe
 from nixherd.node.watchdog import (
     PROFILE,
@@ -250,14 +250,14 @@ def _answers_confirm(status: Status) -> bool:
 REBOOT_ANSWER_TIMEOUT = 60.0
 
 
-def _current_after_reboot(follow: Follower) -> str | None:
-    """What the node runs once it answers again, over fresh connections (the shared master
-    died with the old boot); None if it does not answer in REBOOT_ANSWER_TIMEOUT."""
+def _state_after_reboot(follow: Follower) -> NodeState | None:
+    """The node's state once it answers again, over fresh connections (the shared master died
+    with the old boot); None if it does not answer in REBOOT_ANSWER_TIMEOUT."""
     deadline = time.monotonic() + REBOOT_ANSWER_TIMEOUT
     while True:
         remaining = deadline - time.monotonic()
         try:
-            return probe(follow.conn, multiplex=False, timeout=max(1.0, min(remaining, 30))).current
+            return probe(follow.conn, multiplex=False, timeout=max(1.0, min(remaining, 30)))
         except NixherdError:
             if remaining <= 0:
                 return None
@@ -271,12 +271,22 @@ def _check_vanished(
     activation is over then, and what the node runs now is the news."""
     if status is None:
         return
+    rebooted = "the node rebooted before the activation was settled"
+    state: NodeState | None = None
     match status.status:
         case Status.REBOOTED:
-            what = "the node rebooted before the activation was settled"
-            why_back = f"{what} (it booted its previous system)"
+            what, why_back = rebooted, f"{rebooted} (it booted its previous system)"
         case Status.MISSING:
             what = why_back = "the activation's state vanished on the node"
+        case Status.LOST:
+            # A watchdog that died unsettled: on a systemd host, a shutdown stops its unit
+            # before the reboot, so "lost" is what a follower says first. A new boot decides.
+            if follow.boot is None:
+                return
+            state = _state_after_reboot(follow)
+            if state is None or state.boot == follow.boot:
+                return
+            what, why_back = rebooted, f"{rebooted} (it booted its previous system)"
         case (
             Status.STARTING
             | Status.ACTIVATING
@@ -288,13 +298,14 @@ def _check_vanished(
             | Status.FAILED
             | Status.ROLLED_BACK
             | Status.ROLLBACK_FAILED
-            | Status.LOST
         ):
             return
         case never:
             assert_never(never)
     node = follow.conn.target.node
-    now = _current_after_reboot(follow)
+    if state is None:
+        state = _state_after_reboot(follow)
+    now = state.current if state is not None else None
     runs = now or "no system"
     if previous is not None and now == previous:
         raise ActivationError(

@@ -257,6 +257,12 @@ switch_alive() {
     kill -0 "-$1" 2>/dev/null
 }
 
+# True while systemd shuts the node down (or reboots it).
+shutting_down() {
+    [ -d /run/systemd/system ] || return 1
+    [ "$(systemctl is-system-running 2>/dev/null)" = stopping ]
+}
+
 rollback() {
     reason=$1
     set_status "rolling-back $reason"
@@ -282,7 +288,17 @@ rollback() {
         fi
         ;;
     esac
-    if [ -n "$prev" ]; then
+    if [ -n "$prev" ] && shutting_down; then
+        # systemd is stopping every unit (this one among them): a re-activation now would race
+        # the shutdown, and its starts are refused. What boots next is what counts: unconfirmed,
+        # the boot entry never moved; moved, it goes back first.
+        say "the node is shutting down: $prev is what boots next"
+        if [ "$profiled" = 1 ]; then
+            get tsecs timeout
+            stc "$prev" boot "$tsecs"
+            [ "$rc" = 0 ] || { say "restoring the boot entry of $prev failed (exit $rc)"; good=0; }
+        fi
+    elif [ -n "$prev" ]; then
         get goal goal
         action=test
         [ "$profiled" = 1 ] && [ "$goal" = switch ] && action=switch

@@ -7,9 +7,12 @@ parses both JSON shapes where they differ.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from nixherd.errors import CommandError, UsageError
 from nixherd.run import process
 
 EXPERIMENTAL = ("--extra-experimental-features", "nix-command flakes")
@@ -20,19 +23,139 @@ def nix_argv(*args: str) -> list[str]:
     return ["nix", *EXPERIMENTAL, *args]
 
 
+# --- the user's Nix flags ---
+#
+# Spelled as Nix 2.8 spells them (`nix --help`: --show-trace, --print-build-logs/-L, --impure,
+# --option NAME VALUE, --builders, --max-jobs), which later Nix releases keep. The
+# legacy `nix-store` takes --show-trace, --option, --builders and --max-jobs, but not -L (it
+# prints build logs anyway) nor --impure (it evaluates nothing).
+
+# A Nix setting's name (`max-jobs`, `extra-substituters`, `allow-import-from-derivation`).
+_SETTING = re.compile(r"[A-Za-z][A-Za-z0-9-]*").fullmatch
+_MAX_JOBS = re.compile(r"auto|[0-9]+").fullmatch
+# Settings whose value is a secret: on argv it would be seen by every user of the machine
+# (`ps`) and copied into nixherd's error messages, logs and reports with the failing command.
+SECRET_SETTINGS = frozenset({"access-tokens", "extra-access-tokens"})
+
+
+@dataclass(frozen=True, slots=True)
+class NixFlags:
+    """Nix flags the user asked for, handed to every local `nix eval` and build of a run.
+
+    Built once (by the CLI) and turned into argv here only. Values are checked where their form
+    is known; whether Nix knows a setting and takes its value is Nix's to say (`check_options`).
+    """
+
+    show_trace: bool = False
+    print_build_logs: bool = False
+    impure: bool = False
+    options: tuple[tuple[str, str], ...] = ()
+    builders: str | None = None
+    max_jobs: str | None = None  # a number or "auto", as Nix's max-jobs setting takes it
+
+    def __post_init__(self) -> None:
+        for name, _value in self.options:
+            if not _SETTING(name):
+                raise UsageError(
+                    f"--option {name!r}: not a Nix setting name (letters, digits and '-')"
+                )
+            if name in SECRET_SETTINGS:
+                raise UsageError(
+                    f"--option {name}: a secret does not go on the command line (other users "
+                    "see it, and failing commands are logged); set it in nix.conf or in the "
+                    "NIX_CONFIG environment variable, which nix reads from nixherd's environment"
+                )
+        if self.max_jobs is not None and not _MAX_JOBS(self.max_jobs):
+            raise UsageError(f"--max-jobs: must be a number or 'auto', got {self.max_jobs!r}")
+
+    def _common(self) -> list[str]:
+        argv = ["--show-trace"] if self.show_trace else []
+        for name, value in self.options:
+            argv += ["--option", name, value]  # VALUE is one word, whatever it holds
+        if self.builders is not None:
+            argv += ["--builders", self.builders]
+        if self.max_jobs is not None:
+            argv += ["--max-jobs", self.max_jobs]
+        return argv
+
+    def eval_args(self) -> list[str]:
+        """For `nix eval` (whose evaluation may build: import from derivation)."""
+        argv = self._common()
+        if self.print_build_logs:
+            argv.append("--print-build-logs")
+        if self.impure:
+            argv.append("--impure")
+        return argv
+
+    def realise_args(self) -> list[str]:
+        """For `nix-store --realise` here."""
+        return self._common()
+
+    def words(self) -> list[str]:
+        """Every flag, as the user would type them to nixherd (for plans and reports)."""
+        argv = self._common()
+        argv += ["-L"] if self.print_build_logs else []
+        argv += ["--impure"] if self.impure else []
+        return argv
+
+
+NO_FLAGS = NixFlags()
+
+# How Nix reports a setting it does not know, or a value it refuses ("configuration setting
+# 'max-jobs' should be ...", "Boolean setting 'x' has invalid value ..."): a warning, after which
+# it goes on without the setting, so the run would silently ignore what the user asked.
+_UNKNOWN = re.compile(r"warning: unknown setting '(?P<name>[^']*)'").fullmatch
+_REFUSED = re.compile(r"warning: error: (?P<why>.*\bsetting '(?P<name>[^']*)'.*)").fullmatch
+
+
+def check_options(flags: NixFlags, *, env: Mapping[str, str] | None = None) -> None:
+    """Ask this machine's Nix whether it knows every `--option` NAME and takes its VALUE.
+
+    One `nix eval` of a constant with them (about 30 ms), only when there are options:
+    Nix itself judges, aliases (`build-cores`) and `extra-` forms included. UsageError naming
+    the setting when Nix warns about one.
+    """
+    if not flags.options:
+        return
+    # Before the subcommand: Nix 2.8 warns about unknown settings only there.
+    options = [word for name, value in flags.options for word in ("--option", name, value)]
+    argv = ["nix", *EXPERIMENTAL, *options, "eval", "--expr", "null"]
+    try:
+        result = process.run(argv, env=env, timeout=60, what="nix eval")
+    except CommandError as exc:
+        raise UsageError(f"--option: nix refused the options:\n{exc.tail(5)}") from exc
+    for line in result.stderr.splitlines():
+        unknown = _UNKNOWN(line.strip())
+        if unknown is not None:
+            raise UsageError(
+                f"--option {unknown['name']}: Nix has no such setting (`nix show-config` "
+                "lists them)"
+            )
+        refused = _REFUSED(line.strip())
+        if refused is not None:
+            raise UsageError(f"--option {refused['name']}: Nix refused it: {refused['why']}")
+
+
 def eval_json(
     installable: str,
     *,
     apply: str | None = None,
     extra: Sequence[str] = (),
+    flags: NixFlags = NO_FLAGS,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
 ) -> Any:
-    """`nix eval --json INSTALLABLE [--apply F]`, decoded."""
-    argv = nix_argv("eval", "--json", installable, *extra)
+    """`nix eval --json INSTALLABLE [--apply F]`, decoded.
+
+    On failure, the CommandError carries nix's stderr alone: the JSON nix had printed before
+    the error is no part of the message.
+    """
+    argv = nix_argv("eval", "--json", installable, *extra, *flags.eval_args())
     if apply is not None:
         argv += ["--apply", apply]
-    result = process.run(argv, env=env, timeout=timeout, what="nix eval")
+    result = process.run(argv, env=env, timeout=timeout, what="nix eval", check=False)
+    if not result.ok:
+        raise CommandError(argv, result.returncode, result.stderr, what="nix eval")
     return json.loads(result.stdout)
 
 
@@ -61,15 +184,19 @@ def nix_string(value: str) -> str:
 # same everywhere, Lix included.
 
 
-def realise_argv(paths: Sequence[str], *, keep_going: bool = True) -> list[str]:
+def realise_argv(
+    paths: Sequence[str], *, keep_going: bool = True, flags: NixFlags = NO_FLAGS
+) -> list[str]:
     """`nix-store --realise` of derivations (or store paths), local or on a node."""
-    return ["nix-store", "--realise", *(["--keep-going"] if keep_going else []), *paths]
+    going = ["--keep-going"] if keep_going else []
+    return ["nix-store", "--realise", *going, *flags.realise_args(), *paths]
 
 
 def realise(
     drvs: Sequence[str],
     *,
     keep_going: bool = True,
+    flags: NixFlags = NO_FLAGS,
     env: Mapping[str, str] | None = None,
     on_line: process.LineCallback | None = None,
     timeout: float | None = None,
@@ -80,7 +207,7 @@ def realise(
     raises still leaves every buildable output built (ask `invalid_paths` which are missing).
     """
     result = process.run(
-        realise_argv(drvs, keep_going=keep_going),
+        realise_argv(drvs, keep_going=keep_going, flags=flags),
         env=env,
         on_line=on_line,
         timeout=timeout,

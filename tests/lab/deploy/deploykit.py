@@ -8,7 +8,6 @@ new systems, whatever ran before on the shared hosts. The fixtures are in confte
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import socket
 import sys
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonkit
 import rtoml
 from labkit import LabHosts, fleet_flake
 
@@ -117,10 +117,13 @@ class Fleet:
         return process.run(argv, cwd=str(self.work), check=check, timeout=timeout)
 
     def apply(self, *args: str, check: bool = False) -> tuple[Result, dict[str, Any]]:
-        """`nixherd apply ARGS --json report`; the result and the report."""
+        """`nixherd apply ARGS --report FILE`; the result and the report (the JSON document's
+        data, checked against the schema)."""
         report = self.work / f"report-{next(_versions)}.json"
-        result = self.nixherd("apply", *args, "--json", str(report), check=check)
-        data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
+        result = self.nixherd("apply", *args, "--report", str(report), check=check)
+        data: dict[str, Any] = (
+            jsonkit.document(report.read_text(), "apply") if report.exists() else {}
+        )
         return result, data
 
     def current(self, name: str) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonkit
 import pytest
 from deploykit import HOSTS, Fleet, by_node, make_fleet
 from labkit import LabFactory, LabHosts, http_json
@@ -247,7 +248,7 @@ def test_ctrl_c_finishes_the_node_in_flight_and_starts_no_other(fleet: Fleet) ->
     log = fleet.work / "apply.log"
     report_path = fleet.work / "interrupted.json"
     argv = [sys.executable, "-m", "nixherd", "-i", str(fleet.inventory), "apply"]
-    argv += ["--parallel", "1", "--flake", fleet.flake, "--json", str(report_path)]
+    argv += ["--parallel", "1", "--flake", fleet.flake, "--report", str(report_path)]
     proc = process.spawn(argv, cwd=str(fleet.work), log_path=str(log))
     try:
         deadline = time.monotonic() + 120
@@ -261,7 +262,7 @@ def test_ctrl_c_finishes_the_node_in_flight_and_starts_no_other(fleet: Fleet) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    report = json.loads(report_path.read_text())
+    report = jsonkit.document(report_path.read_text(), "apply")
     nodes = by_node(report)
     assert report["interrupted"] is True
     assert nodes["lab-1"]["result"] == "ok"  # the activation in flight finished
@@ -289,7 +290,15 @@ def test_ctrl_c_during_exec_lets_the_node_in_flight_finish_and_starts_no_other(
     log = fleet.work / "exec.log"
     report_path = fleet.work / "exec.json"
     argv = [sys.executable, "-m", "nixherd", "-i", str(fleet.inventory), "exec", "--parallel"]
-    argv += ["1", "--json", str(report_path), "--", "sh", "-c", "echo started; sleep 2; echo done"]
+    argv += [
+        "1",
+        "--report",
+        str(report_path),
+        "--",
+        "sh",
+        "-c",
+        "echo started; sleep 2; echo done",
+    ]
     proc = process.spawn(argv, cwd=str(fleet.work), log_path=str(log))
     try:
         deadline = time.monotonic() + 60
@@ -304,7 +313,7 @@ def test_ctrl_c_during_exec_lets_the_node_in_flight_finish_and_starts_no_other(
             proc.kill()
             proc.wait()
     assert "lab-1 | done" in log.read_text()  # the command in flight ran to its end
-    report = json.loads(report_path.read_text())
+    report = jsonkit.document(report_path.read_text(), "exec")
     nodes = by_node(report)
     assert report["interrupted"] is True
     assert nodes["lab-1"]["result"] == "ok" and nodes["lab-1"]["exit_code"] == 0
@@ -320,12 +329,13 @@ def test_status_tells_whether_nodes_match_the_flake(fleet: Fleet) -> None:
     assert result.returncode == 0, result.stdout
     fleet.write(["lab-1", "lab-2"])  # a new version: the nodes no longer match
     status = fleet.nixherd("status", "--json", check=True)
-    rows = {row["node"]: row for row in json.loads(status.stdout)}
+    rows = {row["node"]: row for row in jsonkit.document(status.stdout, "status")["nodes"]}
     assert rows["lab-1"]["reachable"] and rows["lab-1"]["matches"] is False
     assert rows["lab-1"]["generation"] >= 1 and rows["lab-1"]["generation_time"] > 0
     result, _ = fleet.apply("switch")
     assert result.returncode == 0
-    rows = {r["node"]: r for r in json.loads(fleet.nixherd("status", "--json").stdout)}
+    status = fleet.nixherd("status", "--json")
+    rows = {r["node"]: r for r in jsonkit.document(status.stdout, "status")["nodes"]}
     assert rows["lab-1"]["matches"] is True and rows["lab-2"]["matches"] is True
 
 

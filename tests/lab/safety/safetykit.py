@@ -4,7 +4,6 @@ misbehave on purpose (lab.fail.*), running nixherd as a separate process, watchi
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonkit
 import pytest
 import rtoml
 from labkit import LabHosts, fleet_flake, free_base, free_ports
@@ -127,10 +127,13 @@ class Fleet:
         return self.dir / f"report-{self.runs}.json"
 
     def apply(self, *args: str) -> tuple[Result, dict[str, Any]]:
-        """`nixherd apply ARGS --json FILE`: the process's result and the report."""
+        """`nixherd apply ARGS --report FILE`: the process's result and the report (the JSON
+        document's data, checked against the schema)."""
         report = self.report_path()
-        result = self.nixherd("apply", *args, "--json", str(report))
-        data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
+        result = self.nixherd("apply", *args, "--report", str(report))
+        data: dict[str, Any] = (
+            jsonkit.document(report.read_text(), "apply") if report.exists() else {}
+        )
         return result, data
 
     def current(self, node: str) -> str | None:
@@ -188,7 +191,7 @@ def apply_running(fleet: Fleet, *args: str) -> Iterator[tuple[subprocess.Popen[b
     assert built.returncode == 0, built.stdout + built.stderr
     report = fleet.report_path()
     deployer = process.spawn(
-        fleet.argv("apply", "switch", "--json", str(report), *args),
+        fleet.argv("apply", "switch", "--report", str(report), *args),
         cwd=str(fleet.dir),
         log_path=str(fleet.dir / "apply.log"),
     )

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonkit
 import pytest
 from labkit import http_get
 from safetykit import (
@@ -156,9 +157,10 @@ def test_failing_health_check_rolls_back_and_passing_one_confirms(
     assert status == 200 and json.loads(body)["version"] == "1"
 
     # check-health on demand: both healthy now.
-    health = fleet.nixherd("check-health", "--json", "-")
+    health = fleet.nixherd("check-health", "--json")
     assert health.returncode == 0, out(health)
-    assert {n["node"]: n["result"] for n in json.loads(health.stdout)["nodes"]} == {
+    checked = jsonkit.document(health.stdout, "check-health")
+    assert {n["node"]: n["result"] for n in checked["nodes"]} == {
         "alpha": "ok",
         "bravo": "ok",
     }
@@ -170,9 +172,9 @@ def test_failing_health_check_rolls_back_and_passing_one_confirms(
             | {"checks": {"web": {"tcp": f"{{host}}:{fleet.port('nothing')}", "retries": 0}}},
         }
     )
-    health = fleet.nixherd("check-health", "--json", "-")
+    health = fleet.nixherd("check-health", "--json")
     assert health.returncode == 1
-    nodes = by_node(json.loads(health.stdout))
+    nodes = by_node(jsonkit.document(health.stdout, "check-health"))
     assert nodes["alpha"]["result"] == "ok"
     assert nodes["bravo"]["result"] == "failed"
     assert "0/1 checks passed" in nodes["bravo"]["error"]["message"]
@@ -282,7 +284,7 @@ def test_connection_killed_during_the_copy_fails_cleanly_and_the_next_deploy_wor
         time.sleep(0.3)
         os.kill(victim, signal.SIGKILL)
         assert deployer.wait(timeout=300) == 1
-    node = by_node(json.loads(report_file.read_text()))["alpha"]
+    node = by_node(jsonkit.document(report_file.read_text(), "apply"))["alpha"]
     assert node["result"] == "failed"
     assert " copy --to ssh://" in (node["error"]["command"] or "")
     assert "activate" not in node["seconds"]
@@ -307,7 +309,7 @@ def test_diff_shows_the_real_difference_between_two_builds(hosts: HostPool, tmp_
     )
     diff = fleet.nixherd("diff", "--json")
     assert diff.returncode == 0, out(diff)
-    data = json.loads(diff.stdout)
+    data = {n["node"]: n["diff"] for n in jsonkit.document(diff.stdout, "diff")["nodes"]}
     alpha = data["alpha"]
     assert alpha["changed"] == {"nixos-system-alpha": {"before": ["1"], "after": ["2"]}}
     assert alpha["added"] == {"lab-payload-alpha": ["1M"]}
@@ -335,9 +337,9 @@ def test_rollback_returns_each_node_to_its_previous_generation(
     result, _ = fleet.apply("switch", "--on", "alpha")
     assert result.ok, out(result)
 
-    rollback = fleet.nixherd("rollback", "--json", "-")
+    rollback = fleet.nixherd("rollback", "--json")
     assert rollback.returncode == 1, out(rollback)
-    nodes = by_node(json.loads(rollback.stdout))
+    nodes = by_node(jsonkit.document(rollback.stdout, "rollback"))
     assert nodes["alpha"]["result"] == "ok"
     assert nodes["alpha"]["store_path"] == v1
     assert fleet.current("alpha") == v1
@@ -442,7 +444,7 @@ def test_start_stream_cut_mid_switch_is_followed_again_and_confirmed(
         )
         os.kill(victim, signal.SIGKILL)
         assert deployer.wait(timeout=120) == 0, (fleet.dir / "apply.log").read_text()
-    node = by_node(json.loads(report_file.read_text()))["alpha"]
+    node = by_node(jsonkit.document(report_file.read_text(), "apply"))["alpha"]
     assert node["result"] == "ok"
     assert fleet.profile("alpha").endswith("-alpha-2")
     assert http_get(port, "/")[0] == 200

@@ -4,7 +4,6 @@ that hangs past its timeout, and a /run/nixherd that another user controls."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonkit
 import pytest
 from safetykit import (
     HostPool,
@@ -79,7 +79,7 @@ def test_reboot_mid_activation_boots_the_previous_system_and_the_deployer_says_s
         assert deployer.wait(timeout=60) == 1, (fleet.dir / "apply.log").read_text()
         noticed = time.monotonic() - rebooted
     assert noticed < 15, noticed
-    node = by_node(json.loads(report_file.read_text()))["alpha"]
+    node = by_node(jsonkit.document(report_file.read_text(), "apply"))["alpha"]
     assert node["result"] == "rolled back", node
     assert node["rolled_back"] is True
     assert "rebooted" in node["error"]["message"]

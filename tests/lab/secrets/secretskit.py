@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonkit
 import tomlkit
 from labkit import LabHosts
 
@@ -44,9 +44,16 @@ class LabInventory:
         return [sys.executable, "-m", "nixherd", "-i", str(self.inventory), *args, "--json"]
 
     def run(self, *args: str) -> tuple[Result, dict[str, Any]]:
+        """`nixherd ARGS --json`: the result and the document's data (checked against the
+        schema), with its nodes by name: {"nodes": {name: the node's object without "node"}}."""
         result = process.run(self.argv(*args), check=False, timeout=120)
-        report: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
-        return result, report
+        return result, by_name(result.stdout, " ".join(args)) if result.stdout.strip() else {}
+
+
+def by_name(text: str, command: str) -> dict[str, Any]:
+    """The payload of a keys/data JSON document with its nodes keyed by name."""
+    nodes = jsonkit.document(text, command)["nodes"]
+    return {"nodes": {n["node"]: {k: v for k, v in n.items() if k != "node"} for n in nodes}}
 
 
 def explain(result: Result) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonkit
 import pytest
 import rtoml
 from labkit import LabFactory, LabHosts, files_holding, fleet_flake, new_store_paths, store_paths
@@ -85,7 +86,7 @@ class Fleet:
                 "switch",
                 "--flake",
                 f"path:{self.dir}",
-                "--json",
+                "--report",
                 str(report),
                 *args,
             ],
@@ -93,7 +94,9 @@ class Fleet:
             check=False,
             timeout=600,
         )
-        data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
+        data: dict[str, Any] = (
+            jsonkit.document(report.read_text(), "apply") if report.exists() else {}
+        )
         return result, data
 
     def remote(self, name: str, script: str, *args: str) -> str:

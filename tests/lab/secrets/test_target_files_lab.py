@@ -13,7 +13,6 @@ temp file for a symlink (as `deploy`, on the node), then lets the rest through.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -27,7 +26,7 @@ from typing import Any
 
 import pytest
 from labkit import LabFactory, LabHosts
-from secretskit import USERS, LabInventory, explain
+from secretskit import USERS, LabInventory, by_name, explain
 
 from nixherd.inventory.entries import DataFile
 from nixherd.inventory.parse_entries import build_data
@@ -201,7 +200,7 @@ def test_a_temp_file_swapped_mid_stream_hands_nothing_to_the_dir_owner(
     assert area.stat(node, f"{area.dir}/victim") == "regular file root root 600"
     assert area.cat(node, f"{area.dir}/victim") == "victim\n"
     assert result.returncode == 1, explain(result)
-    report = json.loads(out)
+    report = by_name(out, " ".join(args))
     error = report["nodes"][node]["error"]
     assert "replaced while it was written" in error, error
     assert payload[:64] not in out + err

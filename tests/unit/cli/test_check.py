@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonkit
 import pytest
 from hypothesis import given, settings
 
@@ -89,7 +89,7 @@ def test_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "inventory.toml"
     path.write_text(BROKEN)
     assert main(["-i", str(path), "check", "--json"]) == 2
-    result = json.loads(capsys.readouterr().out)
+    result = jsonkit.document(capsys.readouterr().out, "check")
     assert result["ok"] is False
     assert result["problems"][0] == {
         "file": str(path),
@@ -99,12 +99,13 @@ def test_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert len(result["problems"]) == 6
 
     assert main(["-i", str(SEED), "check", "--json", "--on", "nixos-ws"]) == 0
-    assert json.loads(capsys.readouterr().out) == {
+    assert jsonkit.document(capsys.readouterr().out, "check") == {
         "ok": True,
         "nodes": 6,
         "roles": 2,
         "selected": ["nixos-ws"],
         "problems": [],
+        "eval": None,
     }
 
 

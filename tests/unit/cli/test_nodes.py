@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonkit
 import pytest
 
 from nixherd.cli import COMMANDS, build_parser, main, requested_command
@@ -49,7 +49,7 @@ def test_table_of_the_seed_fleet(capsys: pytest.CaptureFixture[str]) -> None:
 def test_json_listing(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "nodes", "--json", "--on", "@vps,!@prod", "-i", str(SEED))
     assert code == 0
-    listing = json.loads(out)
+    listing = jsonkit.document(out, "nodes")["nodes"]
     assert [n["name"] for n in listing] == [
         "nixos-vps",
         "nixos-vps-198-51-100-11",
@@ -73,7 +73,7 @@ def test_a_node_without_role(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert code == 0
     assert out.splitlines()[1].split() == ["solo", "-", "solo", "root", "2222"]
     code, out, _ = run(capsys, "-i", str(path), "nodes", "--json")
-    assert json.loads(out)[0]["role"] is None
+    assert jsonkit.document(out, "nodes")["nodes"][0]["role"] is None
 
 
 def test_inventory_location(
@@ -88,7 +88,7 @@ def test_inventory_location(
     def names(*argv: str) -> list[str]:
         code, out, _ = run(capsys, *argv, "--json")
         assert code == 0
-        return [n["name"] for n in json.loads(out)]
+        return [n["name"] for n in jsonkit.document(out, "nodes")["nodes"]]
 
     assert names("nodes") == ["here"]
     monkeypatch.setenv("NIXHERD_INVENTORY", "env.toml")
@@ -144,7 +144,8 @@ def python(*args: str, env: dict[str, str] | None = None) -> process.Result:
 def test_whole_process(tmp_path: Path) -> None:
     result = python("-m", "nixherd", "-i", str(SEED), "nodes", "--json", "--on", "role:nixos-ws")
     assert result.returncode == 0, result.stderr
-    assert [n["name"] for n in json.loads(result.stdout)] == ["nixos-ws"]
+    listing = jsonkit.document(result.stdout, "nodes")["nodes"]
+    assert [n["name"] for n in listing] == ["nixos-ws"]
 
     bad = tmp_path / "bad.toml"
     bad.write_bytes(b"[nodes.a]\nhost = 'x\xff'\n")
@@ -167,7 +168,7 @@ def test_start_up_imports_nothing_heavy() -> None:
     )
     result = python("-c", script, env={"NO_COLOR": "1"})
     assert result.stderr.strip() == "0 []"
-    assert json.loads(result.stdout)
+    assert jsonkit.document(result.stdout, "nodes")["nodes"]
 
 
 def test_rich_table_on_a_terminal(

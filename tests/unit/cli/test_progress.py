@@ -118,3 +118,50 @@ def test_summary_plain_with_failure_details() -> None:
     assert "  | error: disk full" in lines
     assert "3 nodes: 1 ok, 1 failed, 1 not attempted in 3.0 s" in text
     assert "logs: /tmp/logs/1" in lines
+
+
+def test_build_logs_show_the_build_in_the_live_view_and_where_lines_are_hidden() -> None:
+    # -L: the build's lines (run-wide) come out as they arrive, also in the live view (else
+    # only with -v) and in diff's view (which hides output lines).
+    for kwargs, shown in (
+        ({"live": True}, False),
+        ({"live": True, "build_logs": True}, True),
+        ({"live": False, "show_lines": False}, False),
+        ({"live": False, "show_lines": False, "build_logs": True}, True),
+    ):
+        out = io.StringIO()
+        with Progress(["web-1", "db"], title="apply", stream=out, **kwargs) as view:  # type: ignore[arg-type]
+            feed(view)
+        text = out.getvalue()
+        assert ("building '/nix/store/x.drv'..." in text) is shown, kwargs
+        assert "copying 3 paths" not in text  # a node's lines stay -v's
+
+
+NIX_ERROR = (
+    "evaluation failed: attribute 'http_prot' missing\n\n"
+    "       at /nix/store/s-source/web.nix:4:5:\n\n"
+    "            4|     node.vars.http_prot;\n"
+    "(use '--show-trace' to show detailed location information)"
+)
+
+
+def test_failure_details_whole_and_on_their_own_stream() -> None:
+    out, details = io.StringIO(), io.StringIO()
+    print_summary(
+        report(
+            NodeResult("web-1", Outcome.FAILED, error=ErrorInfo(NIX_ERROR)),
+            NodeResult("db", Outcome.FAILED, error=ErrorInfo("cannot reach db")),
+        ),
+        stream=out,
+        rich=False,
+        details=details,
+    )
+    table = out.getvalue()
+    assert "evaluation failed: attribute 'http_prot' missing" in table  # the note: line one
+    assert "web.nix" not in table
+    assert details.getvalue() == (
+        "\nweb-1: evaluation failed: attribute 'http_prot' missing\n\n"
+        "         at /nix/store/s-source/web.nix:4:5:\n\n"
+        "              4|     node.vars.http_prot;\n"
+        "  (use '--show-trace' to show detailed location information)\n"
+    )

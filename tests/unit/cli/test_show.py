@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonkit
 import pytest
 
 from nixherd.cli import main
@@ -87,7 +87,7 @@ def test_a_bare_node(capsys: pytest.CaptureFixture[str], inventory: str) -> None
 
 def test_json(capsys: pytest.CaptureFixture[str], inventory: str) -> None:
     assert main(["-i", inventory, "show", "web-10-0-0-1", "--json"]) == 0
-    shown = json.loads(capsys.readouterr().out)
+    shown = jsonkit.document(capsys.readouterr().out, "show")
     assert shown["source"] == "roles.web.targets[0]"
     assert shown["node"]["vars"] == {
         "nginx": {"enable": True, "workers": 8},

@@ -117,7 +117,8 @@ def test_timeout_is_raised_not_bisected(monkeypatch: pytest.MonkeyPatch) -> None
         (
             "error: nixherd: node 'db': module 'x.nix' not found (looked for /nix/store/s/x.nix)\n"
             "(use '--show-trace' to show detailed location information)\n",
-            "nixherd: node 'db': module 'x.nix' not found (looked for /nix/store/s/x.nix)",
+            "nixherd: node 'db': module 'x.nix' not found (looked for /nix/store/s/x.nix)\n"
+            "(use '--show-trace' to show detailed location information)",
         ),
         # stdout (partial JSON) comes before stderr; a warning before the error.
         (
@@ -144,3 +145,66 @@ def test_flake_for_is_the_inventory_directory(
     # Without a flake.nix beside it, nix would go looking for one further up: refuse.
     with pytest.raises(fleet.FlakeError, match=r"no flake.nix next to the inventory in /"):
         fleet.flake_for("sub/inventory.toml")
+
+
+def test_the_error_is_the_first_line_that_starts_with_error() -> None:
+    # A substituter's retry warning holds "error:" too; Nix's error is the line that starts so.
+    output = (
+        "warning: error: unable to download 'https://cache.nixos.org/nix-cache-info': "
+        "Couldn't resolve host name (6); retrying in 291 ms\n"
+        "error: attribute 'http_prot' missing\n\n       at /nix/store/s-source/web.nix:4:5:\n"
+    )
+    assert fleet.error_message(output) == (
+        "attribute 'http_prot' missing\n\n       at /nix/store/s-source/web.nix:4:5:"
+    )
+
+
+def frame(i: int) -> list[str]:
+    """One trace frame as Nix prints it: what, where, and four lines of code."""
+    return [
+        f"       … while evaluating the attribute 'a{i}'",
+        "",
+        f"       at /nix/store/s-source/m{i}.nix:{i}:3:",
+        "",
+        f"           {i}|   a{i} = b;",
+        "             |   ^",
+        "",
+    ]
+
+
+HINT = "(use '--show-trace' to show detailed location information)"
+
+
+def test_a_long_trace_is_bounded_and_keeps_every_position() -> None:
+    # Nix 2.8: the error, its position and code, then the trace.
+    head = ["error: attribute 'x' missing", "", "       at /nix/store/s-source/web.nix:4:5:"]
+    lines = head + [line for i in range(1, 41) for line in frame(i)]
+    message = fleet.error_message("\n".join(lines)).splitlines()
+    assert len(message) <= fleet.MAX_ERROR_LINES + fleet._MAX_FRAME_LINES
+    assert message[0] == "attribute 'x' missing"
+    assert "       at /nix/store/s-source/web.nix:4:5:" in message
+    for i in range(1, 41):
+        assert f"       at /nix/store/s-source/m{i}.nix:{i}:3:" in message
+    assert any("lines of Nix's message left out" in line for line in message)
+    # Under the bound, the message is Nix's whole.
+    whole = "\n".join(["attribute 'x' missing", *lines[1:40]]).rstrip()
+    assert fleet.error_message("\n".join(lines[:40])) == whole
+
+
+def test_a_long_trace_of_newer_nix_keeps_the_error_at_its_end() -> None:
+    # Nix 2.16+: a bare "error:", the trace, then the error itself last.
+    lines = ["error:", *[line for i in range(1, 41) for line in frame(i)]]
+    lines += ["       error: attribute 'x' missing", "", "       at /f/web.nix:4:5:"]
+    message = fleet.error_message("\n".join(lines)).splitlines()
+    assert message[-3:] == ["       error: attribute 'x' missing", "", "       at /f/web.nix:4:5:"]
+    assert message[0].startswith("       … while evaluating")
+
+
+def test_a_huge_trace_keeps_its_first_and_last_frames() -> None:
+    lines = ["error: deep", *[line for i in range(1, 1001) for line in frame(i)], HINT]
+    message = fleet.error_message("\n".join(lines)).splitlines()
+    assert len(message) <= fleet.MAX_ERROR_LINES + fleet._MAX_FRAME_LINES
+    assert message[-1] == HINT
+    assert "       at /nix/store/s-source/m6.nix:6:3:" in message
+    assert "       at /nix/store/s-source/m994.nix:994:3:" in message
+    assert any(line.endswith("more trace lines") for line in message)

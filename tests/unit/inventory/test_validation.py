@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from connkit import problems
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nixherd.errors import InventoryError
 from nixherd.inventory import loads
-from nixherd.inventory.validate import MAX_DEPTH
+from nixherd.inventory.validate import MAX_DEPTH, peer_name_problem
 
 NAME_RULE = "matching [A-Za-z0-9][A-Za-z0-9_.-]* (at most 63 characters)"
+HIVE_KEY = (
+    '"%s" is a name Colmena keeps for the hive itself (defaults, meta, network): rename the node'
+)
+NO_LETTER_REASON = "deploy-rs's schema (interface.json) refuses a node name without a letter or _"
+NO_LETTER = f'"%s": {NO_LETTER_REASON}: rename the node'
+
 HOST_RULE = "must be a hostname, an IPv4 or an IPv6 address"
 
 
@@ -469,6 +479,35 @@ CASES: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "node names Colmena keeps for its hive",
+        "[nodes.meta]\n[nodes.defaults]\n[roles.r]\n[[roles.r.targets]]\nhost = 'h'\n"
+        "name = 'network'\n",
+        [
+            f"inventory.toml: roles.r.targets[0].name: {HIVE_KEY % 'network'}",
+            f"inventory.toml: nodes.meta: {HIVE_KEY % 'meta'}",
+            f"inventory.toml: nodes.defaults: {HIVE_KEY % 'defaults'}",
+        ],
+    ),
+    (
+        "node names deploy-rs's schema refuses: no letter and no _",
+        "[nodes.10-0-0-1]\n[nodes.'192.0.2.1']\n[roles.r]\n[[roles.r.targets]]\nhost = 'h'\n"
+        "name = '7'\n",
+        [
+            f"inventory.toml: roles.r.targets[0].name: {NO_LETTER % '7'}",
+            f"inventory.toml: nodes.10-0-0-1: {NO_LETTER % '10-0-0-1'}",
+            f'inventory.toml: nodes."192.0.2.1": {NO_LETTER % "192.0.2.1"}',
+        ],
+    ),
+    (
+        "a fan-out name without a letter",
+        "[roles.10]\n[[roles.10.targets]]\nhost = '192.0.2.1'\n[[roles.10.targets]]\n"
+        "host = '192.0.2.2'\nname = 'ok'\n",
+        [
+            "inventory.toml: roles.10.targets[0]: the node name made from role and host, "
+            f'"10-192-0-2-1", is not one the peers can carry: {NO_LETTER_REASON}: set `name`'
+        ],
+    ),
+    (
         "not TOML at all",
         "[nodes.a\n",
         ["inventory.toml: line 1, column 9: invalid TOML: "],
@@ -566,6 +605,11 @@ VALID = [
     ("hostile strings are fine inside vars", "[nodes.a.vars]\ns = '-oProxyCommand=x; rm -rf /'\n"),
     ("the largest 64-bit integers", "[nodes.a.vars]\nhi = 9223372036854775807\n"),
     ("ssh options", "[defaults]\nssh_options = ['ProxyJump=jump.example.com', 'Port=22']\n"),
+    (
+        "names the peers carry: a letter or _ anywhere, hive keys in another case",
+        "[nodes.1web]\n[nodes.'db.example.com']\n[nodes.1_2]\n[nodes.Meta]\n[nodes.meta-1]\n"
+        "[roles.7]\n[[roles.7.targets]]\nhost = '192.0.2.1'\nname = 'x7'\n",
+    ),
 ]
 
 
@@ -616,3 +660,13 @@ def test_different_addresses_stay_apart(host: str, other: str) -> None:
     from nixherd.inventory.normal import endpoint_host
 
     assert endpoint_host(host) != endpoint_host(other)
+
+
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True))
+def test_deploy_rs_rule_is_its_schema_pattern_on_node_names(name: str) -> None:
+    # serokell/deploy-rs interface.json keys nodes by "[A-z][A-z0-9_-]*", a JSON Schema pattern:
+    # matched anywhere (re.search), and A-z spans [\]^_` too. On nixherd's names the validator's
+    # rule says the same.
+    by_schema = re.search("[A-z][A-z0-9_-]*", name) is not None
+    refused = peer_name_problem(name) is not None and name not in ("defaults", "meta", "network")
+    assert refused == (not by_schema)

@@ -455,6 +455,51 @@ def test_dead_watchdog_is_reported(fake: Callable[[dict[str, list[Reply]]], Fake
         activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
 
 
+# /proc/1/stat of pid 1 started at tick 5 and at tick 9: what the probe reads before and after
+# a lab host's reboot (same kernel boot id, a new pid 1).
+PID1_AT_5 = "1 (systemd) S" + " 0" * 18 + " 5 0"
+PID1_AT_9 = "1 (systemd) S" + " 0" * 18 + " 9 0"
+
+
+def test_a_watchdog_lost_in_the_same_boot_is_an_unknown_outcome(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    node = fake(
+        {
+            "start": [(0, f"boot=one/5\nprevious={PREV}\nprevgen=4\n")],
+            "wait": [(0, "\n@nixherd status=lost activating offset=10 boot=one/5\n")],
+            "probe": [(0, f"current={TOP}\nboot_id=one\npid1={PID1_AT_5}\n")],
+        }
+    )
+    with pytest.raises(ActivationError, match="outcome is unknown"):
+        activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+    assert node.modes() == ["start", "wait", "probe"]
+
+
+def test_a_watchdog_lost_to_a_reboot_is_judged_by_what_booted(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    # A systemd shutdown stops the watchdog's unit before the reboot: the follower says "lost",
+    # and the node, probed again, comes back in a new boot on its previous system.
+    node = fake(
+        {
+            "start": [(0, f"boot=one/5\nprevious={PREV}\nprevgen=4\n")],
+            "wait": [(0, "\n@nixherd status=lost rolling-back offset=10 boot=one/5\n")],
+            "probe": [
+                CommandError(["ssh"], 255, "connection refused"),
+                (0, f"current={PREV}\nboot_id=one\npid1={PID1_AT_9}\n"),
+            ],
+        }
+    )
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+    assert node.modes() == ["start", "wait", "probe", "probe"]
+    assert info.value.rolled_back
+    assert info.value.message == (
+        f"the node rebooted before the activation was settled; it runs {PREV}, its previous system"
+    )
+
+
 @pytest.mark.parametrize("path", ["/tmp/x", "/nix/store/short-x", TOP + "; rm -rf /", ""])
 def test_refuses_what_is_not_a_store_path(
     path: str, fake: Callable[[dict[str, list[Reply]]], FakeNode]
