@@ -51,9 +51,11 @@ let
   # Concatenation keeping the first occurrence of each value in place.
   uniqueConcat = foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ];
 
+  # `port` null: none on ssh's command line, ssh's config (else 22) decides; `false` in any layer
+  # (TOML has no null) resolves to null, for `port` and `user` alike (docs/inventory.md, "ssh").
   builtinDefaults = {
     user = "root";
-    port = 22;
+    port = null;
     system = "x86_64-linux";
     host_key_policy = "strict";
   };
@@ -92,6 +94,7 @@ let
   scalar =
     field: fallback: layers:
     foldl' (acc: layer: layer.${field} or acc) fallback layers;
+  orNull = value: if value == false then null else value;
   list = field: layers: uniqueConcat (concatMap (layer: layer.${field} or [ ]) layers);
   table = field: layers: foldl' (acc: layer: deepMerge acc (layer.${field} or { })) { } layers;
 
@@ -101,8 +104,8 @@ let
     {
       inherit name role;
       host = scalar "host" name layers;
-      user = scalar "user" builtinDefaults.user layers;
-      port = scalar "port" builtinDefaults.port layers;
+      user = orNull (scalar "user" builtinDefaults.user layers);
+      port = orNull (scalar "port" builtinDefaults.port layers);
       system = scalar "system" builtinDefaults.system layers;
       host_key_policy = scalar "host_key_policy" builtinDefaults.host_key_policy layers;
     }

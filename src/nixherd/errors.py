@@ -5,6 +5,8 @@
     ├── InventoryError           the inventory is invalid: every Problem found; exit code 2
     ├── SelectionError           a bad `--on` expression, or one that matches nothing; exit code 2
     ├── CommandError             an external command (nix, ssh, ...) failed: argv, code, output tail
+    ├── HostKeyError             ssh refused a node's host key (unknown or changed): the key
+    │                            offered and how to trust it (run/hostkeys.py)
     ├── LabError                 the lab could not be brought up / down
     └── NodesFailedError         one or more nodes failed; the per-node results are already reported
 
@@ -90,6 +92,10 @@ class CommandError(NixherdError):
         head = f"{prefix}{self.what or 'command'} failed ({status}): {self.command_line}"
         tail = self.tail()
         return f"{head}\n{tail}" if tail else head
+
+
+class HostKeyError(NixherdError):
+    """ssh refused the node's host key; the message says which key and what to do."""
 
 
 class LabError(NixherdError):

@@ -97,7 +97,9 @@ def test_the_machine_keeps_its_tmp_dev_and_kernel_settings(lab_hosts: LabFactory
         assert (os.path.lexists("/dev/log") and os.path.realpath("/dev/log")) == dev_log
         # Inside, the host has its own /dev/log, and the kernel's settings are read-only.
         assert run(lab, "lab-1", "readlink /dev/log").strip() == "/run/systemd/journal/dev-log"
-        refused = lab.ssh("lab-1", "sh", "-c", "cat /proc/sys/fs/file-max > /proc/sys/fs/file-max", check=False)
+        refused = lab.ssh(
+            "lab-1", "sh", "-c", "cat /proc/sys/fs/file-max > /proc/sys/fs/file-max", check=False
+        )
         assert refused.returncode != 0
         assert "Read-only file system" in refused.stderr
     finally:

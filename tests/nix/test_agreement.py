@@ -119,8 +119,9 @@ def lists_from(pool: list[str]) -> st.SearchStrategy[list[str]]:
 
 
 LAYER = {
-    "user": st.sampled_from(USERS),
-    "port": st.integers(min_value=1, max_value=65535),
+    # false: ssh decides (resolved to null by both sides).
+    "user": st.sampled_from([*USERS, False]),
+    "port": st.integers(min_value=1, max_value=65535) | st.just(False),
     "system": st.sampled_from(SYSTEMS),
     "tags": lists_from(TAGS),
     "modules": lists_from(MODULES),

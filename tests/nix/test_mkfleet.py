@@ -9,6 +9,7 @@ from nixfleet import LAB_MK_SYSTEM, LIB, STUB_MK_SYSTEM, STUB_SYSTEM, Fleet, wri
 
 from nixherd.errors import CommandError
 from nixherd.fleet import evaluate as fleet_mod
+from nixherd.inventory import loads
 from nixherd.run import nix
 
 pytestmark = pytest.mark.nix
@@ -140,13 +141,13 @@ def test_colmena_hive(tmp_path: Path) -> None:
         "db": {
             "targetHost": "db.example.com",
             "targetUser": "root",
-            "targetPort": 22,
+            "targetPort": None,  # not set: ssh decides, as Colmena's null
             "tags": ["fleet", "web"],
         },
         "web-10-0-0-1": {
             "targetHost": "10.0.0.1",
             "targetUser": "root",
-            "targetPort": 22,
+            "targetPort": None,  # not set: ssh decides, as Colmena's null
             "tags": ["fleet", "web", "batch"],
         },
         "web-10-0-0-2": {
@@ -185,7 +186,27 @@ def test_optional_outputs_only_when_inputs_are_passed(tmp_path: Path) -> None:
     }
     # deploy-rs's activation is looked up for the node's own system.
     assert deploy["db"]["profiles"]["system"]["path"] == "activate-aarch64-linux-front"
-    assert deploy["db"]["sshOpts"] == ["-p", "22", "-o", "StrictHostKeyChecking=yes"]
+    # No port set: none passed, ssh decides.
+    assert deploy["db"]["sshOpts"] == ["-o", "StrictHostKeyChecking=yes"]
+    assert deploy["db"]["sshUser"] == "root"
+
+
+def test_user_and_port_false_reach_colmena_as_null_and_deploy_rs_as_absent(
+    tmp_path: Path,
+) -> None:
+    # Colmena: targetUser/targetPort null mean "ssh decides" (zhaofengli/colmena
+    # src/nix/hive/options.nix); deploy-rs has no null sshUser, so the key is left out.
+    text = (
+        "[defaults]\nuser = false\nport = 2201\n"
+        '[nodes.alias]\nport = false\nmodules = ["roles/web.nix"]\nvars = { tier = "x" }\n'
+    )
+    fleet = make_fleet(tmp_path, text, MODULES, args=STUB_MK_SYSTEM + STUBS)
+    deployment = fleet.eval("colmena.alias.deployment")
+    assert (deployment["targetUser"], deployment["targetPort"]) == (None, None)
+    node = fleet.eval("deploy.nodes.alias")
+    assert "sshUser" not in node and node["sshOpts"] == ["-o", "StrictHostKeyChecking=yes"]
+    assert node["profiles"]["system"]["path"] == "activate-x86_64-linux-x"
+    assert fleet.eval("nixherd.nodes.alias") == loads(text).nodes["alias"].to_data()
 
 
 def test_nixpkgs_gives_mkdefault_and_colmena_nixpkgs(tmp_path: Path) -> None:

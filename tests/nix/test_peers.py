@@ -108,7 +108,7 @@ def test_colmena_has_no_ssh_options_when_there_are_none(tmp_path: Path) -> None:
     assert hive_deployments(fleet)["solo"]["deployment"] == {
         "targetHost": "192.0.2.9",
         "targetUser": "root",
-        "targetPort": 22,
+        "targetPort": None,  # no port set: ssh decides (Colmena's null)
         "tags": [],
     }
 
@@ -126,8 +126,9 @@ def test_deploy_rs_gets_ssh_config_port_host_key_policy_and_options(tmp_path: Pa
         ],
         "profiles": {"system": {"user": "root", "path": "activate-nixos-system-aliased"}},
     }
+    # No port set: no -p, ssh decides.
     assert deploy["db"]["sshOpts"] == [
-        *("-F", config, "-p", "22", "-o", "StrictHostKeyChecking=yes"),
+        *("-F", config, "-o", "StrictHostKeyChecking=yes"),
         *("-o", "ConnectTimeout=7"),
     ]
 

@@ -119,7 +119,11 @@ def test_colmena_and_deploy_rs_outputs_with_stub_inputs(
         name: {
             "hostname": node.host,
             "sshUser": node.user,
-            "sshOpts": ["-p", str(node.port), "-o", "StrictHostKeyChecking=yes"],
+            # No -p where the inventory sets no port: ssh decides.
+            "sshOpts": [
+                *(() if node.port is None else ("-p", str(node.port))),
+                *("-o", "StrictHostKeyChecking=yes"),
+            ],
             "profiles": {"system": {"user": "root", "path": f"activate:nixos-system-{name}"}},
         }
         for name, node in nodes.items()

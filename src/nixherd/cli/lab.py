@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     lab = Lab(args.dir or default_dir())
     if args.lab_command == "up":
         hosts = lab.up(args.n if args.n is not None else DEFAULT_COUNT, args.base_port)
+        for note in lab.notes:  # changes to the machine itself: said, whatever the output
+            sys.stderr.write(f"nixherd: lab: {note}\n")
         if args.json:
             jsonout.emit("lab up", {"hosts": [jsonout.lab_host(h) for h in hosts]})
             return 0

@@ -49,8 +49,9 @@ def _list(args: argparse.Namespace) -> int:
             node.name,
             node.role or "-",
             node.host,
-            node.user,
-            str(node.port),
+            # "-": not set, ssh decides (no `ssh -G` here: listing stays instant).
+            node.user or "-",
+            "-" if node.port is None else str(node.port),
             ",".join(node.tags),
         )
         for node in nodes

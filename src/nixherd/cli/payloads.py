@@ -31,8 +31,8 @@ class NodeSummary(TypedDict):
     name: str
     role: str | None
     host: str
-    user: str
-    port: int
+    user: str | None  # null: not set (`user = false`), ssh decides
+    port: int | None  # null: not set, ssh decides
     tags: list[str]
 
 

@@ -45,6 +45,10 @@ def _when(epoch: int | None) -> str:
     return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _first_line(error: str | None) -> str:
+    return error.splitlines()[0] if error else ""
+
+
 def data(rows: list[NodeStatus], eval_errors: dict[str, str], *, evaluated: bool) -> StatusData:
     """The status as the JSON contract has it (docs/json.md)."""
     nodes: list[StatusNode] = [
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             table.append(
                 (
                     row.node,
-                    "yes" if row.reachable else f"NO: {row.error or ''}".rstrip(": "),
+                    "yes" if row.reachable else f"NO: {_first_line(row.error)}".rstrip(": "),
                     current,
                     matches,
                     str(state.generation) if state and state.generation is not None else "-",
@@ -122,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
         for line in table:
             cells = "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
             sys.stdout.write(cells.rstrip() + "\n")
+        # An error that does not fit a cell (a refused host key and how to trust it) in full.
+        for row in rows:
+            if row.error and "\n" in row.error:
+                sys.stderr.write(f"\n{row.node}: {row.error}\n")
     sys.stdout.flush()
     down = result["unreachable"]
     if down:

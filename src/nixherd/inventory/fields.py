@@ -31,7 +31,6 @@ from nixherd.inventory.validate import (
     choice,
     got,
     host_ok,
-    integer,
     join,
     list_of,
     list_of_names,
@@ -100,6 +99,8 @@ class Field:
     doc: str
     default: Any = None
     required: Where = NOWHERE  # the tables where it must be given
+    # How `reference()` shows a default that is not a value (None: ssh decides).
+    default_doc: str | None = None
     # Part of the resolved node Nix sees (`to_data()`, `nixherd.nodes`); False for the
     # deployer-side tables (keys, data) that are delivered without a rebuild.
     nix: bool = True
@@ -129,6 +130,21 @@ def _host(value: Any) -> list[Issue] | None:
     if len(value) > MAX_HOST:
         return one(f"must be at most {MAX_HOST} characters, got {len(value)}")
     return one(f"must be a hostname, an IPv4 or an IPv6 address, got {shown(value)}")
+
+
+def _port(value: Any) -> list[Issue] | None:
+    if (type(value) is int and 1 <= value <= 65535) or value is False:
+        return None
+    if type(value) is not int:
+        return one(f"must be an integer or false, {got(value)}")
+    return one(f"must be 1..65535, got {shown(value)}")
+
+
+_LOGIN = string(USER, f"a login name matching {USER_PATTERN}", MAX_USER, what="a string or false")
+
+
+def _user(value: Any) -> list[Issue] | None:
+    return None if value is False else _LOGIN(value)
 
 
 def _module(value: Any) -> list[Issue] | None:
@@ -196,21 +212,24 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "user",
-        "string (login name)",
-        string(USER, f"a login name matching {USER_PATTERN}", MAX_USER),
+        "string (login name), or false",
+        _user,
         Merge.REPLACE,
         EVERY_LAYER,
-        "the ssh login; a user other than root runs activation through sudo",
+        "the ssh login; a user other than root runs activation through sudo. false: none on "
+        "ssh's command line, so the ssh config's `User` (else your login name) decides",
         default="root",
     ),
     Field(
         "port",
-        "integer 1..65535",
-        integer(1, 65535),
+        "integer 1..65535, or false",
+        _port,
         Merge.REPLACE,
         EVERY_LAYER,
-        "the ssh port",
-        default=22,
+        "the ssh port; unset (or false): none on ssh's command line, so the ssh config's `Port` "
+        "(else 22) decides",
+        default=None,
+        default_doc="unset: ssh decides",
     ),
     Field(
         "system",
@@ -298,7 +317,7 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "checks",
-        "table of named health checks (`checks.<name>`: command|http|tcp, status, body, "
+        "table of named health checks (`checks.<name>`: command|http|tcp|unit, status, body, "
         "timeout, retries, interval)",
         named_table(_entry_issues("checks")),
         Merge.NAMED,
@@ -443,6 +462,8 @@ def reference() -> str:
         default = "" if f.default is None else f"`{json.dumps(f.default, default=repr)}`"
         if f.default is NODE_NAME:
             default = "the node's name"
+        if f.default_doc is not None:
+            default = f.default_doc
         lines.append(
             f"| `{f.name}` | {f.type} | {f.merge.value} | {describe(f.where)} | {default} |"
         )

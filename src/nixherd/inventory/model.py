@@ -37,9 +37,9 @@ class Reachable(Protocol):
     @property
     def host(self) -> str: ...
     @property
-    def user(self) -> str: ...
+    def user(self) -> str | None: ...
     @property
-    def port(self) -> int: ...
+    def port(self) -> int | None: ...
     @property
     def ssh_options(self) -> Sequence[str]: ...
     @property
@@ -77,8 +77,8 @@ class Node:
     name: str
     role: str | None
     host: str
-    user: str
-    port: int
+    user: str | None  # None: ssh decides (its config's User, else the local login name)
+    port: int | None  # None: ssh decides (its config's Port, else 22)
     system: str
     tags: tuple[str, ...]
     modules: tuple[str, ...]

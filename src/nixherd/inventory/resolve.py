@@ -64,7 +64,7 @@ class _Resolver:
         self.problems: list[Problem] = []
         self.built: dict[str, Node] = {}
         self.sources: dict[str, str] = {}  # node name -> key path of its table
-        self.endpoints: dict[tuple[str, int], str] = {}  # (host, port) -> node name
+        self.endpoints: dict[tuple[str, int | None], str] = {}  # (host, port) -> node name
         # id(merged table) -> (that table, its typed entries); see `entries`.
         self.built_entries: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
         # `[defaults] ssh_config`, absolute: every node carries it in its ssh target.
@@ -226,13 +226,17 @@ class _Resolver:
         self.sources[name] = source
         if fields["host"] is None:
             fields["host"] = name
+        # `false` (TOML has no null) resolves to None: not on ssh's command line, ssh decides.
+        if fields["user"] is False:
+            fields["user"] = None
+        if fields["port"] is False:
+            fields["port"] = None
         endpoint = (endpoint_host(fields["host"]), fields["port"])
         other = self.endpoints.get(endpoint)
         if other is not None:
+            port = "(port from ssh)" if fields["port"] is None else f"port {fields['port']}"
             self.report(
-                source,
-                f"host {shown(fields['host'])} port {fields['port']} is already used by "
-                f"node {other}",
+                source, f"host {shown(fields['host'])} {port} is already used by node {other}"
             )
             return
         self.endpoints[endpoint] = name

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nixherd.errors import CommandError, LabError
-from nixherd.lab import etc, render
+from nixherd.lab import etc, inotify, render
 from nixherd.lab.proc import alive, mounts_under, namespace_pids
 from nixherd.lab.render import Account, HostFiles
 from nixherd.run import process
@@ -125,6 +125,9 @@ def check_prerequisites() -> None:
         )
 
 
+# Directories every host mounts its own over (lab/hostinit.py): a lab directory below one of them
+# would be hidden from its own hosts.
+HOST_MOUNTED = ("/nix", "/etc", "/var", "/run", "/dev", "/proc", "/sys")
 # -- the lab ------------------------------------------------------------------------------------
 
 
@@ -133,12 +136,21 @@ class Lab:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         path = os.path.abspath(os.fspath(directory))
+        real = os.path.realpath(path)
+        for system_dir in HOST_MOUNTED:
+            if real == system_dir or real.startswith(system_dir + "/"):
+                raise LabError(
+                    f"lab directory {path!r}: not below {system_dir} (every host mounts its own "
+                    f"{system_dir} over the machine's, and would lose sight of its own files)"
+                )
         if not render.is_safe_path(path):
             raise LabError(
                 f"lab directory {path!r}: use a path of letters, digits and ._-/+@,= only "
                 "(it is written bare into ssh and sshd configs and passwd)"
             )
         self.dir = path
+        # What `up` changed on the machine itself, for the CLI to say (nothing, normally).
+        self.notes: list[str] = []
 
     # paths
     @property
@@ -292,6 +304,7 @@ class Lab:
                 self._prepare(host, index, ids)
         self._write_client_files()
         if to_start:
+            self.notes += inotify.ensure_instances(len(to_start))
             process.run(
                 [sys.executable, "-I", BOOT_SCRIPT, "start", *(h.dir for h in to_start)],
                 timeout=60,
@@ -390,13 +403,18 @@ class Lab:
                 os.kill(init[0], signal.SIGKILL)
 
     def _check_gone(self, namespaces: Iterable[str]) -> None:
-        deadline = time.monotonic() + 5
+        # A killed namespace's processes die as soon as they leave the kernel; one in
+        # uninterruptible I/O (a journal being synced on a busy disk) may take seconds.
+        deadline = time.monotonic() + 20
         left: list[int] = []
         for pidns in namespaces:
             while (left := namespace_pids(pidns)) and time.monotonic() < deadline:
-                time.sleep(0.02)
+                time.sleep(0.05)
             if left:
-                raise LabError(f"processes of a lab host are still running: {left}")
+                raise LabError(
+                    "processes of a lab host are still running: "
+                    + ", ".join(f"{pid} ({describe_process(pid)})" for pid in left)
+                )
         mounts = mounts_under(self.dir)
         if mounts:
             raise LabError(f"mounts left below {self.dir}: {', '.join(mounts)}")
@@ -416,6 +434,17 @@ def _keygen(path: str, comment: str) -> None:
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
         what="ssh-keygen",
     )
+
+
+def describe_process(pid: int) -> str:
+    """Its command and state (/proc/PID/stat), for an error about a process that should be gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    name = data[data.index("(") + 1 : data.rindex(")")]
+    state = data[data.rindex(")") + 2 :].split()[0]
+    return f"{name}, state {state}"
 
 
 def _log_tail(host: HostFiles, lines: int = 5) -> str:

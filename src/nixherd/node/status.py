@@ -56,7 +56,8 @@ def read_status(
         state = probe(conn, multiplex=False, timeout=30)
         status = NodeStatus(name, True, state, expected)
     except NixherdError as exc:
-        status = NodeStatus(name, False, None, expected, str(exc).splitlines()[0])
+        # The whole message: some span lines (a refused host key: its fingerprint, what to do).
+        status = NodeStatus(name, False, None, expected, str(exc))
     finally:
         conn.close()
     emit(StageFinished(name, Stage.STATUS, time.monotonic() - started))

@@ -167,7 +167,7 @@ dest = "/run/keys//a"
         f"{path}: nodes.a.checks.url.http: not a valid URL: Invalid IPv6 URL",
         f"{path}: nodes.a.checks.port.tcp: unknown placeholder {{port}} (only {{host}} and "
         "{node} are filled in)",
-        f'{path}: nodes.b: host "0:0:0:0:0:0:0:1" port 22 is already used by node a',
+        f'{path}: nodes.b: host "0:0:0:0:0:0:0:1" (port from ssh) is already used by node a',
         f"{path}: nodes.c: keys.two and keys.one both write /run/keys/a",
     ]
     assert result.stderr == "nixherd: error: 5 problems found\n"

@@ -37,12 +37,12 @@ def test_table_of_the_seed_fleet(capsys: pytest.CaptureFixture[str]) -> None:
     assert (code, err) == (0, "")
     assert out == (
         "NAME                     ROLE       HOST             USER  PORT  TAGS\n"
-        "nixos-hk                 nixos-vps  103.85.224.63    root  22    vps,hk,prod\n"
-        "nixos-vps                nixos-vps  10.254.0.2       root  22    vps,container,lab\n"
-        "nixos-vps-198-51-100-11  nixos-vps  198.51.100.11    root  22    vps,batch-vps\n"
-        "nixos-vps-198-51-100-12  nixos-vps  198.51.100.12    root  22    vps,batch-vps\n"
-        "nixos-vps-198-51-100-13  nixos-vps  198.51.100.13    root  22    vps,batch-vps\n"
-        "nixos-ws                 nixos-ws   192.168.234.194  luck  22    workstation\n"
+        "nixos-hk                 nixos-vps  103.85.224.63    root  -     vps,hk,prod\n"
+        "nixos-vps                nixos-vps  10.254.0.2       root  -     vps,container,lab\n"
+        "nixos-vps-198-51-100-11  nixos-vps  198.51.100.11    root  -     vps,batch-vps\n"
+        "nixos-vps-198-51-100-12  nixos-vps  198.51.100.12    root  -     vps,batch-vps\n"
+        "nixos-vps-198-51-100-13  nixos-vps  198.51.100.13    root  -     vps,batch-vps\n"
+        "nixos-ws                 nixos-ws   192.168.234.194  luck  -     workstation\n"
     )
 
 
@@ -61,7 +61,7 @@ def test_json_listing(capsys: pytest.CaptureFixture[str]) -> None:
         "role": "nixos-vps",
         "host": "10.254.0.2",
         "user": "root",
-        "port": 22,
+        "port": None,  # not set: ssh decides
         "tags": ["vps", "container", "lab"],
     }
 
@@ -181,7 +181,7 @@ def test_rich_table_on_a_terminal(
     assert "\x1b[" not in out
     assert [line.split() for line in out.splitlines()] == [
         ["NAME", "ROLE", "HOST", "USER", "PORT", "TAGS"],
-        ["nixos-ws", "nixos-ws", "192.168.234.194", "luck", "22", "workstation"],
+        ["nixos-ws", "nixos-ws", "192.168.234.194", "luck", "-", "workstation"],
     ]
     assert os.environ["NO_COLOR"] == "1"
 

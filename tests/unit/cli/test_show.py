@@ -56,7 +56,7 @@ def test_text(capsys: pytest.CaptureFixture[str], inventory: str) -> None:
         "role             web                          target\n"
         "host             10.0.0.1                     target\n"
         "user             deploy                       defaults\n"
-        "port             22                           default\n"
+        "port             -                            default\n"
         "system           x86_64-linux                 default\n"
         "tags             fleet                        defaults\n"
         "                 http                         role\n"

@@ -140,11 +140,11 @@ def test_describe_lists_waves_and_destinations() -> None:
     tail = lines[lines.index("canary (1):") :]
     assert tail == [
         "canary (1):",
-        "  a  root@192.0.2.1:22",
+        "  a  root@192.0.2.1 port 22",
         "batch (1):",
-        "  b  deploy@192.0.2.1:2222",
+        "  b  deploy@192.0.2.1 port 2222",
         "batch (1):",
-        "  c  root@192.0.2.1:22",
+        "  c  root@192.0.2.1 port 22",
     ]
 
 

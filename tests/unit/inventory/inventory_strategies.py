@@ -60,9 +60,9 @@ def inventories(draw: st.DrawFn) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     defaults: dict[str, Any] = {}
     if draw(st.booleans()):
-        defaults["user"] = draw(st.sampled_from(["root", "deploy", "_svc"]))
+        defaults["user"] = draw(st.sampled_from(["root", "deploy", "_svc", False]))
     if draw(st.booleans()):
-        defaults["port"] = draw(st.integers(1, 65535))
+        defaults["port"] = draw(st.integers(1, 65535) | st.just(False))
     if draw(st.booleans()):
         defaults["tags"] = draw(tag_lists)
     if draw(st.booleans()):

@@ -42,7 +42,7 @@ def test_the_documented_resolved_node() -> None:
         "role": "nixos-vps",
         "host": "103.85.224.63",
         "user": "root",
-        "port": 22,
+        "port": None,  # not set: ssh decides
         "system": "x86_64-linux",
         "tags": ["vps", "hk", "prod"],
         "modules": ["hosts/nixos-vps"],

@@ -53,12 +53,12 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "a boolean is not an integer",
         "[nodes.web-1]\nport = true\n",
-        ["inventory.toml: nodes.web-1.port: must be an integer, got boolean true"],
+        ["inventory.toml: nodes.web-1.port: must be an integer or false, got boolean true"],
     ),
     (
         "a string is not an integer",
         "[nodes.web-1]\nport = '22'\n",
-        ['inventory.toml: nodes.web-1.port: must be an integer, got string "22"'],
+        ['inventory.toml: nodes.web-1.port: must be an integer or false, got string "22"'],
     ),
     (
         "port in defaults",
@@ -109,17 +109,20 @@ CASES: list[tuple[str, str, list[str]]] = [
     (
         "two nodes on the same host and port",
         "[nodes.a]\nhost = '10.0.0.1'\n[nodes.b]\nhost = '10.0.0.1'\n",
-        ['inventory.toml: nodes.b: host "10.0.0.1" port 22 is already used by node a'],
+        ['inventory.toml: nodes.b: host "10.0.0.1" (port from ssh) is already used by node a'],
     ),
     (
         "the same host under two spellings of its case",
         "[nodes.a]\nhost = 'Web.example.com'\n[nodes.b]\nhost = 'web.EXAMPLE.com'\n",
-        ['inventory.toml: nodes.b: host "web.EXAMPLE.com" port 22 is already used by node a'],
+        [
+            'inventory.toml: nodes.b: host "web.EXAMPLE.com"'
+            " (port from ssh) is already used by node a"
+        ],
     ),
     (
         "a host defaulting to a name used as another node's host",
         "[nodes.a]\nhost = 'b'\n[nodes.b]\n",
-        ['inventory.toml: nodes.b: host "b" port 22 is already used by node a'],
+        ['inventory.toml: nodes.b: host "b" (port from ssh) is already used by node a'],
     ),
     (
         "host starting with a dash",
@@ -250,7 +253,9 @@ CASES: list[tuple[str, str, list[str]]] = [
         "[defaults]\nssh_options = ['StrictHostKeyChecking=no']\n",
         [
             "inventory.toml: defaults.ssh_options[0]: StrictHostKeyChecking may not be set: "
-            "nixherd always verifies host keys"
+            'use host_key_policy = "accept-new" (for the node, its role or [defaults]) to '
+            "record a new host's key on first contact; host keys are always verified, never "
+            "`no` or `off`"
         ],
     ),
     (
@@ -401,7 +406,8 @@ CASES: list[tuple[str, str, list[str]]] = [
         '[nodes.c]\nhost = "2001:db8::1"\nport = 2\n'
         '[nodes.d]\nhost = "2001:DB8:0::0:1"\nport = 2\n',
         [
-            'inventory.toml: nodes.b: host "0:0:0:0:0:0:0:1" port 22 is already used by node a',
+            'inventory.toml: nodes.b: host "0:0:0:0:0:0:0:1"'
+            " (port from ssh) is already used by node a",
             'inventory.toml: nodes.d: host "2001:DB8:0::0:1" port 2 is already used by node c',
         ],
     ),
@@ -411,10 +417,12 @@ CASES: list[tuple[str, str, list[str]]] = [
         '[nodes.c]\nhost = "127.0.0.01"\n[nodes.d]\nhost = "::ffff:127.0.0.1"\n'
         '[nodes.e]\nhost = "web.example.com"\n[nodes.f]\nhost = "Web.Example.Com."\n',
         [
-            'inventory.toml: nodes.b: host "127.1" port 22 is already used by node a',
-            'inventory.toml: nodes.c: host "127.0.0.01" port 22 is already used by node a',
-            'inventory.toml: nodes.d: host "::ffff:127.0.0.1" port 22 is already used by node a',
-            'inventory.toml: nodes.f: host "Web.Example.Com." port 22 is already used by node e',
+            'inventory.toml: nodes.b: host "127.1" (port from ssh) is already used by node a',
+            'inventory.toml: nodes.c: host "127.0.0.01" (port from ssh) is already used by node a',
+            'inventory.toml: nodes.d: host "::ffff:127.0.0.1"'
+            " (port from ssh) is already used by node a",
+            'inventory.toml: nodes.f: host "Web.Example.Com."'
+            " (port from ssh) is already used by node e",
         ],
     ),
     (
