@@ -6,6 +6,7 @@ compare_units, handle_modified_unit). On a host, tests/lab/test_lab_system.py.""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,7 +21,12 @@ def stc() -> ModuleType:
     spec = importlib.util.spec_from_file_location("lab_switch", SWITCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # No __pycache__ beside it: nix/ is the Nix library users install (package data).
+    writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = writes
     return module
 
 
