@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "check-health": "check_health",
     "keys": "keys",
     "data": "data",
+    "terraform": "terraform",
 }
 
 

@@ -180,6 +180,8 @@ class Inventory:
     roles: tuple[str, ...]  # role names, sorted
     # `[defaults] ssh_config`, made absolute (a str, as `ssh.Target` takes it), or None.
     ssh_config: str | None = None
+    # The names of its `[terraform.NAME]` sources (docs/terraform.md).
+    terraform_sources: tuple[str, ...] = ()
 
 
 # --- provenance: the merge replayed, recording who set what ---------------------------------------

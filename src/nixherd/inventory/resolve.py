@@ -250,6 +250,7 @@ class _Resolver:
             nodes=dict(sorted(self.built.items())),
             roles=tuple(sorted(roles)),
             ssh_config=self.ssh_config,
+            terraform_sources=() if self.terraform is None else tuple(self.terraform.sources),
         )
 
     def fan_out(

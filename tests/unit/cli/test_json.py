@@ -68,7 +68,7 @@ def test_every_command_with_json_has_a_payload_in_the_contract() -> None:
     }
     assert with_json == set(payloads.payloads())
     # ... and the commands that show data all have it (lab up/down and the top level do not).
-    assert set(COMMANDS) - {"lab", "keys", "data"} <= with_json
+    assert set(COMMANDS) - {"lab", "keys", "data", "terraform"} <= with_json
 
 
 def test_nodes_json_is_the_envelope_and_validates(capsys: pytest.CaptureFixture[str]) -> None:
