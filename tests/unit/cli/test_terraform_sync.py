@@ -28,7 +28,7 @@ variable "web_hosts" {
   default = ["10.0.0.1", "10.0.0.2"]
 }
 variable "db_password" {
-  default = "%s"
+  default = "SECRET"
 }
 output "web" {
   value = "${var.web_hosts}"
@@ -40,7 +40,7 @@ output "db_password" {
   value     = "${var.db_password}"
   sensitive = true
 }
-""" % SECRET
+""".replace("SECRET", SECRET)
 
 INVENTORY = """
 [terraform.infra]
@@ -157,9 +157,9 @@ def test_a_failing_output_command_shows_its_stderr(
     assert not (tmp_path / "fleet" / "inventory.terraform.json").exists()
 
 
+@pytest.mark.usefixtures("infra")
 def test_the_binary_is_tofu_when_on_path_else_terraform(
     tmp_path: Path,
-    infra: tfkit.WorkDir,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -186,8 +186,9 @@ def test_the_binary_is_tofu_when_on_path_else_terraform(
     )
 
 
+@pytest.mark.usefixtures("infra")
 def test_nodes_runs_no_terraform_and_loads_none_of_it(
-    tmp_path: Path, infra: tfkit.WorkDir, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_inventory(tmp_path)
     assert run(capsys, "-i", str(path), "terraform", "sync")[0] == 0
