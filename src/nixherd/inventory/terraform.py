@@ -44,6 +44,8 @@ TARGET_KEYS: Final = ("host", "name", "port", "user", "tags", "vars")
 # Terraform 0.11 has no numbers in outputs: a port arrives as a string of digits. Nix reads it
 # with `fromJSON`, so only what JSON calls an integer (no leading zero) is taken.
 _PORT_TEXT = re.compile(r"[1-9][0-9]{0,4}").fullmatch
+# An index into a list, as JSON writes an integer (nix/lib.nix reads it with `fromJSON`).
+_INDEX = re.compile(r"0|[1-9][0-9]{0,9}").fullmatch
 
 Report = Callable[[str, str, str], None]  # (file, key path, message)
 
@@ -261,7 +263,7 @@ class Terraform:
             where = ".".join((ref.output, *ref.path[:index]))
             if type(value) is dict and step in value:
                 value = value[step]
-            elif type(value) is list and step.isdecimal() and int(step) < len(value):
+            elif type(value) is list and _INDEX(step) and int(step) < len(value):
                 value = value[int(step)]
             else:
                 self.report(
