@@ -154,7 +154,7 @@ let
       inside = genList (i: elemAt parts (i + 2)) (length parts - 2);
       outputs =
         if snapshot == null then
-          throw "nixherd: '${ref}': no Terraform snapshot beside the inventory: run `nixherd terraform sync`"
+          throw "nixherd: '${ref}': no Terraform snapshot beside the inventory: run `nixherd terraform sync` (in a git flake, `git add` the snapshot too)"
         else
           (snapshot.sources.${source} or { }).outputs or { };
       value =

@@ -127,7 +127,7 @@ def test_terraform_apply_sync_and_deploy(tmp_path: Path, tf_lab: LabHosts) -> No
     assert sorted(nodes) == ["tf-lab-1", "tf-lab-2"]
     for name in NAMES:
         node = nodes[f"tf-{name}"]
-        assert node["result"] == "switched", node
+        assert node["result"] == "ok", node
         assert fleet.current(name) == node["store_path"]
         motd_file = tf_lab.ssh(name, "cat", "/nix/var/lab/etc/motd").stdout
         assert motd_file == motd
@@ -144,7 +144,7 @@ def test_terraform_apply_sync_and_deploy(tmp_path: Path, tf_lab: LabHosts) -> No
     outputs.append(result.stdout + result.stderr)
     assert result.returncode == 0, explain(result)
     assert [n["node"] for n in report["nodes"]] == ["tf-lab-1"]
-    assert by_node(report)["tf-lab-1"]["result"] == "switched"
+    assert by_node(report)["tf-lab-1"]["result"] == "ok"
     assert fleet.current("lab-1") == by_node(report)["tf-lab-1"]["store_path"]
 
     # The sensitive output: in no snapshot, message, report, log, fleet file or new store path.
@@ -159,13 +159,13 @@ def test_terraform_apply_sync_and_deploy(tmp_path: Path, tf_lab: LabHosts) -> No
     assert files_holding(str(fleet.dir), needle) == []
     reports = [p for p in fleet.work.iterdir() if p.name.startswith("report-")]
     assert len(reports) == 2
-    for path in reports:
-        assert needle not in path.read_bytes()
+    for report_file in reports:
+        assert needle not in report_file.read_bytes()
     logs = fleet.work / ".nixherd"
     assert logs.is_dir() and files_holding(str(logs), needle) == []
     fresh = new_store_paths(before)
     assert fresh, "the deploys added store paths"
-    for path in fresh:
-        assert files_holding(path, needle) == [], path
+    for store_path in fresh:
+        assert files_holding(store_path, needle) == [], store_path
     # The search can find it: the state does hold it.
     assert files_holding(str(infra.path), needle)
