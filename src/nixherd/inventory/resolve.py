@@ -209,8 +209,14 @@ class _Resolver:
                             f"the node name made from role and host, {shown(name)}, is not one "
                             f"the peers can carry: {NO_LETTER}: set `name`",
                         )
-                own = self.own_layers(Origin.TARGET, target)
-                self.add(name, role_name, fields, target_path, (*layers, *own))
+                # Inline for the usual node (no vars from Terraform): this loop runs per target.
+                if self.extra_layers:
+                    own = self.own_layers(Origin.TARGET, target)
+                    self.add(name, role_name, fields, target_path, (*layers, *own))
+                else:
+                    self.add(
+                        name, role_name, fields, target_path, (*layers, (Origin.TARGET, target))
+                    )
             if "targets_from" in role and self.terraform is not None:
                 self.fan_out(role_name, role, values, layers, name_ok)
 
@@ -240,8 +246,11 @@ class _Resolver:
                         self.report(join(node_path, "role"), unknown_role(node_role, roles))
                     values, layers = base, base_layers
                 fields = apply_layer(values, node)
-            own = self.own_layers(Origin.NODE, node)
-            self.add(node_name, node_role, fields, node_path, (*layers, *own))
+            if self.extra_layers:
+                own = self.own_layers(Origin.NODE, node)
+                self.add(node_name, node_role, fields, node_path, (*layers, *own))
+            else:
+                self.add(node_name, node_role, fields, node_path, (*layers, (Origin.NODE, node)))
 
         if self.problems:
             raise InventoryError(self.problems)
