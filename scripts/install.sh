@@ -8,16 +8,27 @@
 #                       with "the group 'nixbld' specified in 'build-users-group' does not exist".
 #                       It pulls in systemd, which lab hosts will boot as their pid 1.
 #   openssh-server, openssh-client, sudo, util-linux, procps, iproute2, git
+#   zsh, fish           the tests run `nixherd completion zsh|fish`'s scripts in these shells
+#   groff-base          the tests render the man page (docs/nixherd.1) and want no warning
 #   python3, python3-venv (when the machine has no Python 3.11+ with venv)
 # and then nixherd with its dev and bench extras into .venv (pip, from PyPI).
 #
 # A second run changes nothing: apt is skipped when every package is there, pip when the venv
 # already holds this pyproject.toml's install (a stamp in .venv records its hash).
+#
+#   --system-only   the apt part only, no .venv: what a machine needs to run a nixherd installed
+#                   from its package (scripts/wheel-check.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+system_only=0
+case "${1:-}" in
+  "") ;;
+  --system-only) system_only=1 ;;
+  *) echo "usage: install.sh [--system-only]" >&2; exit 2 ;;
+esac
 
 APT_PACKAGES=(nix-bin nix-setup-systemd openssh-server openssh-client sudo util-linux procps
-  iproute2 git)
+  iproute2 git zsh fish groff-base)
 
 PY=${PYTHON:-python3}
 python_ok() {
@@ -49,6 +60,9 @@ fi
 if ! getent group nixbld >/dev/null; then
   echo "install.sh: nix-setup-systemd is installed but the nixbld group is missing" >&2
   exit 1
+fi
+if ((system_only)); then
+  exit 0
 fi
 
 stamp=.venv/.nixherd-installed

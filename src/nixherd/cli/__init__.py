@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from nixherd import __version__
+from nixherd.cli.suggest import Parser
+from nixherd.cli.version import VersionAction
 
 # Command name -> module under nixherd.cli. Order is the order shown in --help.
 COMMANDS: dict[str, str] = {
@@ -33,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "keys": "keys",
     "data": "data",
     "terraform": "terraform",
+    "completion": "completion",
 }
 
 
@@ -40,9 +42,9 @@ def _load(module: str) -> ModuleType:
     return importlib.import_module(f"nixherd.cli.{module}")
 
 
-def common_options() -> argparse.ArgumentParser:
+def common_options() -> Parser:
     """Options every command accepts, before or after its name."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument(
         "-i",
         "--inventory",
@@ -64,12 +66,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     all that running it needs (importing and configuring every command module costs more than
     `nixherd nodes` spends on its own work)."""
     common = common_options()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="nixherd",
         description="Deploy NixOS configurations to a fleet of machines over SSH.",
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"nixherd {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
@@ -109,6 +111,12 @@ def inventory_path(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and "_ARGCOMPLETE" in os.environ:
+        # Started by a completion script to answer a TAB: argcomplete answers and exits.
+        from nixherd.cli import completion
+
+        completion.complete(build_parser, requested_command, inventory_path)
+        return 1
     debug = "--debug" in args_list
     from nixherd.errors import NixherdError
 

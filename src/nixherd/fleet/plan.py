@@ -105,7 +105,10 @@ def steps(options: DeployOptions) -> list[str]:
         out.append("build (here, one nix process for all nodes)")
     if goal is Goal.BUILD:
         return out
-    out.append("probe (skip the node if it already runs its system)")
+    out.append(
+        "probe (skip the node if it already runs its system"
+        + (", booted into it)" if options.reboot else ")")
+    )
     out.append(
         "copy the derivations and build on the node"
         if options.build_on_target
@@ -125,7 +128,10 @@ def steps(options: DeployOptions) -> list[str]:
     if options.keys:
         out.append("upload keys (post-activation)")
     if options.reboot:
-        out.append(f"reboot and wait (up to {options.reboot_timeout:g} s)")
+        out.append(
+            f"reboot and wait (up to {options.reboot_timeout:g} s), then keys again and "
+            "health checks"
+        )
     return out
 
 

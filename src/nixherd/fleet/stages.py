@@ -1,6 +1,7 @@
 """One node's trip through a deploy, after the build: probe -> copy -> keys -> activate -> keys ->
-reboot (`run_node`), with what every node's trip shares (`Context`) and the probes started early,
-while the build runs (`EarlyProbes`). The wave scheduler that runs these trips is fleet/pipeline.py.
+reboot -> keys -> checks (`run_node`), with what every node's trip shares (`Context`) and the
+probes started early, while the build runs (`EarlyProbes`). The wave scheduler that runs these
+trips is fleet/pipeline.py.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from nixherd.fleet.report import TAIL_LINES, ErrorInfo, NodeResult
 from nixherd.node import activation
 from nixherd.node import keys as secrets
 from nixherd.node import reboot as reboot_mod
-from nixherd.node.checks import HealthCheck
+from nixherd.node.checks import HealthCheck, run_checks, summary
 from nixherd.node.delivery import BuildOnTarget, Delivery, PushFromHere, System
 from nixherd.node.goal import Goal
 from nixherd.node.probe import NodeState, probe
@@ -207,10 +208,18 @@ def run_node(
             if goal.activates and state.in_flight and state.lock_toplevel == system.out_path:
                 state = _await_other(ctx, conn, node, system, state, track)
             track.previous = state.current
-            if state.up_to_date(goal, system.out_path):
+            if state.up_to_date(goal, system.out_path, reboot=options.reboot):
                 if prepared is not None:
                     _upload_keys(track, conn, prepared, None)
                 return track.finish(Outcome.UP_TO_DATE, detail="already running its system")
+            if options.reboot and state.up_to_date(goal, system.out_path):
+                # An earlier run set it up (`apply boot`) but the node never booted it: the
+                # reboot is all that is missing, nothing is copied or activated again.
+                track.line(
+                    f"its system is set up but it booted {state.booted or 'another system'}: "
+                    "rebooting only"
+                )
+                return _reboot(ctx, conn, node, system, state, track, prepared)
             if not state.has_target:
                 if ctx.cancel.is_set():
                     return track.finish(Outcome.INTERRUPTED, detail="interrupted before copy")
@@ -231,19 +240,46 @@ def run_node(
             if prepared is not None:
                 _upload_keys(track, conn, prepared, "post-activation")
             if options.reboot:
-                with track.stage(Stage.REBOOT):
-                    reboot_mod.reboot(
-                        conn,
-                        before=state.boot,
-                        expect=system.out_path,
-                        timeout=options.reboot_timeout,
-                        on_line=track.line,
-                    )
+                return _reboot(ctx, conn, node, system, state, track, prepared)
             return track.finish(Outcome.OK, detail=_done(goal))
     except NixherdError as exc:
         return track.finish(Outcome.FAILED, error=ErrorInfo.from_exception(exc))
     except Exception as exc:  # a bug must fail one node, not the run
         return track.finish(Outcome.FAILED, error=ErrorInfo.from_exception(exc))
+
+
+def _reboot(
+    ctx: Context,
+    conn: Connection,
+    node: DeployNode,
+    system: System,
+    state: NodeState,
+    track: Track,
+    prepared: secrets.PreparedKeys | None,
+) -> NodeResult:
+    """Reboot the node and wait (bounded) until it runs its system again; then, since a reboot
+    empties /run, put every key back (both phases: the system is up), and run the health checks
+    on the rebooted node. Only then is it ok. A check failing now fails the node, which keeps
+    the system it booted: it was confirmed before the reboot, nothing is left to roll back to
+    on its own (`nixherd rollback` is the way back)."""
+    with track.stage(Stage.REBOOT):
+        reboot_mod.reboot(
+            conn,
+            before=state.boot,
+            expect=system.out_path,
+            timeout=ctx.options.reboot_timeout,
+            on_line=track.line,
+        )
+    if prepared is not None:
+        _upload_keys(track, conn, prepared, None)
+    results = run_checks(conn, health_checks(node), emit=track.sink)
+    bad = summary(results)
+    if bad:
+        return track.finish(
+            Outcome.FAILED,
+            error=ErrorInfo(f"health check failed after the reboot ({bad}); the node keeps it"),
+        )
+    return track.finish(Outcome.OK, detail=f"{_done(ctx.options.goal)}, rebooted into it")
 
 
 def _await_other(

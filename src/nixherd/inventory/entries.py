@@ -38,6 +38,7 @@ class CheckKind(Enum):
     COMMAND = "command"  # argv run on the target; healthy when it exits 0
     HTTP = "http"  # URL fetched from the deployer
     TCP = "tcp"  # host:port the deployer connects to
+    UNIT = "unit"  # systemd unit that must be active on the target (`systemctl is-active`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,8 @@ class HealthCheck:
     url: str = ""
     # tcp: the host:port the deployer connects to ({host}, {node} are filled in).
     address: str = ""
+    # unit: the systemd unit (validate.unit_name_problem's rules) that must be active.
+    unit: str = ""
     # http: the expected status, 100..599.
     status: int = 200
     # http: a regex the body must match.
@@ -77,6 +80,8 @@ class HealthCheck:
                 return f"http {fill(self.url, host=host, node=node)}"
             case CheckKind.TCP:
                 return f"tcp {fill(self.address, host=host, node=node)}"
+            case CheckKind.UNIT:
+                return f"unit {self.unit}"
 
 
 # --- keys (`keys.<name>`) -------------------------------------------------------------------------

@@ -324,7 +324,7 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "checks",
-        "table of named health checks (`checks.<name>`: command|http|tcp, status, body, "
+        "table of named health checks (`checks.<name>`: command|http|tcp|unit, status, body, "
         "timeout, retries, interval)",
         named_table(_entry_issues("checks")),
         Merge.NAMED,

@@ -40,6 +40,7 @@ from nixherd.inventory.validate import (
     shown,
     source_path,
     string,
+    unit_name_problem,
 )
 
 # --- health checks --------------------------------------------------------------------------------
@@ -51,6 +52,8 @@ CHECK_FIELDS: Mapping[str, str] = {
     "command": "list of strings: argv run on the target; healthy when it exits 0",
     "http": "string: URL fetched from the deployer ({host}, {node} are filled in)",
     "tcp": "string: host:port the deployer connects to ({host}, {node} are filled in)",
+    "unit": "string: systemd unit that must be active on the target (`systemctl is-active`), "
+    'e.g. "app.service"',
     "status": f"integer: expected HTTP status, 100..599 (default {_CHECK_DEFAULTS['status']})",
     "body": "string: regex the HTTP body must match",
     "timeout": f"number: seconds per attempt, 0.01..3600 (default {_CHECK_DEFAULTS['timeout']:g})",
@@ -79,11 +82,11 @@ def parse_check(name: str, data: Mapping[str, Any]) -> tuple[HealthCheck | None,
     for key in data:
         if key not in CHECK_FIELDS:
             problems.append(f"{key}: unknown field")
-    kinds = [k for k in ("command", "http", "tcp") if k in data]
+    kinds = [k for k in ("command", "http", "tcp", "unit") if k in data]
     if len(kinds) != 1:
-        problems.append("exactly one of command, http, tcp is required")
+        problems.append("exactly one of command, http, tcp, unit is required")
     command: tuple[str, ...] = ()
-    url = address = ""
+    url = address = unit = ""
     if "command" in data:
         raw = data["command"]
         if (
@@ -110,6 +113,11 @@ def parse_check(name: str, data: Mapping[str, Any]) -> tuple[HealthCheck | None,
             problems.append(f"tcp: {problem}")
         else:
             address = raw
+    if "unit" in data:
+        if (problem := unit_name_problem(data["unit"])) is not None:
+            problems.append(f"unit: {problem}")
+        else:
+            unit = data["unit"]
     given: dict[str, Any] = {}
     _number(data, "status", given, int, problems, low=100, high=599)
     _number(data, "timeout", given, float, problems, low=0.01, high=MAX_CHECK_SECONDS, unit=True)
@@ -136,6 +144,7 @@ def parse_check(name: str, data: Mapping[str, Any]) -> tuple[HealthCheck | None,
         command=command,
         url=url,
         address=address,
+        unit=unit,
         declared=data,
         **given,
     )
@@ -224,7 +233,9 @@ def _address_problem(address: str) -> str | None:
 def check_issues(value: Any) -> list[tuple[str, str]] | None:
     """The inventory validator of one `checks.<name>` entry: (key-path suffix, message) pairs."""
     if not isinstance(value, dict):
-        return [("", "must be a table (command, http or tcp, with timeout, retries, interval)")]
+        return [
+            ("", "must be a table (command, http, tcp or unit, with timeout, retries, interval)")
+        ]
     _, problems = parse_check("check", value)
     issues: list[tuple[str, str]] = []
     for problem in problems:

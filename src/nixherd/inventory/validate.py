@@ -205,6 +205,46 @@ def host_ok(value: str) -> bool:
     return True
 
 
+# systemd's unit name rules (systemd/systemd src/basic/unit-name.c, unit_name_is_valid; the
+# suffixes are its unit types, src/basic/unit-def.c): shorter than 256 characters, a name of
+# [A-Za-z0-9:_.\\-] with at most one "@" (not first), then "." and a unit type. A health check
+# names a unit that can be active: plain ("app.service") or an instance ("getty@tty1.service"),
+# never a template ("getty@.service").
+UNIT_NAME_MAX = 255
+UNIT_TYPES = (
+    "service",
+    "socket",
+    "target",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "timer",
+    "path",
+    "slice",
+    "scope",
+)
+_UNIT = re.compile(
+    r"[A-Za-z0-9:_.\\-]+(?:@[A-Za-z0-9:_.\\@-]+)?\.(?:" + "|".join(UNIT_TYPES) + ")"
+).fullmatch
+
+
+def unit_name_problem(value: object) -> str | None:
+    """Why `value` is not the name of a systemd unit that can be active (None: it is)."""
+    if not isinstance(value, str):
+        return f'must be a systemd unit name such as "app.service", got {type_name(value)}'
+    if len(value) > UNIT_NAME_MAX:
+        return f"a systemd unit name has at most {UNIT_NAME_MAX} characters, got {len(value)}"
+    if value.endswith(tuple(f"@.{t}" for t in UNIT_TYPES)):
+        return f'{shown(value)} is a template: name an instance ("name@instance.service")'
+    if _UNIT(value) is None:
+        return (
+            f'not a systemd unit name: {shown(value)} (letters, digits, ":-_.\\" and one "@", '
+            f"then a unit type: .{', .'.join(UNIT_TYPES)})"
+        )
+    return None
+
+
 def integer(low: int, high: int) -> Check:
     def check(value: Any) -> list[Issue] | None:
         if type(value) is int and low <= value <= high:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nixherd.errors import CommandError, LabError
-from nixherd.lab import etc, render
+from nixherd.lab import etc, inotify, render
 from nixherd.lab.proc import alive, mounts_under, namespace_pids
 from nixherd.lab.render import Account, HostFiles
 from nixherd.run import process
@@ -125,56 +125,9 @@ def check_prerequisites() -> None:
         )
 
 
-INOTIFY_LIMIT = "/proc/sys/fs/inotify/max_user_instances"
-# inotify instances a host takes (systemd 3, journald 1, measured 3 per idle host), with room for
-# what its units and logins add; and the limit the lab raises to when it must.
-INOTIFY_PER_HOST = 6
-INOTIFY_RAISED = 1024
-
-
-def inotify_instances_in_use() -> int:
-    """inotify instances open on the machine (root's: the lab's and the machine's own)."""
-    count = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
-                        count += 1
-    return count
-
-
-def ensure_inotify_instances(new_hosts: int) -> list[str]:
-    """Raise fs.inotify.max_user_instances when the hosts about to start would exhaust it.
-
-    Every systemd is a root process of the one kernel, and the limit counts root's inotify
-    instances machine-wide (inotify(7), "/proc interfaces"). Debian's default, 128, lets about
-    40 hosts boot; past it systemd exits at start ("Too many open files"). The lab raises it
-    (as machines running many containers do) and says so; it never lowers it.
-    """
-    try:
-        limit = int(Path(INOTIFY_LIMIT).read_text())
-    except (OSError, ValueError):
-        return []
-    needed = inotify_instances_in_use() + INOTIFY_PER_HOST * new_hosts
-    if needed <= limit:
-        return []
-    raised = max(needed, INOTIFY_RAISED)
-    try:
-        Path(INOTIFY_LIMIT).write_text(f"{raised}\n")
-    except OSError as exc:
-        raise LabError(
-            f"{new_hosts} more hosts need about {needed} inotify instances, the machine allows "
-            f"{limit} ({INOTIFY_LIMIT}) and raising it failed: {exc.strerror or exc}"
-        ) from exc
-    return [
-        f"raised fs.inotify.max_user_instances from {limit} to {raised} (each host's "
-        "systemd and journald use a few; the default lets about 40 hosts boot)"
-    ]
-
-
+# Directories every host mounts its own over (lab/hostinit.py): a lab directory below one of them
+# would be hidden from its own hosts.
+HOST_MOUNTED = ("/nix", "/etc", "/var", "/run", "/dev", "/proc", "/sys")
 # -- the lab ------------------------------------------------------------------------------------
 
 
@@ -183,6 +136,13 @@ class Lab:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         path = os.path.abspath(os.fspath(directory))
+        real = os.path.realpath(path)
+        for system_dir in HOST_MOUNTED:
+            if real == system_dir or real.startswith(system_dir + "/"):
+                raise LabError(
+                    f"lab directory {path!r}: not below {system_dir} (every host mounts its own "
+                    f"{system_dir} over the machine's, and would lose sight of its own files)"
+                )
         if not render.is_safe_path(path):
             raise LabError(
                 f"lab directory {path!r}: use a path of letters, digits and ._-/+@,= only "
@@ -344,7 +304,7 @@ class Lab:
                 self._prepare(host, index, ids)
         self._write_client_files()
         if to_start:
-            self.notes += ensure_inotify_instances(len(to_start))
+            self.notes += inotify.ensure_instances(len(to_start))
             process.run(
                 [sys.executable, "-I", BOOT_SCRIPT, "start", *(h.dir for h in to_start)],
                 timeout=60,
@@ -443,13 +403,18 @@ class Lab:
                 os.kill(init[0], signal.SIGKILL)
 
     def _check_gone(self, namespaces: Iterable[str]) -> None:
-        deadline = time.monotonic() + 5
+        # A killed namespace's processes die as soon as they leave the kernel; one in
+        # uninterruptible I/O (a journal being synced on a busy disk) may take seconds.
+        deadline = time.monotonic() + 20
         left: list[int] = []
         for pidns in namespaces:
             while (left := namespace_pids(pidns)) and time.monotonic() < deadline:
-                time.sleep(0.02)
+                time.sleep(0.05)
             if left:
-                raise LabError(f"processes of a lab host are still running: {left}")
+                raise LabError(
+                    "processes of a lab host are still running: "
+                    + ", ".join(f"{pid} ({describe_process(pid)})" for pid in left)
+                )
         mounts = mounts_under(self.dir)
         if mounts:
             raise LabError(f"mounts left below {self.dir}: {', '.join(mounts)}")
@@ -469,6 +434,17 @@ def _keygen(path: str, comment: str) -> None:
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
         what="ssh-keygen",
     )
+
+
+def describe_process(pid: int) -> str:
+    """Its command and state (/proc/PID/stat), for an error about a process that should be gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    name = data[data.index("(") + 1 : data.rindex(")")]
+    state = data[data.rindex(")") + 2 :].split()[0]
+    return f"{name}, state {state}"
 
 
 def _log_tail(host: HostFiles, lines: int = 5) -> str:

@@ -50,7 +50,7 @@ from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarte
 from nixherd.node.checks import CheckResult, HealthCheck, run_checks, summary
 from nixherd.node.goal import Goal
 from nixherd.node.probe import NodeState, probe
-from nixherd.node.protocol import UNSAFE_EXIT, Marker, Status, describe
+from nixherd.node.protocol import UNIT_FAILED_EXIT, UNSAFE_EXIT, Marker, Status, describe
 from nixherd.node.watchdog import (
     PROFILE,
     STATE_DIR,
@@ -375,7 +375,7 @@ def _failure(
     *,
     why: str | None,
 ) -> ActivationError:
-    cause = why or describe(status.reason if status else "")
+    cause = why or describe(status.reason if status else "", log)
     unknown = ActivationError(
         node,
         f"{cause or 'activation'}: the outcome is unknown (last status: {status or 'unknown'}); "
@@ -408,6 +408,9 @@ def _failure(
                 checks=results,
             )
         case Status.FAILED:
+            if status.reason == f"activation-exit-{UNIT_FAILED_EXIT}":
+                # The switch went through: no rollback was asked for, so the node runs it.
+                cause = f"{cause}; the node keeps the new system (no rollback asked for)"
             return ActivationError(
                 node, cause, previous=previous, reason=cause, log=log, checks=results
             )

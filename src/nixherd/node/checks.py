@@ -1,8 +1,9 @@
 """Health checks: running them (the typed checks of `nixherd.inventory.entries`, built and
 validated once by the inventory; see docs/inventory.md for the `checks.<name>` tables).
 
-A check is one of three kinds: a command run on the target (exit 0 = healthy), an HTTP fetch or a
-TCP connect from the deployer ({host} and {node} filled in). Each attempt has `timeout` seconds;
+A check is one of four kinds: a command run on the target (exit 0 = healthy), a systemd unit that
+must be active on the target (`systemctl is-active`), an HTTP fetch or a TCP connect from the
+deployer ({host} and {node} filled in). Each attempt has `timeout` seconds;
 a failed one is retried `retries` times, `interval` seconds apart.
 """
 
@@ -98,6 +99,8 @@ def _attempt(conn: Connection, check: HealthCheck) -> tuple[bool, str]:
             return _http(fill(check.url, host=host, node=node), check)
         case CheckKind.TCP:
             return _tcp(fill(check.address, host=host, node=node), check.timeout)
+        case CheckKind.UNIT:
+            return _unit(conn, check)
 
 
 def _command(conn: Connection, check: HealthCheck) -> tuple[bool, str]:
@@ -110,6 +113,38 @@ def _command(conn: Connection, check: HealthCheck) -> tuple[bool, str]:
     tail = (result.stdout + result.stderr).strip().splitlines()
     last = f": {tail[-1][:200]}" if tail else ""
     return False, f"exit {result.returncode}{last}"
+
+
+# `systemctl is-active` prints the unit's state and exits 0 only for active, reloading and
+# refreshing; 3 for any other state, 4 when no such unit is loaded (systemd/systemd
+# src/systemctl/systemctl-is-active.c). 127 is the remote shell's "command not found".
+_NO_SUCH_UNIT = 4
+_NOT_FOUND = 127
+
+
+def unit_argv(unit: str) -> list[str]:
+    """The argv a `unit` check runs on the target (the name validated by the inventory:
+    `validate.unit_name_problem`; `--` so that no name is ever read as an option)."""
+    return ["systemctl", "is-active", "--", unit]
+
+
+def _unit(conn: Connection, check: HealthCheck) -> tuple[bool, str]:
+    unit = check.unit
+    try:
+        result = conn.run(unit_argv(unit), timeout=check.timeout, check=False, what="check")
+    except CommandError:
+        return False, f"{unit}: timed out after {check.timeout:g}s"
+    state = result.stdout.strip().splitlines()
+    said = state[0] if state else ""
+    if result.ok:
+        return True, f"{unit}: {said or 'active'}"
+    if result.returncode == _NOT_FOUND:
+        return False, f"{unit}: systemctl not found on the node (a unit check needs systemd)"
+    if result.returncode == _NO_SUCH_UNIT:
+        return False, f"{unit}: no such unit on the node"
+    errors = result.stderr.strip().splitlines()
+    why = said or (errors[-1][:200] if errors else "")
+    return False, f"{unit}: {why or 'not active'} (exit {result.returncode})"
 
 
 def _http(url: str, check: HealthCheck) -> tuple[bool, str]:

@@ -1,5 +1,5 @@
-"""What a node runs now, read in one ssh round trip: current system, profile, generation, boot id,
-and the activation in flight if there is one.
+"""What a node runs now, read in one ssh round trip: current system, booted system, profile,
+generation, boot id, and the activation in flight if there is one.
 
 The remote side is a constant POSIX sh script; the one value it takes (the store path the deploy
 wants) is a positional argument, so it is data, never code.
@@ -21,6 +21,7 @@ PROFILE = "/nix/var/nix/profiles/system"
 SCRIPT = r"""p=/nix/var/nix/profiles/system
 c=$(readlink /run/current-system 2>/dev/null)
 printf 'current=%s\n' "$c"
+printf 'booted=%s\n' "$(readlink /run/booted-system 2>/dev/null)"
 if [ -L "$p" ]; then
   g=$(readlink "$p")
   printf 'profile=%s\n' "$(readlink -f "$p")"
@@ -86,6 +87,7 @@ class NodeState:
     # it activates (None: no activation holds the node).
     lock: str | None = None
     lock_toplevel: str | None = None
+    booted: str | None = None  # /run/booted-system: the system the node started at its last boot
 
     @property
     def holder(self) -> Lock | None:
@@ -98,13 +100,17 @@ class NodeState:
         holder = self.holder
         return None if holder is None else holder.activation_id
 
-    def up_to_date(self, goal: Goal, toplevel: str) -> bool:
+    def up_to_date(self, goal: Goal, toplevel: str, *, reboot: bool = False) -> bool:
         """Whether `goal` would change nothing on this node (so nothing is copied or run).
 
         A node with an activation in flight is up to date for no goal that activates: until
-        that activation is confirmed, it may still roll the node back.
+        that activation is confirmed, it may still roll the node back. With `reboot` (`apply
+        --reboot`), the node must also have BOOTED `toplevel`: a profile set by an earlier
+        `apply boot` is not yet a reboot into it.
         """
         if goal.activates and self.lock is not None:
+            return False
+        if reboot and self.booted != toplevel:
             return False
         match goal:
             case Goal.BUILD:
@@ -129,6 +135,7 @@ def parse(output: str) -> NodeState:
     gen_time = values.get("generation_time", "")
     return NodeState(
         current=values.get("current") or None,
+        booted=values.get("booted") or None,
         profile=values.get("profile") or None,
         generation=int(generation.group(1)) if generation else None,
         generation_time=int(gen_time) if gen_time.isdigit() else None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -136,12 +137,41 @@ def parse_progress(line: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def describe(reason: str) -> str:
-    """A failure reason the watchdog gives (after failed, rolled-back, ...) in words."""
+# switch-to-configuration's exit code when the switch happened but a unit failed to reload,
+# restart or start, or is failed afterwards (docs/lab.md, "Exit codes", from nixpkgs'
+# switch-to-configuration). A deploy treats it as a failed activation: rolled back under magic
+# rollback, kept and reported failed without (README, "How a deploy runs").
+UNIT_FAILED_EXIT = 4
+# The line it prints before that exit, naming the units (nixpkgs nixos/tests/switch-test.nix
+# asserts it: "warning: the following units failed: test.service").
+_UNITS_FAILED = "warning: the following units failed: "
+_UNIT_WORD = re.compile(r"[A-Za-z0-9:_.\\@-]+\.[a-z]+").fullmatch
+
+
+def failed_units(log: Sequence[str]) -> tuple[str, ...]:
+    """The units the switch's last "the following units failed" line names (only words shaped
+    like unit names: the rest of the node's output is not repeated)."""
+    for line in reversed(log):
+        if line.startswith(_UNITS_FAILED):
+            words = (w.strip() for w in line[len(_UNITS_FAILED) :].split(","))
+            return tuple(w for w in words if _UNIT_WORD(w))
+    return ()
+
+
+def describe(reason: str, log: Sequence[str] = ()) -> str:
+    """A failure reason the watchdog gives (after failed, rolled-back, ...) in words; `log`
+    (the activation's) names the units behind an exit 4."""
     if reason == "timeout":
         return "no confirmation within the timeout (was the deployer cut off?)"
     if reason.startswith("activation-exit-124"):
         return "activation timed out"
+    if reason == f"activation-exit-{UNIT_FAILED_EXIT}":
+        units = failed_units(log)
+        if not units:
+            return f"the switch happened but a unit failed (exit {UNIT_FAILED_EXIT})"
+        which = "a unit" if len(units) == 1 else "units"
+        named = ", ".join(units)
+        return f"the switch happened but {which} failed (exit {UNIT_FAILED_EXIT}): {named}"
     if reason.startswith("activation-exit-"):
         return f"activation failed (exit {reason.removeprefix('activation-exit-')})"
     if reason == "profile":

@@ -205,7 +205,8 @@ stc() {
     if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
         nscope=$((${nscope:-0} + 1))
         scope=nixherd-switch-$id-$nscope
-        (exec systemd-run --scope --collect --quiet --unit="$scope" -- \
+        (exec systemd-run --scope --collect --quiet --unit="$scope" \
+            --description="nixherd switch-to-configuration $action ($id)" -- \
             setsid -w "$top/bin/switch-to-configuration" "$action" 4>&- 5>&-) &
     else
         (exec setsid -w "$top/bin/switch-to-configuration" "$action" 4>&- 5>&-) &
@@ -350,10 +351,26 @@ start() {
     set_status starting
     # Detached, so that an ssh drop or a network restart cannot kill a half-done switch.
     if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1; then
-        systemd-run --unit="nixherd-activate-$id" --collect --quiet \
-            -- sh "$d/watchdog.sh" "$id" run || {
+        # One transient service per activation (ID is random), collected once it ends, failed
+        # or not. Without --wait, systemd-run needs no D-Bus: as root it talks to systemd over
+        # its private socket and returns once the watchdog runs (exec: it did start). A
+        # transient unit gets systemd's environment, not this login's, so what the watchdog
+        # relies on is handed over explicitly: the PATH set above (the same in both branches),
+        # the C locale, and NixOS's switch variables when the login has them. Its output goes
+        # to the log the setsid branch writes, stdin is /dev/null.
+        set -- --unit="nixherd-activate-$id" --description="nixherd activation $id" \
+            --collect --quiet --service-type=exec \
+            -p StandardInput=null -p StandardOutput="append:$d/log" \
+            -p StandardError="append:$d/log" \
+            --setenv=PATH="$PATH" --setenv=LC_ALL=C
+        [ -z "${LOCALE_ARCHIVE+x}" ] || set -- "$@" --setenv=LOCALE_ARCHIVE="$LOCALE_ARCHIVE"
+        [ -z "${NIXOS_INSTALL_BOOTLOADER+x}" ] ||
+            set -- "$@" --setenv=NIXOS_INSTALL_BOOTLOADER="$NIXOS_INSTALL_BOOTLOADER"
+        [ -z "${NIXOS_NO_CHECK+x}" ] || set -- "$@" --setenv=NIXOS_NO_CHECK="$NIXOS_NO_CHECK"
+        # An absolute shell: systemd looks a bare name up in its own PATH, not the one above.
+        systemd-run "$@" -- "$(command -v sh)" "$d/watchdog.sh" "$id" run >>"$d/log" 2>&1 || {
             release_lock
-            echo "systemd-run failed"
+            echo "systemd-run failed: $(tail -n 3 "$d/log")"
             exit 1
         }
     else

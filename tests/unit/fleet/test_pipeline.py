@@ -558,3 +558,60 @@ def test_probe_is_elevated_for_a_non_root_user(fake: Fake) -> None:
     run(fake, ["a"], nodes=[FakeNode("a", user="deploy")])
     probes = [w for w in fake.remote_words() if SCRIPT in w]
     assert probes and all(w[:3] == ["sudo", "-n", "--"] for w in probes)
+
+
+@dataclass
+class Reboots:
+    """Stands in for node.reboot.reboot: records each reboot, comes back on the wanted system."""
+
+    calls: list[tuple[str, str | None, float]] = field(default_factory=list)
+
+    def __call__(self, conn: Connection, **kw: Any) -> None:
+        self.calls.append((conn.target.node, kw["expect"], kw["timeout"]))
+
+
+@pytest.fixture
+def reboots(monkeypatch: pytest.MonkeyPatch) -> Reboots:
+    from nixherd.node import reboot as reboot_mod
+
+    r = Reboots()
+    monkeypatch.setattr(reboot_mod, "reboot", r)
+    return r
+
+
+def test_boot_set_but_not_booted_is_only_rebooted(
+    fake: Fake, acts: Activations, reboots: Reboots
+) -> None:
+    # An earlier `apply boot` set the profile; the node still runs (booted) the old system.
+    fake.nodes["a"] = Remote(current=OLD, profile=out("a"), valid=True)
+    results = run(fake, ["a"], goal=Goal.BOOT, reboot=True, reboot_timeout=42)
+    assert results["a"].outcome is Outcome.OK
+    assert reboots.calls == [("a", out("a"), 42)]
+    assert not acts.calls and not [c for c, _ in fake.calls if "copy" in c]
+
+
+def test_a_check_failing_after_the_reboot_fails_the_node(
+    fake: Fake, acts: Activations, reboots: Reboots
+) -> None:
+    from nixherd.inventory.entries import CheckKind, HealthCheck
+
+    check = HealthCheck("up", CheckKind.COMMAND, command=("false",), retries=0)
+    node = FakeNode("a", checks={"up": check})
+    failing = fake.hook
+
+    def hook(args: tuple[str, ...]) -> None:
+        if args[:1] == ("ssh",) and shlex.split(args[-1]) == ["false"]:
+            raise CommandError(args, None, "")  # the check times out on the rebooted node
+        if failing is not None:
+            failing(args)
+
+    fake.hook = hook
+    results = run(fake, ["a"], nodes=[node], reboot=True)
+    assert [n for n, _, _ in acts.calls] == ["a"]  # activated (its checks are the fake's)
+    assert reboots.calls == [("a", out("a"), 300.0)]
+    assert results["a"].outcome is Outcome.FAILED
+    error = results["a"].error
+    assert error is not None
+    assert error.message == (
+        "health check failed after the reboot (up: timed out after 5s); the node keeps it"
+    )

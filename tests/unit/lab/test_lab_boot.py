@@ -108,3 +108,12 @@ def test_the_nix_mount_point_is_made_when_the_machine_has_none(tmp_path: Path) -
     (point / "kept").write_text("")
     hostinit.ensure_mount_point(str(point))  # an existing one is left as it is
     assert (point / "kept").exists()
+
+
+@pytest.mark.parametrize("directory", ["/var/tmp/lab", "/run/lab", "/nix/lab", "/etc/lab", "/var"])
+def test_a_lab_directory_below_what_hosts_mount_over_is_refused(directory: str) -> None:
+    # Each host mounts its own /var, /run, /nix, /etc: a lab directory there would vanish from
+    # its own hosts' sight (their sshd reads its config and keys from it).
+    with pytest.raises(LabError, match="not below"):
+        Lab(directory)
+    Lab("/tmp/nh-lab-ok")  # elsewhere is fine

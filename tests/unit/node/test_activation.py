@@ -313,6 +313,57 @@ def test_failed_activation_without_rollback(
     assert info.value.message == "activation failed (exit 3)"
 
 
+# What switch-to-configuration says before it exits 4 (nixpkgs nixos/tests/switch-test.nix
+# asserts this very line; the failed units' `systemctl status` follows it).
+UNITS_FAILED = (
+    "starting the following units: app.service, worker.service\n"
+    "warning: the following units failed: app.service, worker.service\n"
+    "\u00d7 app.service - App\n"
+)
+
+
+def test_a_failed_unit_rolls_back_naming_the_unit(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    log = UNITS_FAILED + "nixherd: rolling back (activation-exit-4)\n"
+    fake({"start": [started()], "wait": [(0, log + marker("rolled-back activation-exit-4"))]})
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore)
+    error = info.value
+    assert error.rolled_back and error.previous == PREV
+    assert error.message == (
+        "the switch happened but units failed (exit 4): app.service, worker.service; "
+        f"rolled back to {PREV}"
+    )
+
+
+def test_a_failed_unit_without_rollback_keeps_the_system_and_fails(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    fake({"start": [started()], "wait": [(0, UNITS_FAILED + marker("failed activation-exit-4"))]})
+    options = ActivationOptions(Goal.SWITCH, "web-1", rollback=False)
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, options, emit=ignore)
+    assert not info.value.rolled_back
+    assert info.value.message == (
+        "the switch happened but units failed (exit 4): app.service, worker.service; "
+        "the node keeps the new system (no rollback asked for)"
+    )
+
+
+def test_a_failed_unit_not_named_in_the_log_is_still_a_failed_unit(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    fake({"start": [started()], "wait": [(0, "lab: no\n" + marker("failed activation-exit-4"))]})
+    options = ActivationOptions(Goal.TEST, "web-1", rollback=False)
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, options, emit=ignore)
+    assert info.value.message == (
+        "the switch happened but a unit failed (exit 4); "
+        "the node keeps the new system (no rollback asked for)"
+    )
+
+
 def test_failing_check_aborts_instead_of_confirming(
     fake: Callable[[dict[str, list[Reply]]], FakeNode],
 ) -> None:

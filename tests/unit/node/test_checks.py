@@ -7,6 +7,7 @@ import http.server
 import math
 import shlex
 import socket
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -69,8 +70,11 @@ def test_parse_every_option() -> None:
 @pytest.mark.parametrize(
     ("table", "problem"),
     [
-        ({}, "exactly one of command, http, tcp is required"),
-        ({"http": "http://a/", "tcp": "a:1"}, "exactly one of command, http, tcp is required"),
+        ({}, "exactly one of command, http, tcp, unit is required"),
+        (
+            {"http": "http://a/", "tcp": "a:1"},
+            "exactly one of command, http, tcp, unit is required",
+        ),
         ({"http": "ftp://a/"}, "http: must be an http:// or https:// URL"),
         ({"tcp": "nohostport"}, "tcp: must be host:port"),
         ({"command": "systemctl is-active x"}, "command: must be a non-empty list"),
@@ -181,13 +185,15 @@ def test_a_valid_check_fits_the_run_time_arithmetic(table: dict[str, Any]) -> No
 def test_validate_gives_key_paths_for_the_inventory() -> None:
     assert check_issues({"tcp": "a:1"}) is None
     assert check_issues("x") == [
-        ("", "must be a table (command, http or tcp, with timeout, retries, interval)")
+        ("", "must be a table (command, http, tcp or unit, with timeout, retries, interval)")
     ]
     assert check_issues({"http": "http://a/", "retries": -1, "foo": 1}) == [
         (".foo", "unknown field"),
         (".retries", "must be 0..1000, got -1"),
     ]
-    assert check_issues({"interval": 1}) == [("", "exactly one of command, http, tcp is required")]
+    assert check_issues({"interval": 1}) == [
+        ("", "exactly one of command, http, tcp, unit is required")
+    ]
 
 
 def test_the_resolver_keeps_the_declaration_order_of_checks() -> None:
@@ -406,4 +412,72 @@ command = ["true"]
         load(str(path))
     messages = [f"{p.path}: {p.message}" for p in info.value.problems]
     assert "nodes.a.checks.web.retries: must be 0..1000, got -1" in messages
-    assert "nodes.a.checks.both: exactly one of command, http, tcp is required" in messages
+    assert "nodes.a.checks.both: exactly one of command, http, tcp, unit is required" in messages
+
+
+# --- unit checks ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "app.service",
+        "getty@tty1.service",
+        "-.mount",
+        "dev-disk-by\\x2duuid-1234.device",
+        "a:b_c.d-e.timer",
+        "user@1000.service",
+        "x@a@b.socket",
+        "a" * 247 + ".service",
+    ],
+)
+def test_unit_check_takes_systemd_unit_names(unit: str) -> None:
+    check, problems = parse_check("svc", {"unit": unit, "retries": 0})
+    assert problems == []
+    assert check == HealthCheck("svc", CheckKind.UNIT, unit=unit, retries=0)
+    assert check.describe() == f"unit {unit}"
+
+
+@pytest.mark.parametrize(
+    ("unit", "problem"),
+    [
+        ("app", 'unit: not a systemd unit name: "app"'),
+        ("app.serv", "unit: not a systemd unit name"),
+        (".service", "unit: not a systemd unit name"),
+        ("@x.service", "unit: not a systemd unit name"),
+        ("getty@.service", 'unit: "getty@.service" is a template: name an instance'),
+        ("app service.service", "unit: not a systemd unit name"),
+        ("app;reboot.service", "unit: not a systemd unit name"),
+        ("$(reboot).service", "unit: not a systemd unit name"),
+        ("app*.service", "unit: not a systemd unit name"),
+        ("app.service\n", "unit: not a systemd unit name"),
+        ("a" * 248 + ".service", "unit: a systemd unit name has at most 255 characters, got 256"),
+        (["app.service"], 'unit: must be a systemd unit name such as "app.service", got array'),
+        (7, "unit: must be a systemd unit name"),
+    ],
+)
+def test_unit_check_refuses_what_systemd_would(unit: object, problem: str) -> None:
+    check, problems = parse_check("svc", {"unit": unit})
+    assert check is None
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+def test_unit_check_is_one_kind_only() -> None:
+    _, problems = parse_check("svc", {"unit": "a.service", "command": ["true"]})
+    assert problems == ["exactly one of command, http, tcp, unit is required"]
+    _, problems = parse_check("svc", {"unit": "a.service", "status": 200})
+    assert problems == ["status/body: only for http checks"]
+    issues = check_issues({"unit": "a b"})
+    assert issues is not None and len(issues) == 1
+    assert issues[0][0] == ".unit" and issues[0][1].startswith('not a systemd unit name: "a b"')
+
+
+def test_a_bad_unit_names_the_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "inventory.toml"
+    path.write_text('[nodes.a.checks.app]\nunit = "app;reboot"\n')
+    argv = [sys.executable, "-m", "nixherd", "-i", str(path), "check"]
+    result = process.run(argv, check=False, timeout=60)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    said = result.stdout + result.stderr
+    assert f'{path}: nodes.a.checks.app.unit: not a systemd unit name: "app;reboot"' in said, said

@@ -74,6 +74,30 @@ def test_up_to_date_rules(goal: Goal, kw: dict[str, object], expected: bool) -> 
     assert state(**kw).up_to_date(goal, TOP) is expected
 
 
+@pytest.mark.parametrize(
+    ("goal", "kw", "expected"),
+    [
+        # `apply boot` earlier set the profile: without a reboot into it, not up to date.
+        (Goal.BOOT, {"current": OLD, "profile": TOP, "booted": OLD}, False),
+        (Goal.BOOT, {"current": TOP, "profile": TOP, "booted": TOP}, True),
+        (Goal.BOOT, {"current": OLD, "profile": TOP, "booted": None}, False),
+        (Goal.SWITCH, {"current": TOP, "profile": TOP, "booted": OLD}, False),
+        (Goal.SWITCH, {"current": TOP, "profile": TOP, "booted": TOP}, True),
+        (Goal.SWITCH, {"current": TOP, "profile": OLD, "booted": TOP}, False),
+    ],
+)
+def test_up_to_date_with_reboot_needs_the_booted_system(
+    goal: Goal, kw: dict[str, object], expected: bool
+) -> None:
+    assert state(**kw).up_to_date(goal, TOP, reboot=True) is expected
+
+
+def test_parse_reads_the_booted_system() -> None:
+    got = parse(f"current={TOP}\nbooted={OLD}\nprofile={TOP}\nboot_id=a\npid1=\n")
+    assert got.booted == OLD and got.current == TOP
+    assert parse("current=\nbooted=\n").booted is None
+
+
 def test_script_runs_in_a_real_shell(tmp_path: Path) -> None:
     # The script is constant; the wanted path is its one positional argument, never code.
     hostile = "/nix/store/$(touch " + str(tmp_path / "pwned") + ")"

@@ -12,6 +12,8 @@ from nixherd.node.protocol import (
     Marker,
     ProtocolError,
     Status,
+    describe,
+    failed_units,
     parse_marker,
     parse_progress,
 )
@@ -125,3 +127,27 @@ def test_locks() -> None:
     assert refusal == Lock(None, "6", "5", "a@b")
     assert Lock.from_refusal("refusing: /run") is None
     assert Lock.from_refusal("") is None
+
+
+def test_failed_units_are_read_from_the_switch_output() -> None:
+    log = [
+        "warning: the following units failed: old.service",
+        "nixherd: switch-to-configuration test",
+        "warning: the following units failed: a.service, b@x.socket",
+        "\u25cf a.service - A",
+    ]
+    # The last report is the switch's own (an earlier one may be a previous run's).
+    assert failed_units(log) == ("a.service", "b@x.socket")
+    assert failed_units(["nothing to see"]) == ()
+    # Only unit names are taken from the node's output.
+    assert failed_units(["warning: the following units failed: a.service, $(x), b c"]) == (
+        "a.service",
+    )
+
+
+def test_exit_4_is_described_as_a_failed_unit() -> None:
+    assert describe("activation-exit-4") == "the switch happened but a unit failed (exit 4)"
+    assert describe("activation-exit-4", ("warning: the following units failed: a.service",)) == (
+        "the switch happened but a unit failed (exit 4): a.service"
+    )
+    assert describe("activation-exit-3") == "activation failed (exit 3)"
