@@ -252,7 +252,11 @@ def sync(inventory_file: str) -> Synced:
     except (OSError, UnicodeDecodeError):
         old = None
     if old != text:
-        write_atomically(target, text)
+        try:
+            write_atomically(target, text)
+        except OSError as exc:
+            shown_name = os.path.join(os.path.dirname(inventory_file), target.name)
+            raise _problem(shown_name, "", f"cannot write: {exc.strerror or exc}") from None
     names = set(after.nodes)
     return Synced(
         snapshot=target,

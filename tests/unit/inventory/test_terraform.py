@@ -433,3 +433,16 @@ def test_targets_from_without_any_source(tmp_path: Path) -> None:
         f'{path}: roles.r.targets_from: unknown Terraform source "infra" in "infra.web" '
         "([terraform.NAME] sources: none declared)"
     )
+
+
+def test_a_snapshot_that_cannot_be_written_is_an_error_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = fleet(tmp_path)
+    # A directory where the snapshot goes: the rename onto it fails (as root, where permissions
+    # would not stop anything).
+    (tmp_path / "inventory.terraform.json").mkdir()
+    code, out, err = sync(capsys, path)
+    assert (code, out) == (2, "")
+    assert err.startswith("nixherd: error: inventory.terraform.json: cannot write: ")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".inventory")] == []
