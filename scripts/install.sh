@@ -10,6 +10,8 @@
 #   openssh-server, openssh-client, sudo, util-linux, procps, iproute2, git
 #   zsh, fish           the tests run `nixherd completion zsh|fish`'s scripts in these shells
 #   groff-base          the tests render the man page (docs/nixherd.1) and want no warning
+#   chromium            headless, for the test suite only: it renders `nixherd report --html`'s
+#                       page (tests/unit/browserkit.py); nixherd itself never starts a browser
 #   python3, python3-venv (when the machine has no Python 3.11+ with venv)
 # and then nixherd with its dev and bench extras into .venv (pip, from PyPI).
 #
@@ -28,7 +30,7 @@ case "${1:-}" in
 esac
 
 APT_PACKAGES=(nix-bin nix-setup-systemd openssh-server openssh-client sudo util-linux procps
-  iproute2 git zsh fish groff-base)
+  iproute2 git zsh fish groff-base chromium)
 
 PY=${PYTHON:-python3}
 python_ok() {

@@ -33,6 +33,11 @@ COMMANDS: dict[str, str] = {
     "check-health": "check_health",
     "keys": "keys",
     "data": "data",
+    "report": "report",
+    "add": "add",
+    "remove": "remove",
+    "set": "setvalue",
+    "import": "importer",
     "terraform": "terraform",
     "completion": "completion",
 }

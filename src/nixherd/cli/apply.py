@@ -99,6 +99,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="after the build, show what changes on each node and ask before touching any",
     )
     runs.add_output(parser)
+    parser.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the run as an HTML deploy timeline to FILE (as `nixherd report` does)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> DeployOptions:
@@ -161,8 +166,8 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.fleet import commands, pipeline
     from nixherd.fleet.plan import describe
 
-    if args.dry_run and (args.json or args.report):
-        raise UsageError("--dry-run prints a plan for people; it has no --json or --report")
+    if args.dry_run and (args.json or args.report or args.html):
+        raise UsageError("--dry-run prints a plan for people; it has no --json, --report or --html")
     options = options_from(args)
     inventory, nodes = runs.load_nodes(args)
     if args.dry_run:
@@ -195,6 +200,13 @@ def run(args: argparse.Namespace) -> int:
             confirm=ask if args.confirm else None,
         )
     report = runs.report_with_logs(report, view)
+    if args.html:
+        # Before finish(), which raises once the summary is out when a node failed: the
+        # timeline matters most then.
+        from nixherd.cli import timeline
+
+        drawn = timeline.from_data(report.command, report.to_data(), source="the report")
+        timeline.write(args.html, timeline.page(drawn))
     code = runs.finish(args, report)
     if any(r.detail == "declined" for r in report.nodes):
         raise NixherdError("not confirmed: no node was touched")

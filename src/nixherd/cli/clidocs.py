@@ -25,6 +25,7 @@ BOUNDS: dict[Callable[[str], Any], str] = {
     numbers.count: f"0..{numbers.MAX_NODES}",
     numbers.hosts: f"1..{numbers.MAX_PORT}",
     numbers.port: f"1..{numbers.MAX_PORT}",
+    numbers.port_or_false: f"1..{numbers.MAX_PORT}, or false (ssh decides)",
     numbers.max_jobs: f"'auto' or 0..{numbers.MAX_JOBS}",
 }
 # Values checked after parsing (nixherd.fleet.rollout.Amount), named by their metavar.

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 MAX_ROWS_FALLBACK = 40
 REFRESH_PER_SECOND = 8
 RUN_LOG = "run.log"
+# Stages run once for the whole run (one nix process), before any node's own stages.
+_RUN_WIDE_STAGES = frozenset({"eval", "build"})
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -183,6 +185,10 @@ class Progress:
                     self._plain_stage(node, stage.value)
                 case StageFinished(node=node, stage=stage, seconds=seconds):
                     self.logs.write(node, f"< {stage.value} ({seconds:.2f} s)")
+                    if stage.value in _RUN_WIDE_STAGES:
+                        # The build's last line ("building ...") is over with it: the
+                        # header would otherwise show it for the rest of the run.
+                        self.run_line = ""
                 case LogLine(node=node, line=line):
                     self.logs.write(node, line)
                     self._line(node, line)
@@ -219,7 +225,7 @@ class Progress:
         if self.live_mode or not self.show_stages:
             return
         # Evaluation and the build run once for all nodes: say so once, not once per node.
-        if stage in ("eval", "build"):
+        if stage in _RUN_WIDE_STAGES:
             if stage not in self._announced:
                 self._announced.add(stage)
                 self._print("*", f"{stage} ({len(self.names)} nodes)")
@@ -271,15 +277,17 @@ class Progress:
         if run_line:
             head.append(f"  {run_line}", style="dim")
         head.no_wrap, head.overflow = True, "ellipsis"
-        # Nodes at work first, then failures, then the rest: what needs eyes stays visible.
+        # Rows stay in the selection's order (a row that moves as its node finishes is lost
+        # to the eye). When they do not all fit, the ones that need eyes are kept: nodes at
+        # work, then failures, then the rest; still shown in the selection's order.
         ranked = sorted(
-            names,
-            key=lambda n: (
-                rows[n].finished is not None and not rows[n].failed,
-                rows[n].finished is not None,
+            range(len(names)),
+            key=lambda i: (
+                rows[names[i]].finished is not None and not rows[names[i]].failed,
+                rows[names[i]].finished is not None,
             ),
         )
-        shown = ranked[:height]
+        shown = [names[i] for i in sorted(ranked[:height])]
         for name in shown:
             row = rows[name]
             end = row.finished if row.finished is not None else now
@@ -297,7 +305,9 @@ class Progress:
                 Text(row.last, style="dim"),
             )
         if len(ranked) > len(shown):
-            table.add_row(Text(f"... {len(ranked) - len(shown)} more", style="dim"), "", "", "")
+            # Below the table, not in its name column: that may be narrower than the words.
+            more = Text(f"... {len(ranked) - len(shown)} more", style="dim")
+            return Group(head, table, more)
         return Group(head, table)
 
     def _size(self) -> tuple[int, int]:
@@ -313,7 +323,7 @@ class Progress:
 
 
 def _seconds(result: NodeResult) -> str:
-    total = sum(v for k, v in result.stages.items() if k not in ("eval", "build"))
+    total = sum(v for k, v in result.stages.items() if k not in _RUN_WIDE_STAGES)
     return f"{total:.1f}" if total else "-"
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from nixherd.events import EventSink, Outcome, Stage, discard
 from nixherd.fleet.plan import DeployNode, DeployOptions
-from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport, order
+from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport, SpanRecorder, order
 from nixherd.fleet.rollout import WaveKind
 from nixherd.fleet.runner import fan_out
 from nixherd.fleet.stages import Context, EarlyProbes, Track, delivery_for, run_node
@@ -53,6 +53,8 @@ def deploy(
     """
     cancel = cancel or threading.Event()
     started_at = time.time()
+    # Every stage event passes through it: the report's timeline (spans) on the run's clock.
+    emit = spans = SpanRecorder(emit)
     # Before Nix copies the flake into the store: a plaintext key file inside it would go along.
     keyed = [n for n in nodes if n.keys]
     secrets.refuse_store_exposed(keyed, base_dir=base_dir, flake=options.flake)
@@ -74,6 +76,7 @@ def deploy(
         interrupted=run.interrupted or cancel.is_set(),
         options=options.to_data(),
         stages=run.stages,
+        spans=spans.spans(),
     )
 
 

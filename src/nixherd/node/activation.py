@@ -50,7 +50,14 @@ from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarte
 from nixherd.node.checks import CheckResult, HealthCheck, run_checks, summary
 from nixherd.node.goal import Goal
 from nixherd.node.probe import NodeState, probe
-from nixherd.node.protocol import UNIT_FAILED_EXIT, UNSAFE_EXIT, Marker, Status, describe
+from nixherd.node.protocol import (
+    UNIT_FAILED_EXIT,
+    UNSAFE_EXIT,
+    Marker,
+    Status,
+    describe,
+    unconfirmed,
+)
 from nixherd.node.watchdog import (
     PROFILE,
     STATE_DIR,
@@ -220,7 +227,8 @@ def _activate(
     if final is not None and final.status is Status.CONFIRMED:
         return ActivationResult(previous, False, None, final.status, results, tuple(follow.log))
     _check_vanished(follow, final, previous, results)
-    raise _failure(node, final, previous, follow.log, results, why=None)
+    why = unconfirmed(final, follow.login_failure, follow.confirm_sent) if final else None
+    raise _failure(node, final, previous, follow.log, results, why=why)
 
 
 def _answers_confirm(status: Status) -> bool:

@@ -72,6 +72,7 @@ STORE_PATH = re.compile(r"^/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+$")
 _RETRY = 1.0
 # Bound on one `wait` call on the target, so a forgotten waiter always ends by itself.
 _WAIT_SLICE = 120
+_SSH_FAILED = 255  # ssh's exit status when ssh itself failed (connect, key exchange, auth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,10 @@ class Follower:
     # The boot the activation runs in (from `start`, else the first status): a status from
     # another boot means the node rebooted, and that ends following at once.
     boot: BootMark | None = None
+    # Evidence on new logins while confirming: why one failed (ssh's words), and how many
+    # seconds of the window were left when the confirmation that got an answer was sent.
+    login_failure: str | None = None
+    confirm_sent: float | None = None
 
     def line(self, text: str) -> None:
         self.log.append(text)
@@ -389,7 +394,8 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
     tries = 0
     while time.monotonic() < deadline:
         tries += 1
-        left = max(1.0, deadline - time.monotonic())
+        window = deadline - time.monotonic()
+        left = max(1.0, window)
         markers: list[str] = []
         # The log goes on from where following stopped: the confirmation's own steps (the
         # profile, the boot entry) reach the deployer's log too.
@@ -404,16 +410,21 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
                 on_line=follow.stream(markers),
                 what="confirm",
             )
-        except CommandError:
+        except CommandError as exc:
             result = None
+            if exc.returncode is None:  # our timeout: the login never answered
+                follow.login_failure = "a new ssh login did not answer in time"
         marker = follow.ended(markers, result)
         if result is not None:
             if marker is not None:
                 follow.reached(marker, until_settled=True)
+                follow.confirm_sent = window
                 return follow.last
+            tail = (result.stdout + result.stderr).strip().splitlines()
+            why = tail[-1] if tail else f"exit {result.returncode}"
+            if result.returncode == _SSH_FAILED:
+                follow.login_failure = why
             if tries == 1:
-                tail = (result.stdout + result.stderr).strip().splitlines()
-                why = tail[-1] if tail else f"exit {result.returncode}"
                 emit(LogLine(node, f"confirmation over a new connection failed: {why}"))
         time.sleep(_RETRY)
     return None

@@ -6,6 +6,8 @@ import io
 import time
 from pathlib import Path
 
+import pytest
+
 from nixherd.cli.progress import Progress, new_log_dir, print_summary
 from nixherd.events import (
     RUN_WIDE,
@@ -165,3 +167,84 @@ def test_failure_details_whole_and_on_their_own_stream() -> None:
         "              4|     node.vars.http_prot;\n"
         "  (use '--show-trace' to show detailed location information)\n"
     )
+
+
+def rendered(view: Progress, width: int = 120) -> list[str]:
+    """The live view's current frame, as plain lines."""
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, record=True, color_system=None)
+    console.print(view._render())
+    return console.export_text().splitlines()
+
+
+def test_live_view_drops_the_build_line_once_the_build_is_over() -> None:
+    view = Progress(["web-1", "db"], title="apply", live=True, stream=io.StringIO())
+    with view:
+        for name in ("web-1", "db"):
+            view(StageStarted(name, Stage.BUILD))
+        view(LogLine(RUN_WIDE, "building '/nix/store/x.drv'..."))
+        assert "building '/nix/store/x.drv'" in rendered(view)[0]
+        for name in ("web-1", "db"):
+            view(StageFinished(name, Stage.BUILD, 2.0))
+        view(StageStarted("web-1", Stage.COPY))
+        head = rendered(view)[0]
+    assert head.startswith("apply: 0/2 done")
+    assert "building" not in head
+
+
+def test_live_view_keeps_the_nodes_in_their_order_as_they_finish() -> None:
+    names = ["a-1", "b-2", "c-3"]
+    view = Progress(names, title="apply", live=True, stream=io.StringIO())
+    with view:
+        for name in names:
+            view(StageStarted(name, Stage.COPY))
+        view(NodeFinished("a-1", Outcome.OK, "switched"))
+        view(NodeFinished("c-3", Outcome.FAILED, "boom"))
+        lines = rendered(view)
+    rows = [line.split()[0] for line in lines[1:]]
+    assert rows == names
+
+
+def test_live_view_with_more_nodes_than_rows_shows_the_busy_ones_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = [f"n{i}" for i in range(6)]
+    view = Progress(names, title="apply", live=True, stream=io.StringIO())
+    monkeypatch.setattr(view, "_size", lambda: (100, 3))
+    with view:
+        for name in names:
+            view(StageStarted(name, Stage.COPY))
+        for name in ("n0", "n1", "n3"):
+            view(NodeFinished(name, Outcome.OK, "switched"))
+        view(NodeFinished("n4", Outcome.FAILED, "boom"))
+        lines = rendered(view)
+    # At work (n2, n5) and failed (n4) come first in importance, shown in the selection's order.
+    assert [line.split()[0] for line in lines[1:4]] == ["n2", "n4", "n5"]
+    assert "3 more" in lines[4]
+
+
+def test_summary_says_the_rollback_once() -> None:
+    prev = "/nix/store/" + "b" * 32 + "-nixos-system-web-1-1"
+    error = ErrorInfo(
+        f"activation failed (exit 1); rolled back to {prev}",
+        output=f"switching: boom\nnixherd: re-activating\nnixherd: rolled back to {prev}",
+    )
+    out = io.StringIO()
+    print_summary(
+        report(
+            NodeResult(
+                "web-1",
+                Outcome.ROLLED_BACK,
+                error=error,
+                rolled_back=True,
+                rollback_reason="activation failed (exit 1)",
+            )
+        ),
+        stream=out,
+        rich=False,
+        details=io.StringIO(),
+    )
+    row = out.getvalue().splitlines()[1]
+    assert row.count("rolled back to") == 1, row
+    assert error.summary().count("rolled back to") == 1

@@ -415,12 +415,54 @@ def test_unconfirmed_node_is_followed_until_it_settles(
         activate(connection(), TOP, options, emit=events.append)
     assert info.value.rolled_back
     assert info.value.message.startswith("no confirmation within the timeout")
+    # The evidence: a fresh login failed while the open connection kept working. The node
+    # stopped answering new ssh logins; the deployer was not cut off.
+    assert "cut off" not in info.value.message
+    assert info.value.reason is not None
+    assert "new ssh logins" in info.value.reason
+    assert "Connection refused" in info.value.reason
     assert node.modes()[:3] == ["start", "wait", "confirm"]
     assert node.modes()[-1] == "wait"
     assert any(
         isinstance(e, LogLine) and "confirmation over a new connection failed" in e.line
         for e in events
     )
+
+
+def test_confirmation_that_reached_the_node_too_late_blames_its_login(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    # What the lab's frozen sshd does: the new login hangs, the window runs out, the rollback
+    # thaws sshd, and the confirmation gets through only to hear that the node rolled back.
+    node = fake(
+        {
+            "start": [started()],
+            "wait": [(0, marker("waiting")), (0, marker("rolled-back timeout"))],
+            "confirm": [(0, marker("rolled-back timeout"))],
+        }
+    )
+    options = ActivationOptions(Goal.TEST, "web-1", confirm_timeout=5)
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, options, emit=ignore)
+    assert info.value.rolled_back
+    assert info.value.reason is not None
+    assert info.value.reason.startswith("no confirmation within the timeout: the node stopped")
+    assert "reached the node only after it" in info.value.reason
+    assert node.modes()[:3] == ["start", "wait", "confirm"]
+
+
+def test_no_confirmation_without_a_failed_login_blames_no_one(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    # The confirmation never ran (its window was over before it started): no evidence of a
+    # broken login, so the reason is only the timeout, without guessing at the deployer.
+    node = fake({"start": [started()], "wait": [(0, marker("rolled-back timeout"))]})
+    options = ActivationOptions(Goal.TEST, "web-1", confirm_timeout=0.05)
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, options, emit=ignore)
+    assert info.value.rolled_back
+    assert info.value.reason == "no confirmation within the timeout"
+    assert "confirm" not in node.modes()
 
 
 def test_ssh_drop_while_waiting_reconnects(
