@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "remove": "remove",
     "set": "setvalue",
     "import": "importer",
+    "terraform": "terraform",
     "completion": "completion",
 }
 

@@ -183,6 +183,13 @@ def _targets(value: Any) -> list[Issue] | None:
     return one(f"must be an array of tables ([[roles.<role>.targets]]), {got(value)}")
 
 
+def _targets_from(value: Any) -> list[Issue] | None:
+    # Imported here: only an inventory with Terraform sources loads that module.
+    from nixherd.inventory.terraform_ref import ref_check
+
+    return ref_check(value)
+
+
 NODE_LAYERS: Final = Where.TARGET | Where.NODE
 
 
@@ -343,6 +350,14 @@ FIELDS: tuple[Field, ...] = (
         "fan-out: each entry becomes a node playing the role",
     ),
     Field(
+        "targets_from",
+        "string NAME.OUTPUT, or an array of them",
+        _targets_from,
+        Merge.NONE,
+        Where.ROLE,
+        "fan-out from a Terraform/OpenTofu output of source [terraform.NAME] (docs/terraform.md)",
+    ),
+    Field(
         "name",
         "string (node name)",
         node_name_check(),
@@ -363,7 +378,8 @@ FIELDS: tuple[Field, ...] = (
 BY_NAME: Final[dict[str, Field]] = {f.name: f for f in FIELDS}
 NODE_FIELDS: Final[tuple[Field, ...]] = tuple(f for f in FIELDS if f.is_node_field)
 NIX_FIELDS: Final[tuple[Field, ...]] = tuple(f for f in NODE_FIELDS if f.nix)
-TOP_LEVEL: Final = ("defaults", "roles", "nodes")
+# `terraform`: the sources of Terraform/OpenTofu outputs (inventory/terraform.py).
+TOP_LEVEL: Final = ("defaults", "roles", "nodes", "terraform")
 # The built-in default of every node field but `host` (the node's name, filled in per node).
 BUILTIN: Final[dict[str, Any]] = {
     f.name: f.default for f in NODE_FIELDS if f.default is not NODE_NAME

@@ -202,7 +202,8 @@ def test_failed_activation_restores_the_previous_system_and_spares_the_others(
     report = by_node(data)
     alpha = report["alpha"]
     assert alpha["result"] == "rolled back"
-    assert alpha["rollback_reason"] == "activation failed (exit 1)"
+    # switch-to-configuration exits 2 when the activation script failed (NixOS, docs/lab.md).
+    assert alpha["rollback_reason"] == "activation failed (exit 2)"
     # Rolled back at once, not after the confirm timeout.
     assert alpha["seconds"]["activate"] < 30
     assert fleet.current("alpha") == v1
