@@ -130,6 +130,11 @@ def main() -> int:
     parser.add_argument("--node-limit", type=int, default=10, help="K")
     args = parser.parse_args()
     counts = sorted(args.nodes)
+    if counts[0] < args.workers * args.node_limit:
+        # Fewer nodes than W x K: the chunks are smaller than K, and the figures compare nothing.
+        parser.error(
+            f"--nodes: at least --workers x --node-limit ({args.workers * args.node_limit})"
+        )
     runs: dict[int, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="nh-bench-eval-") as tmp:
         for count in counts:
