@@ -77,7 +77,7 @@ class _Feed:
         """What arrived since the last call, waiting for something; and whether that is all."""
         with self.cond:
             while not self.pending and not self.done:
-                self.cond.wait(0.5)  # short waits: a Ctrl-C is seen at once
+                self.cond.wait(0.1)  # short waits: a Ctrl-C is seen at once
             if self.error is not None:
                 raise self.error
             taken, self.pending = self.pending, []
@@ -110,14 +110,14 @@ def produce(
         emit(StageStarted(name, Stage.EVAL))
     started = time.monotonic()
     feed = _Feed()
-    threading.Thread(
-        target=_evaluate_into,
-        args=(feed, flake, names, evaluator, flags, limits),
-        name="nixherd-evaluate",
-        daemon=True,
-    ).start()
     announced = False
-    try:
+    try:  # from the thread's start: a Ctrl-C as early as that must close the feed too
+        threading.Thread(
+            target=_evaluate_into,
+            args=(feed, flake, names, evaluator, flags, limits),
+            name="nixherd-evaluate",
+            daemon=True,
+        ).start()
         while True:
             taken, done = feed.take()
             fresh = _sort(made, taken, emit, time.monotonic() - started)

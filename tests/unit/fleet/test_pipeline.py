@@ -6,6 +6,7 @@ activation itself (H5's module) is replaced where a test is about the pipeline a
 
 from __future__ import annotations
 
+import _thread
 import json
 import shlex
 import threading
@@ -555,6 +556,38 @@ def test_a_node_is_built_while_the_next_one_is_evaluated(
     }
     b_eval = spans["b"]["eval"]
     assert spans["a"]["build"]["start"] < b_eval["start"] + b_eval["seconds"]
+
+
+def test_ctrl_c_during_the_evaluation_starts_no_new_process(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evals = FakeEval(answers={n: {"drv": drv(n), "out": out(n)} for n in "abc"})
+    events: list[Event] = []
+    fired: list[bool] = []
+    first_done = threading.Event()
+
+    def ctrl_c(_names: list[str]) -> None:
+        if fired:
+            return  # once: a second one would hit the test itself
+        fired.append(True)
+        _thread.interrupt_main()  # what the terminal's Ctrl-C does
+        # The first process still runs when the deploy has given up on the nodes.
+        deadline = time.monotonic() + 10
+        while not any(isinstance(e, NodeFinished) for e in events):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        first_done.set()
+
+    evals.hold = ctrl_c
+    seen = real_evaluator(monkeypatch, evals)
+    one_each = EvalLimits(workers=1, node_limit=1)
+    results = run(fake, ["a", "b", "c"], events=events, evaluation=one_each, evaluator=None)
+    assert first_done.wait(10)
+    time.sleep(0.5)  # a worker that went on would have started its next process by now
+    assert [names_of(a) for a in seen] == [["a"]]
+    assert results["_report"].interrupted
+    assert not fake.commands("ssh")
+    assert all(results[n].outcome is Outcome.NOT_ATTEMPTED for n in "abc")
 
 
 def test_workers_evaluate_in_bounded_chunks_and_one_failure_stays_its_nodes(
