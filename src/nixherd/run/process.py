@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import IO
 
 from nixherd.errors import CommandError
+from nixherd.run.reap import reap
 
 LineCallback = Callable[[str], None]
 
@@ -195,8 +196,7 @@ def _run_streaming(
         lines.append(_text(pending))
         on_line(lines[-1])
     proc.stdout.close()
-    _, status, usage = os.wait4(proc.pid, 0)  # not wait(): wait4 also tells the peak memory
-    proc.returncode, max_rss = os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024  # KiB
+    max_rss = reap(proc)  # not wait(): wait4 also tells the peak memory
     output = "\n".join(lines) + ("\n" if lines else "")
     if timed_out:
         raise CommandError(args, None, output, what=what, node=node)

@@ -220,3 +220,18 @@ def test_the_guardian_kills_what_still_runs_and_spares_reused_pids(tmp_path: Pat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_streaming_run_tells_the_peak_memory_and_reap_survives_a_reaped_child() -> None:
+    import subprocess
+
+    from nixherd.run.reap import reap
+
+    # 64 MiB touched: the kernel's figure is at least that.
+    grow = "b = bytearray(64 << 20); print(len(b))"
+    result = process.run([PY, "-c", grow], on_line=lambda _: None)
+    assert result.max_rss is not None and result.max_rss >= 64 << 20
+    # A child Popen reaped already (as kill()'s poll does): no second wait, no ChildProcessError.
+    proc = subprocess.Popen([PY, "-c", "pass"])
+    proc.wait()
+    assert reap(proc) is None and proc.returncode == 0
