@@ -155,6 +155,7 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     import sys
 
     from nixherd.errors import NixherdError, UsageError
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--dry-run prints a plan for people; it has no --json or --report")
     options = options_from(args)
     inventory, nodes = runs.load_nodes(args)
+    options = dataclasses.replace(options, nix=runs.with_builders(options.nix, inventory))
     if args.dry_run:
         for line in describe(nodes, options):
             sys.stdout.write(line + "\n")
@@ -193,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             base_dir=str(inventory.path.parent),
             emit=view,
             confirm=ask if args.confirm else None,
+            caches=runs.caches_of(inventory, nodes),
         )
     report = runs.report_with_logs(report, view)
     code = runs.finish(args, report)

@@ -13,6 +13,7 @@ from nixherd.cli import numbers
 if TYPE_CHECKING:
     from nixherd.cli.progress import Progress
     from nixherd.fleet.report import RunReport
+    from nixherd.inventory.cachecfg import Cache
     from nixherd.inventory.model import Inventory, Node
     from nixherd.run.nix import NixFlags
 
@@ -168,6 +169,28 @@ def load_nodes(args: argparse.Namespace) -> tuple[Inventory, list[Node]]:
 
     inventory = load(inventory_path(args))
     return inventory, select(inventory, getattr(args, "on", None))
+
+
+def with_builders(flags: NixFlags, inventory: Inventory) -> NixFlags:
+    """The command line's Nix flags, with the inventory's `[defaults] builders` when `--builders`
+    was not given (the command line replaces them, as Nix's own flag replaces nix.conf's)."""
+    if flags.builders is not None or not inventory.builders:
+        return flags
+    import dataclasses
+
+    from nixherd.inventory.cachecfg import builders_spec
+
+    spec = builders_spec(inventory.builders, str(inventory.path.parent))
+    return dataclasses.replace(flags, builders=spec)
+
+
+def caches_of(inventory: Inventory, nodes: list[Node]) -> dict[str, Cache]:
+    """Node name -> its binary cache, for the nodes that have one."""
+    from nixherd.inventory.cachecfg import cache_of
+
+    base = str(inventory.path.parent)
+    found = {n.name: cache_of(n.cache, base) for n in nodes if n.cache}
+    return {name: cache for name, cache in found.items() if cache is not None}
 
 
 def progress(args: argparse.Namespace, names: list[str], title: str) -> Progress:

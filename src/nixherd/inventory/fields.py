@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum, Flag
 from typing import Any, Final
 
+from nixherd.inventory.cachecfg import check_builders, check_cache
 from nixherd.inventory.validate import (
     HOSTNAME,
     MAX_HOST,
@@ -327,12 +328,32 @@ FIELDS: tuple[Field, ...] = (
         nix=False,
     ),
     Field(
+        "cache",
+        "table: push, url, public_key (store URLs, a Nix public key), secret_key_file",
+        check_cache,
+        Merge.DEEP,
+        EVERY_LAYER,
+        "a binary cache: apply pushes the systems there once, each node substitutes from `url` "
+        "trusting only `public_key` (docs/scale.md; not in the Nix data)",
+        default={},
+        nix=False,
+    ),
+    Field(
         "ssh_config",
         "string (path relative to the inventory's directory)",
         _ssh_config,
         Merge.NONE,
         Where.DEFAULTS,
         "an ssh config file used by every ssh and nix copy call",
+    ),
+    Field(
+        "builders",
+        "array of tables: uri, systems, ssh_key, max_jobs, speed_factor, supported_features, "
+        "mandatory_features",
+        check_builders,
+        Merge.NONE,
+        Where.DEFAULTS,
+        "Nix remote builders for the builds run here (`--builders` replaces them)",
     ),
     Field(
         "targets",

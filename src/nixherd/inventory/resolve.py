@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nixherd.errors import InventoryError, Problem
+from nixherd.inventory.cachecfg import incomplete
 from nixherd.inventory.fastpath import NODE_PLAN, TARGET_PLAN, merge_checked
 from nixherd.inventory.fields import (
     BUILTIN,
@@ -69,6 +70,7 @@ class _Resolver:
         self.built_entries: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
         # `[defaults] ssh_config`, absolute: every node carries it in its ssh target.
         self.ssh_config: str | None = None
+        self.builders: tuple[Any, ...] = ()
 
     def report(self, path: str, message: str) -> None:
         self.problems.append(Problem(self.file, path, message))
@@ -100,6 +102,7 @@ class _Resolver:
         base_layers: tuple[Layer, ...] = ((Origin.DEFAULTS, defaults),) if defaults else ()
         ssh_config = defaults.get("ssh_config")
         self.ssh_config = None if ssh_config is None else str(path.parent / ssh_config)
+        self.builders = tuple(defaults.get("builders", ()))
 
         roles = self.table(doc.get("roles", {}), "roles") or {}
         nodes = self.table(doc.get("nodes", {}), "nodes") or {}
@@ -184,6 +187,7 @@ class _Resolver:
             nodes=dict(sorted(self.built.items())),
             roles=tuple(sorted(roles)),
             ssh_config=self.ssh_config,
+            builders=self.builders,
         )
 
     def entries(self, field_name: str, tables: Mapping[str, Any]) -> Any:
@@ -249,6 +253,11 @@ class _Resolver:
         if clash is not None:
             self.report(source, clash)
             return
+        if fields["cache"]:
+            unusable = incomplete(fields["cache"])
+            if unusable is not None:
+                self.report(source, unusable)
+                return
         if self.problems:
             return  # nothing will be returned: only keep looking for problems
         fields["name"] = name
