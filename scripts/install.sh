@@ -10,6 +10,9 @@
 #   openssh-server, openssh-client, sudo, util-linux, procps, iproute2, git
 #   zsh, fish           the tests run `nixherd completion zsh|fish`'s scripts in these shells
 #   groff-base          the tests render the man page (docs/nixherd.1) and want no warning
+#   nginx-light         the lab's binary cache over HTTP (nixherd.lab.cacheserver starts its own
+#                       nginx by pid, on 127.0.0.1; on a machine running systemd, Debian's package
+#                       also enables its own nginx.service on port 80)
 #   python3, python3-venv (when the machine has no Python 3.11+ with venv)
 # and then nixherd with its dev and bench extras into .venv (pip, from PyPI).
 #
@@ -28,7 +31,7 @@ case "${1:-}" in
 esac
 
 APT_PACKAGES=(nix-bin nix-setup-systemd openssh-server openssh-client sudo util-linux procps
-  iproute2 git zsh fish groff-base)
+  iproute2 git zsh fish groff-base nginx-light)
 
 PY=${PYTHON:-python3}
 python_ok() {
