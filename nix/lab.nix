@@ -17,27 +17,44 @@
 #   networking.hostName         the host's name (default "nixos")
 #   lab.version                 what `nixos-version` prints (default "lab"; [A-Za-z0-9._+-])
 #   lab.files."<name>"          text of a file; activation points /nix/var/lab/etc at them
-#   lab.service.command         one long-running service (sh -c), restarted on every activation;
-#                               env PORT, LAB_NODE, LAB_VERSION, LAB_SYSTEM
-#   lab.service.port            its port; without a command, a responder answers HTTP GET with
-#                               {"node", "version", "system"} as JSON. Activation waits (10 s)
-#                               until the port listens, else exits 4 as NixOS does on failed units.
+#   systemd.services.<name>     a unit in NixOS's shape (nix/lab/units.nix: description, script,
+#                               reload, pre/postStart, pre/postStop, serviceConfig, unitConfig,
+#                               environment, path, wantedBy (default [ ]), requiredBy, after,
+#                               before, wants, requires, bindsTo, partOf, conflicts,
+#                               reloadIfChanged, restartIfChanged, stopIfChanged, restartTriggers,
+#                               reloadTriggers, overrideStrategy, enable), rendered into
+#                               $out/etc/systemd/system with NixOS's X- keys. Without script or
+#                               ExecStart it is a drop-in (`<name>.service.d/overrides.conf`) for
+#                               a unit the host has, e.g. `systemd.services.sshd.restartTriggers`.
+#   lab.service.command         shorthand for one long-running service, the unit `app.service`
+#                               (`lab.service.name` to rename it), wanted by multi-user.target;
+#                               env PORT, LAB_NODE, LAB_VERSION, LAB_SYSTEM (so a new system
+#                               restarts it); `systemd.services.app.*` refine it
+#   lab.service.port            its port: its start succeeds once the port listens (10 s), else
+#                               the unit fails (switch exits 4). Without a command, a responder
+#                               (nix/lab/responder.py) answers HTTP GET / with {"node", "version",
+#                               "system"} of /run/current-system, /status with its pid and reload
+#                               count, /data/NAME with files under /nix/var/lab/data; it re-reads
+#                               them on SIGHUP, the unit's reload.
 #   lab.payload.sharedMB        closure size: a blob shared by every node using the same size,
 #   lab.payload.nodeMB          plus one per node (deterministic pseudo-random bytes, seeded by
 #   lab.payload.seed            the host name unless a seed is given)
-#   lab.fail.activation         activation exits 1 after moving /run/current-system and the files
+#   lab.fail.activation         activation exits 1 after moving /run/current-system, the files
+#                               and the units (switch goes on, then exits 2, as NixOS's does)
 #   lab.fail.hang               activation hangs after moving them, in a helper process that
 #                               ignores SIGTERM (only SIGKILL of the activation ends it)
-#   lab.fail.boot               switch and boot fail (exit 1) to install the boot entry, as a
-#                               broken boot loader does; nothing is activated or changed
-#   lab.fail.cutSsh             activation freezes the host's sshd listener (SIGSTOP): new SSH
-#                               connections hang, open ones keep working. Any later activation
-#                               without it (the rollback to the previous generation) thaws it; a
-#                               reboot starts a fresh sshd.
+#   lab.fail.boot               switch and boot fail (exit 1) to install the boot loader, as a
+#                               broken one does; nothing is activated or changed
+#   lab.fail.cutSsh             activation freezes the host's sshd listener (SIGSTOP of
+#                               /run/sshd.pid): new SSH connections hang, open ones keep working.
+#                               Any later activation without it (the rollback) thaws it.
 #
-# Every other option (boot.isContainer, services.*, ...) is accepted, recorded in the toplevel's
-# `config.json`, and otherwise ignored. Builders use the machine's /bin/sh, coreutils and python3
-# (impure, as the lab's sandbox is off): lab systems are for lab hosts only.
+# `activate` (nix/lab/activate.py) installs files and links only, so the host's boot stage runs it
+# before systemd starts; `bin/switch-to-configuration` (nix/lab/switch.py) follows NixOS's
+# contract on the host's systemd (docs/lab.md). Every other option (boot.isContainer, other
+# systemd.* ...) is accepted, recorded in the toplevel's `config.json`, and otherwise ignored.
+# Builders use the machine's /bin/sh, coreutils and python3 (impure, as the lab's sandbox is off):
+# lab systems are for lab hosts only.
 let
   inherit (builtins)
     all
@@ -192,6 +209,7 @@ let
       options = {
         inherit hostName version files;
         service = {
+          name = service.name or "app";
           command = service.command or null;
           port = service.port or null;
         };
@@ -211,6 +229,8 @@ let
         check (safe "[A-Za-z0-9][A-Za-z0-9-]*" hostName) "networking.hostName must be a host name, got ${toJSON hostName}"
         && check (safe storeNameChars version && safe "[A-Za-z0-9._+-]+" version) "lab.version may hold only letters, digits and ._+-, got ${toJSON version}"
         && check (isAttrs files && all (n: fileNameOk n && isString files.${n}) (attrNames files)) "lab.files must map relative names (no ..) to strings"
+        && check (all (n: match "systemd(/.*)?" n == null) (attrNames files)) "lab.files: systemd/ holds the system's units (declare them in systemd.services)"
+        && check (safe "[A-Za-z0-9][A-Za-z0-9_.@-]*" options.service.name && match ".*[.](service|target|socket|mount|timer|path|slice|scope)" options.service.name == null) "lab.service.name must be a unit name without its .service suffix, got ${toJSON options.service.name}"
         && check (options.service.command == null || isString options.service.command) "lab.service.command must be a string"
         && check (options.service.port == null || (isInt options.service.port && options.service.port > 0 && options.service.port < 65536)) "lab.service.port must be a port number"
         && check (isInt options.payload.sharedMB && isInt options.payload.nodeMB && options.payload.sharedMB >= 0 && options.payload.nodeMB >= 0) "lab.payload.sharedMB and nodeMB must be integers >= 0"
@@ -257,160 +277,6 @@ let
       '';
     };
 
-  activateScript = ''
-    #!/bin/sh
-    # Activate this lab system now (NixOS's `activate`): files, /run/current-system, the service.
-    set -u
-    PATH=@out@/sw/bin:/usr/bin:/bin
-    export PATH
-    out=@out@
-    state=/nix/var/lab
-    mkdir -p /run/lab "$state" /nix/var/nix/gcroots
-
-    # Swap a symlink atomically: a new link, renamed over the old one.
-    relink() {
-      ln -sfn "$1" "$2.tmp.$$" && mv -Tf "$2.tmp.$$" "$2"
-    }
-
-    relink "$out/etc" "$state/etc"
-    relink "$out" /run/current-system
-    relink /run/current-system /nix/var/nix/gcroots/current-system
-
-    if [ -e "$out/lab/fail-activation" ]; then
-      echo "lab: activation fails on purpose (lab.fail.activation)" >&2
-      exit 1
-    fi
-    if [ -e "$out/lab/fail-hang" ]; then
-      echo "lab: activation hangs on purpose (lab.fail.hang)" >&2
-      # Stuck in a helper that ignores SIGTERM (as one in an endless retry may): only SIGKILL
-      # of the whole activation ends it, not a TERM that ends this script alone.
-      (trap "" TERM; while :; do sleep 3600; done) &
-      wait
-    fi
-
-    status=0
-    # The service runs in its own session: stopping it (its process group, `-PGID`; dash's
-    # kill takes no `--`) stops all it started.
-    if [ -r /run/lab/service.pid ]; then
-      old=$(cat /run/lab/service.pid)
-      kill -TERM "-$old" 2>/dev/null
-      i=0
-      while kill -0 "-$old" 2>/dev/null && [ "$i" -lt 50 ]; do
-        sleep 0.1
-        i=$((i + 1))
-      done
-      kill -KILL "-$old" 2>/dev/null
-      rm -f /run/lab/service.pid
-    fi
-    if [ -r "$out/lab/service-command" ]; then
-      port=$(cat "$out/lab/service-port" 2>/dev/null || true)
-      LAB_NODE=$(cat "$out/lab/hostname") LAB_VERSION=$(cat "$out/nixos-version") \
-        LAB_SYSTEM=$out PORT=$port \
-        setsid sh -c "$(cat "$out/lab/service-command")" </dev/null >>"$state/service.log" 2>&1 &
-      echo "$!" >/run/lab/service.pid
-      if [ -n "$port" ]; then
-        # Wait until it listens; give up at once if it died, else after 10 s.
-        if ! python3 -c '
-    import socket, sys, time
-    port, pid = int(sys.argv[1]), sys.argv[2]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            sys.exit(0)
-        except OSError:
-            pass
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    sys.exit(1)
-        except OSError:
-            sys.exit(1)
-        time.sleep(0.05)
-    sys.exit(1)
-    ' "$port" "$(cat /run/lab/service.pid)"; then
-          echo "lab: the service does not listen on port $port (see $state/service.log)" >&2
-          status=4
-        fi
-      fi
-    fi
-
-    if [ -r /run/sshd.pid ]; then
-      if [ -e "$out/lab/cut-ssh" ]; then
-        echo "lab: sshd stops answering on purpose (lab.fail.cutSsh)" >&2
-        kill -STOP "$(cat /run/sshd.pid)"
-      else
-        kill -CONT "$(cat /run/sshd.pid)" 2>/dev/null
-      fi
-    fi
-    exit "$status"
-  '';
-
-  switchScript = ''
-    #!/bin/sh
-    # Switch to this lab system as NixOS does: switch | boot | test | dry-activate.
-    set -u
-    PATH=@out@/sw/bin:/usr/bin:/bin
-    export PATH
-    out=@out@
-    action=''${1:-}
-    case "$action" in
-      switch | boot | test | dry-activate) ;;
-      *)
-        echo "Usage: $0 [switch|boot|test|dry-activate]" >&2
-        exit 1
-        ;;
-    esac
-    if [ "$(id -u)" != 0 ]; then
-      echo "switch-to-configuration: must be run as root" >&2
-      exit 1
-    fi
-
-    if [ "$action" = dry-activate ]; then
-      current=$(readlink /run/current-system 2>/dev/null || echo none)
-      echo "would activate $out (current: $current)"
-      old=/nix/var/lab/etc
-      for f in $(cd "$out/etc" && find . -type f | sort); do
-        if [ ! -e "$old/$f" ]; then
-          echo "would add etc/''${f#./}"
-        elif ! cmp -s "$old/$f" "$out/etc/$f"; then
-          echo "would change etc/''${f#./}"
-        fi
-      done
-      if [ -d "$old" ]; then
-        for f in $(cd "$old" && find . -type f | sort); do
-          [ -e "$out/etc/$f" ] || echo "would remove etc/''${f#./}"
-        done
-      fi
-      if [ -r /run/lab/service.pid ]; then echo "would stop the service"; fi
-      if [ -r "$out/lab/service-command" ]; then echo "would start the service"; fi
-      exit 0
-    fi
-
-    if [ "$action" = switch ] || [ "$action" = boot ]; then
-      if [ -e "$out/lab/fail-boot" ]; then
-        echo "lab: installing the boot loader fails on purpose (lab.fail.boot)" >&2
-        exit 1
-      fi
-      # The boot loader boots the system profile's generation, as NixOS installs it; with no
-      # profile, this system.
-      target=$out
-      if [ -e /nix/var/nix/profiles/system ]; then
-        target=$(readlink -f /nix/var/nix/profiles/system)
-      fi
-      if [ "$target" != "$out" ]; then
-        echo "warning: the system profile points at $target: that is what will boot" >&2
-      fi
-      mkdir -p /nix/var/lab /nix/var/nix/gcroots
-      ln -sfn "$target" "/nix/var/lab/boot-default.tmp.$$"
-      mv -Tf "/nix/var/lab/boot-default.tmp.$$" /nix/var/lab/boot-default
-      ln -sfn /nix/var/lab/boot-default /nix/var/nix/gcroots/lab-boot-default
-    fi
-    if [ "$action" = switch ] || [ "$action" = test ]; then
-      exec "$out/activate"
-    fi
-  '';
-
   versionTool = ''
     #!/bin/sh
     # nixos-version for a lab system.
@@ -421,41 +287,58 @@ let
     esac
   '';
 
-  responder = ''
-    #!/usr/bin/python3
-    """nixherd lab responder: HTTP GET answers this node's name, version and system as JSON."""
-    import http.server
-    import json
-    import os
+  # The `lab.service` shorthand as a unit in NixOS's shape (merged under the modules' own
+  # `systemd.services`): its start succeeds once the port listens, its reload is SIGHUP.
+  # LAB_SYSTEM names the system, so a new system restarts (or reloads) it.
+  shorthand =
+    options:
+    let
+      service = options.service;
+      self = builtins.placeholder "out";
+    in
+    if service.command == null && service.port == null then
+      { }
+    else
+      {
+        ${service.name} =
+          {
+            description = "nixherd lab service (lab.service)";
+            wantedBy = [ "multi-user.target" ];
+            environment = {
+              PORT = if service.port == null then "" else toString service.port;
+              LAB_NODE = options.hostName;
+              LAB_VERSION = options.version;
+              LAB_SYSTEM = self;
+            };
+            serviceConfig =
+              {
+                ExecReload = "/bin/kill -HUP $MAINPID";
+              }
+              // (if service.command == null then { ExecStart = "${self}/sw/bin/lab-responder"; } else { })
+              // (
+                if service.port != null then
+                  { ExecStartPost = "${self}/sw/bin/lab-wait-port ${toString service.port}"; }
+                else
+                  { }
+              );
+          }
+          // (if service.command != null then { script = service.command; } else { });
+      };
 
-    BODY = (
-        json.dumps(
-            {
-                "node": os.environ["LAB_NODE"],
-                "version": os.environ["LAB_VERSION"],
-                "system": os.environ["LAB_SYSTEM"],
-            }
-        ).encode()
-        + b"\n"
-    )
-
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.split("?")[0] not in ("/", "/health"):
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(BODY)))
-            self.end_headers()
-            self.wfile.write(BODY)
-
-        def log_message(self, *args):
-            pass
-
-
-    http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+  # The toplevel's units, written by its builder (paths under etc/systemd/system).
+  writeUnits = ''
+    import json, os, sys
+    root = os.path.join(os.environ["out"], "etc/systemd/system")
+    with open(os.environ["unitsJsonPath"]) as f:
+        entries = json.load(f)
+    for entry in entries:
+        path = os.path.join(root, entry["path"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if "link" in entry:
+            os.symlink(entry["link"], path)
+        else:
+            with open(path, "w") as f:
+                f.write(entry["text"])
   '';
 
   toplevel =
@@ -463,6 +346,7 @@ let
       system,
       options,
       config,
+      services,
     }:
     let
       names = attrNames options.files;
@@ -475,14 +359,7 @@ let
           else
             [ ]
         );
-      service = options.service;
-      serviceCommand =
-        if service.command != null then
-          service.command
-        else if service.port != null then
-          "exec \"$LAB_SYSTEM/sw/bin/lab-responder\""
-        else
-          null;
+      units = (import ./lab/units.nix { inherit system check; }).render services;
       flagFile = name: on: if on then "touch \"$out/lab/${name}\"\n" else "";
       copyFiles = concatStringsSep "" (
         genList (
@@ -495,12 +372,13 @@ let
       );
       builderScript = ''
         set -eu
-        mkdir -p "$out/bin" "$out/sw/bin" "$out/etc" "$out/lab"
+        mkdir -p "$out/bin" "$out/sw/bin" "$out/etc/systemd/system" "$out/lab"
         install() { sed "s|@out@|$out|g" "$1" >"$2" && chmod 0555 "$2"; }
         install "$activateScriptPath" "$out/activate"
         install "$switchScriptPath" "$out/bin/switch-to-configuration"
         install "$versionToolPath" "$out/sw/bin/nixos-version"
         install "$responderPath" "$out/sw/bin/lab-responder"
+        install "$waitPortPath" "$out/sw/bin/lab-wait-port"
         cp "$configJsonPath" "$out/config.json"
         printf '%s' "$version" >"$out/nixos-version"
         printf '%s' "$system" >"$out/system"
@@ -508,16 +386,11 @@ let
         : >"$out/lab/payload"
         for p in $payloads; do printf '%s\n' "$p" >>"$out/lab/payload"; done
         ${copyFiles}
-        ${
-          if serviceCommand != null then
-            "cp \"$serviceCommandPath\" \"$out/lab/service-command\"\n"
-          else
-            ""
-        }${
-          if service.port != null then "printf '%s' ${toString service.port} >\"$out/lab/service-port\"\n" else ""
-        }${flagFile "fail-activation" options.fail.activation}${flagFile "fail-hang" options.fail.hang}${flagFile "cut-ssh" options.fail.cutSsh}${flagFile "fail-boot" options.fail.boot}
+        python3 "$writeUnitsPath"
+        ${flagFile "fail-activation" options.fail.activation}${flagFile "fail-hang" options.fail.hang}${flagFile "cut-ssh" options.fail.cutSsh}${flagFile "fail-boot" options.fail.boot}
       '';
     in
+    assert units.valid;
     derivation (
       {
         name = "nixos-system-${options.hostName}-${options.version}";
@@ -529,18 +402,24 @@ let
         ];
         PATH = "/usr/bin:/bin";
         inherit (options) hostName version;
-        inherit payloads activateScript switchScript versionTool responder;
+        inherit payloads versionTool writeUnits;
+        activateScript = builtins.readFile ./lab/activate.py;
+        switchScript = builtins.readFile ./lab/switch.py;
+        responder = builtins.readFile ./lab/responder.py;
+        waitPort = builtins.readFile ./lab/wait-port.py;
+        unitsJson = toJSON units.entries;
         configJson = toJSON (toData (removeAttrs config [ "system" ] // {
           system = removeAttrs (config.system or { }) [ "build" ];
         }));
-        serviceCommand = if serviceCommand == null then "" else serviceCommand;
         passAsFile = [
           "activateScript"
           "switchScript"
           "versionTool"
           "responder"
+          "waitPort"
+          "writeUnits"
+          "unitsJson"
           "configJson"
-          "serviceCommand"
         ] ++ fileAttrs;
       }
       // listToAttrs (
@@ -572,8 +451,13 @@ let
         };
       merged = mergeDefinitions (collect args modules);
       options = labOptions merged;
+      # The shorthand first: a module's own `systemd.services.<name>` values win over it.
+      services = mergeDefinitions [
+        (shorthand options)
+        (merged.systemd.services or { })
+      ];
       drv = toplevel {
-        inherit system options;
+        inherit system options services;
         config = merged;
       };
       config = merged // {

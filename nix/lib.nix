@@ -26,10 +26,14 @@ let
     elemAt
     filter
     foldl'
+    fromJSON
     fromTOML
     genList
+    head
     isAttrs
+    isList
     isPath
+    isString
     length
     listToAttrs
     mapAttrs
@@ -37,6 +41,7 @@ let
     match
     readFile
     replaceStrings
+    split
     substring
     ;
 
@@ -126,25 +131,120 @@ let
 
   parseInventory = inventory: if isAttrs inventory then inventory else fromTOML (readFile inventory);
 
+  # --- Terraform/OpenTofu outputs (docs/terraform.md) -------------------------------------------
+  # Nix cannot run Terraform: the outputs come from the snapshot `nixherd terraform sync` writes
+  # beside the inventory (`inventory.toml` -> `inventory.terraform.json`), the same file the
+  # Python resolver reads (nixherd/inventory/terraform.py), with the same rules.
+  snapshotFor =
+    inventory:
+    let
+      base = baseNameOf (toString inventory);
+      stem = if match "(.*)[.]toml" base == null then base else head (match "(.*)[.]toml" base);
+      file = dirOf inventory + "/${stem}.terraform.json";
+    in
+    if isAttrs inventory || !(pathExists file) then null else fromJSON (readFile file);
+
+  # `NAME.OUTPUT.path.inside` -> the value; a path step into a list is an index.
+  terraformValue =
+    snapshot: ref:
+    let
+      parts = filter isString (split "[.]" ref);
+      source = elemAt parts 0;
+      output = elemAt parts 1;
+      inside = genList (i: elemAt parts (i + 2)) (length parts - 2);
+      outputs =
+        if snapshot == null then
+          throw "nixherd: '${ref}': no Terraform snapshot beside the inventory: run `nixherd terraform sync` (in a git flake, `git add` the snapshot too)"
+        else
+          (snapshot.sources.${source} or { }).outputs or { };
+      value =
+        outputs.${output}
+          or (throw "nixherd: terraform.${source}: output '${output}' is not in the snapshot: run `nixherd terraform sync`");
+      step = v: k: if isList v then elemAt v (fromJSON k) else v.${k};
+    in
+    foldl' step value inside;
+
+  # `{ terraform = "NAME.OUTPUT..."; }` anywhere in vars: the value it names.
+  isMarker = v: isAttrs v && attrNames v == [ "terraform" ] && isString v.terraform;
+  substituteVars =
+    snapshot: v:
+    if isMarker v then
+      terraformValue snapshot v.terraform
+    else if isAttrs v then
+      mapAttrs (_: substituteVars snapshot) v
+    else if isList v then
+      map (substituteVars snapshot) v
+    else
+      v;
+  withTerraformVars =
+    snapshot: layer:
+    if isAttrs layer && isAttrs (layer.vars or null) then
+      layer // { vars = substituteVars snapshot layer.vars; }
+    else
+      layer;
+
+  # A role's `targets_from`: each output a list (hosts, or objects with host) or a map from node
+  # name to such an object; a null attribute is unset, and a port given as a string (Terraform
+  # 0.11 has no numbers in outputs) is read as the integer it spells.
+  terraformTargets =
+    snapshot: role:
+    let
+      given = role.targets_from or [ ];
+      refs = if isList given then given else [ given ];
+      entriesOf =
+        ref:
+        let
+          value = terraformValue snapshot ref;
+        in
+        if isList value then
+          map (entry: {
+            inherit entry;
+            name = null;
+          }) value
+        else
+          map (name: {
+            inherit name;
+            entry = value.${name};
+          }) (attrNames value);
+      toTarget =
+        { entry, name }:
+        let
+          set = if isString entry then { host = entry; } else filterAttrs (_: x: x != null) entry;
+          named = if name == null then set else set // { inherit name; };
+        in
+        if isString (named.port or null) then named // { port = fromJSON named.port; } else named;
+    in
+    concatMap (ref: map toTarget (entriesOf ref)) refs;
+
   # Every node of the inventory as `{ name; origin; value; }` (origin, the key path of its table,
   # only for messages): the fanned-out targets role by role, then the explicit nodes.
   nodeEntries =
-    inv:
+    snapshot: parsed:
     let
-      defaults = inv.defaults or { };
-      roles = inv.roles or { };
-      explicit = inv.nodes or { };
+      # Markers in vars are read only when the inventory declares sources (as in Python).
+      sub = if parsed ? terraform then withTerraformVars snapshot else (layer: layer);
+      inv = parsed;
+      defaults = sub (inv.defaults or { });
+      roles = mapAttrs (_: role: sub role // { targets = map sub (role.targets or [ ]); }) (
+        inv.roles or { }
+      );
+      explicit = mapAttrs (_: sub) (inv.nodes or { });
       targetsOf =
         roleName:
         let
           role = roles.${roleName};
-          targets = role.targets or [ ];
+          own = role.targets;
+          targets = own ++ (if role ? targets_from then terraformTargets snapshot role else [ ]);
         in
         genList (
           index:
           let
             target = elemAt targets index;
-            origin = "roles.${roleName}.targets[${toString index}]";
+            origin =
+              if index < length own then
+                "roles.${roleName}.targets[${toString index}]"
+              else
+                "roles.${roleName}.targets_from[${toString (index - length own)}]";
             host = target.host or (throw "nixherd: ${origin} has no host");
             name = target.name or (fanOutName roleName host);
           in
@@ -179,10 +279,11 @@ let
     concatMap targetsOf (attrNames roles) ++ map explicitNode (attrNames explicit);
 
   # name -> resolved node; throws on a duplicate name, naming it and where each one comes from.
-  resolve =
-    inventory:
+  resolve = inventory: resolveWith (snapshotFor inventory) inventory;
+  resolveWith =
+    snapshot: inventory:
     let
-      entries = nodeEntries (parseInventory inventory);
+      entries = nodeEntries snapshot (parseInventory inventory);
       origins = builtins.groupBy (e: e.name) entries;
       duplicates = filter (name: length origins.${name} > 1) (attrNames origins);
       describe =
@@ -214,10 +315,19 @@ let
       mkSystem ? null,
       colmena ? null,
       deploy-rs ? null,
+      # The Terraform snapshot (a path or its data); default: the one beside the inventory.
+      terraform ? null,
     }:
     let
       inv = parseInventory inventory;
-      nodes = resolve inv;
+      snapshot =
+        if terraform == null then
+          snapshotFor inventory
+        else if isAttrs terraform then
+          terraform
+        else
+          fromJSON (readFile terraform);
+      nodes = resolveWith snapshot inv;
       defaultSystem = (inv.defaults or { }).system or builtinDefaults.system;
 
       system' =

@@ -13,6 +13,8 @@
 #   nginx-light         the lab's binary cache over HTTP (nixherd.lab.cacheserver starts its own
 #                       nginx by pid, on 127.0.0.1; on a machine running systemd, Debian's package
 #                       also enables its own nginx.service on port 80)
+#   chromium            headless, for the test suite only: it renders `nixherd report --html`'s
+#                       page (tests/unit/browserkit.py); nixherd itself never starts a browser
 #   python3, python3-venv (when the machine has no Python 3.11+ with venv)
 # and then nixherd with its dev and bench extras into .venv (pip, from PyPI).
 #
@@ -31,7 +33,7 @@ case "${1:-}" in
 esac
 
 APT_PACKAGES=(nix-bin nix-setup-systemd openssh-server openssh-client sudo util-linux procps
-  iproute2 git zsh fish groff-base nginx-light)
+  iproute2 git zsh fish groff-base chromium nginx-light)
 
 PY=${PYTHON:-python3}
 python_ok() {

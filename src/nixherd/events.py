@@ -77,7 +77,17 @@ class NodeFinished:
     error: str | None = None
 
 
-Event = StageStarted | StageFinished | LogLine | NodeFinished
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """A Ctrl-C while nodes are in flight (named in the order they started). The first
+    (`aborting` False): no new node starts, those in flight go on. The second: the activations
+    in flight are aborted (their nodes roll back) and the run ends within seconds."""
+
+    in_flight: tuple[str, ...]
+    aborting: bool
+
+
+Event = StageStarted | StageFinished | LogLine | NodeFinished | Interrupted
 EventSink = Callable[[Event], None]
 
 

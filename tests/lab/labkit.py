@@ -262,6 +262,8 @@ def fleet_flake(root: Path, modules: Mapping[str, str]) -> None:
     (root / "nixherd").mkdir(parents=True)
     for name in ("default.nix", "lib.nix", "lab.nix"):
         shutil.copy(REPO / "nix" / name, root / "nixherd" / name)
+    # lab.nix reads its units, activate and switch-to-configuration from nix/lab/.
+    shutil.copytree(REPO / "nix" / "lab", root / "nixherd" / "lab")
     (root / "flake.nix").write_text(
         "{ outputs = { self }: let nh = import ./nixherd; in nh.mkFleet {\n"
         "  inventory = ./inventory.toml; root = ./.; inherit (nh.lab) mkSystem; }; }\n"

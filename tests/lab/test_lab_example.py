@@ -42,6 +42,11 @@ def test_example_fleet_builds_and_runs_on_lab_hosts(lab_hosts: LabFactory, tmp_p
         assert lab.ssh(node, "readlink", "/run/current-system").stdout.strip() == systems[node]
         assert lab.status(node).system == systems[node]
         assert lab.ssh(node, "nixos-version").stdout.strip() == "1"
+        # Each node's service is a unit of its system, run by the host's systemd.
+        assert lab.ssh(node, "ps", "-p", "1", "-o", "comm=").stdout.strip() == "systemd"
+        assert lab.ssh(node, "systemctl", "is-active", "app.service").stdout == "active\n"
+        unit = lab.ssh(node, "readlink", "/etc/systemd/system/app.service").stdout.strip()
+        assert unit == f"{systems[node]}/etc/systemd/system/app.service"
     for node in ("lab-1", "lab-2"):
         assert http_json(ports[node]) == {"node": node, "version": "1", "system": systems[node]}
     status, body = http_get(ports["lab-3"], "/db/db.conf")

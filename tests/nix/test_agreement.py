@@ -7,6 +7,7 @@ starts slowly, so every Hypothesis example is a batch of inventories evaluated i
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections.abc import Callable
@@ -68,12 +69,21 @@ def nix_resolve(files: list[Path], root: Path) -> list[dict[str, Any]]:
     return result
 
 
-def check_agreement(documents: list[dict[str, Any]], dump: Callable[[Any], str]) -> None:
+def check_agreement(
+    documents: list[dict[str, Any]],
+    dump: Callable[[Any], str],
+    snapshots: list[dict[str, Any] | None] | None = None,
+) -> None:
+    """Both resolvers on each document; `snapshots` (by document, None for none) is written
+    beside it as its Terraform snapshot, `<stem>.terraform.json`, which both read."""
     with tempfile.TemporaryDirectory(prefix="nixherd-agree-") as tmp:
         files = []
         for index, document in enumerate(documents):
             file = Path(tmp) / f"{index}.toml"
             file.write_text(dump(document))
+            snapshot = snapshots[index] if snapshots else None
+            if snapshot is not None:
+                (Path(tmp) / f"{index}.terraform.json").write_text(json.dumps(snapshot))
             files.append(file)
         from_nix = nix_resolve(files, Path(tmp))
         for file, nix_nodes in zip(files, from_nix, strict=True):
@@ -187,6 +197,84 @@ def inventories(draw: st.DrawFn) -> dict[str, Any]:
     return document
 
 
+# --- inventories with Terraform sources ---------------------------------------------------------
+
+
+def snapshot_of(outputs: dict[str, Any]) -> dict[str, Any]:
+    return {"format": "nixherd-terraform/v1", "sources": {"infra": {"outputs": outputs}}}
+
+
+@st.composite
+def terraform_target(draw: st.DrawFn, index: int) -> Any:
+    """One entry of an output used by targets_from: a host, or an object with host."""
+    address = host(draw(st.integers(0, 3)), 40_000 + index)
+    if draw(st.booleans()):
+        return address
+    entry: dict[str, Any] = {"host": address}
+    if draw(st.booleans()):
+        # Terraform 0.11 writes every number as a string; 0.12+ and OpenTofu as a number.
+        port = draw(st.integers(min_value=1, max_value=65535))
+        entry["port"] = draw(st.sampled_from([port, str(port)]))
+    if draw(st.booleans()):
+        entry["user"] = draw(st.sampled_from([*USERS, None]))  # null: not set
+    if draw(st.booleans()):
+        entry["tags"] = draw(lists_from(TAGS))
+    if draw(st.booleans()):
+        entry["vars"] = draw(tables)
+    if draw(st.booleans()):
+        entry["name"] = f"tf-{index}"
+    return entry
+
+
+@st.composite
+def terraform_inventories(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A valid inventory with a source `infra` used by roles' targets_from and vars markers, and
+    the snapshot of its outputs."""
+    document = draw(inventories())
+    document["terraform"] = {"infra": {"file": "outputs.json"}}
+    counter = iter(range(1_000_000))
+    outputs: dict[str, Any] = {"value": draw(values), "table": {"a": draw(values)}}
+    roles = document.setdefault("roles", {})
+    if not roles:
+        roles["tf"] = {}
+    for role_name, role in roles.items():
+        if draw(st.booleans()):
+            continue
+        entries = [draw(terraform_target(next(counter))) for _ in range(draw(st.integers(0, 3)))]
+        output = f"hosts_{len(outputs)}"
+        if draw(st.booleans()):
+            outputs[output] = entries
+        else:
+            # A map: its keys are the node names.
+            outputs[output] = {f"m{next(counter)}": entry for entry in entries}
+        role["targets_from"] = f"infra.{output}"
+        del role_name
+    layers_found = [document.get("defaults"), *roles.values(), *document.get("nodes", {}).values()]
+    for layer in layers_found:
+        if layer is None or not draw(st.booleans()):
+            continue
+        ref = draw(st.sampled_from(["infra.value", "infra.table", "infra.table.a"]))
+        key = draw(few_keys)
+        vars_table = layer.setdefault("vars", {})
+        if draw(st.booleans()):
+            vars_table[key] = {"terraform": ref}
+        else:
+            vars_table[key] = {"deeper": [1, {"terraform": ref}]}
+    return document, snapshot_of(outputs)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(cases=st.lists(terraform_inventories(), min_size=2, max_size=10))
+def test_resolvers_agree_with_terraform_sources(
+    cases: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    check_agreement([doc for doc, _ in cases], rtoml.dumps, [snap for _, snap in cases])
+
+
 WRITERS: dict[str, Callable[[Any], str]] = {"rtoml": rtoml.dumps, "tomlkit": tomlkit.dumps}
 
 
@@ -281,6 +369,44 @@ user = "deploy"
 @pytest.mark.parametrize("text", CASES.values(), ids=list(CASES))
 def test_chosen_cases_agree(text: str) -> None:
     check_agreement([rtoml.loads(text)], rtoml.dumps)
+
+
+TERRAFORM_CASE = """
+[terraform.infra]
+dir = "infra"
+
+[defaults]
+vars = { db = { terraform = "infra.db" }, list = [{ terraform = "infra.web.1" }] }
+
+[roles.web]
+targets_from = "infra.web"
+[[roles.web.targets]]
+host = "10.9.9.9"
+vars = { port = { terraform = "infra.db.port" } }
+
+[roles.app]
+targets_from = ["infra.apps", "infra.edge"]
+vars = { region = "eu" }
+
+[nodes.admin]
+host = "192.0.2.1"
+vars = { db = { host = { terraform = "infra.db.host" } } }
+"""
+TERRAFORM_SNAPSHOT = snapshot_of(
+    {
+        "web": ["127.0.0.1", "10.0.0.2"],
+        "db": {"host": "db.example", "port": "5432"},
+        "apps": [
+            {"host": "10.1.1.1", "port": "2201", "tags": ["x"], "user": None},
+            {"host": "fd00::1", "port": 22, "name": "v6", "vars": {"region": "hk"}},
+        ],
+        "edge": {"e1": {"host": "10.2.2.2", "user": "deploy"}, "e2": "10.2.2.3"},
+    }
+)
+
+
+def test_terraform_case_agrees() -> None:
+    check_agreement([rtoml.loads(TERRAFORM_CASE)], rtoml.dumps, [TERRAFORM_SNAPSHOT])
 
 
 def test_differences_is_strict() -> None:

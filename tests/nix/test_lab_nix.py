@@ -6,48 +6,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
+from labsystems import build, config, system_expr
 
 from nixherd.errors import CommandError
 from nixherd.run import nix, process
 
 pytestmark = pytest.mark.nix
-
-LAB = Path(__file__).resolve().parents[2] / "nix" / "lab.nix"
-
-
-def system_expr(modules: str, special: str = "{ }") -> str:
-    return (
-        f"let lab = import {LAB}; inherit (lab) lib; in "
-        f"lab.mkSystem {{ specialArgs = {special}; modules = [ {modules} ]; }}"
-    )
-
-
-def config(modules: str, special: str = "{ }") -> Any:
-    """The merged config, without the toplevel (a derivation)."""
-    expr = f'removeAttrs ({system_expr(modules, special)}).config [ "system" ]'
-    return nix.eval_expr_json(expr)
-
-
-def build(modules: str, special: str = "{ }") -> Path:
-    expr = f"({system_expr(modules, special)}).config.system.build.toplevel"
-    result = process.run(
-        nix.nix_argv(
-            "build",
-            "--impure",
-            "--no-link",
-            "--json",
-            "--option",
-            "substituters",
-            "",
-            "--expr",
-            expr,
-        ),
-        what="nix build",
-    )
-    return Path(json.loads(result.stdout)[0]["outputs"]["out"])
 
 
 def test_merge_later_wins_sets_merge_lists_concatenate() -> None:
@@ -126,8 +92,11 @@ def test_toplevel_is_nixos_shaped() -> None:
         """
     )
     assert out.name.endswith("-nixos-system-web-1-2.0")
-    for executable in ("activate", "bin/switch-to-configuration", "sw/bin/nixos-version"):
+    executables = ("activate", "bin/switch-to-configuration", "sw/bin/nixos-version")
+    for executable in (*executables, "sw/bin/lab-responder", "sw/bin/lab-wait-port"):
         assert os.access(out / executable, os.X_OK), executable
+        assert "@out@" not in (out / executable).read_text()
+    assert f'OUT = "{out}"' in (out / "activate").read_text()
     assert (out / "nixos-version").read_text() == "2.0"
     assert (out / "system").read_text() == "x86_64-linux"
     assert (out / "etc/nginx/site.conf").read_text() == "server {}\n"
@@ -140,9 +109,10 @@ def test_toplevel_is_nixos_shaped() -> None:
     assert version == "2.0\n"
     as_json = process.run([str(out / "sw/bin/nixos-version"), "--json"]).stdout
     assert json.loads(as_json) == {"nixosVersion": "2.0"}
-    usage = process.run([str(out / "bin/switch-to-configuration"), "nope"], check=False)
-    assert usage.returncode == 1
-    assert "Usage" in usage.stderr
+    for words in (["nope"], []):
+        usage = process.run([str(out / "bin/switch-to-configuration"), *words], check=False)
+        assert usage.returncode == 1
+        assert "Usage: switch-to-configuration [switch|boot|test|dry-activate]" in usage.stderr
 
 
 def test_payload_sizes_sharing_and_closure() -> None:
@@ -168,7 +138,7 @@ def test_payload_sizes_sharing_and_closure() -> None:
 def test_no_payload_no_service_no_extras() -> None:
     out = build('{ networking.hostName = "bare"; }')
     assert (out / "lab/payload").read_text() == ""
-    assert not (out / "lab/service-command").exists()
+    assert list((out / "etc").rglob("*")) == [out / "etc/systemd", out / "etc/systemd/system"]
     assert not list((out / "lab").glob("fail-*"))
     closure = process.run(["nix-store", "--query", "--requisites", str(out)]).stdout.split()
     assert closure == [str(out)]

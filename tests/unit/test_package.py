@@ -21,7 +21,12 @@ from nixherd.cli import main
 
 # The library's files, as the repository's flake and nix/default.nix use them; flake.nix makes the
 # installed directory a flake input (docs/nix-library.md).
-LIBRARY = sorted(path.name for path in (REPO / "nix").glob("*.nix"))
+# lab.nix reads nix/lab/ (its units, activate, switch-to-configuration and service programs).
+LIBRARY = sorted(
+    str(path.relative_to(REPO / "nix"))
+    for pattern in ("*.nix", "lab/*.nix", "lab/*.py")
+    for path in (REPO / "nix").glob(pattern)
+)
 # Files the package reads or runs from its own directory at run time.
 RESOURCES = ("resources/watchdog.sh", "lab/boot.py", "lab/hostinit.py", "py.typed")
 
@@ -80,7 +85,14 @@ def test_the_installed_package_says_where_its_library_is(dists: Dists, tmp_path:
     assert result.returncode == 0, result.stderr
     library = os.path.realpath(site / "nixherd" / "nix")
     assert result.stdout == f"nixherd {nixherd.__version__} (Nix library: {library})\n"
-    assert sorted(os.listdir(library)) == LIBRARY
+    # pip compiles the lab's .py programs into __pycache__ as it installs them: not the library.
+    installed = [
+        os.path.relpath(os.path.join(directory, name), library)
+        for directory, _dirs, names in os.walk(library)
+        if "__pycache__" not in Path(directory).parts
+        for name in names
+    ]
+    assert sorted(installed) == LIBRARY
     # The lab's programs run as scripts by path (`python -I .../boot.py`): there, installed.
     assert (site / "nixherd" / "lab" / "boot.py").is_file()
 

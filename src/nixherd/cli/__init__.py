@@ -33,6 +33,12 @@ COMMANDS: dict[str, str] = {
     "check-health": "check_health",
     "keys": "keys",
     "data": "data",
+    "report": "report",
+    "add": "add",
+    "remove": "remove",
+    "set": "setvalue",
+    "import": "importer",
+    "terraform": "terraform",
     "completion": "completion",
 }
 
@@ -49,7 +55,8 @@ def common_options() -> Parser:
         "--inventory",
         default=argparse.SUPPRESS,
         metavar="PATH",
-        help="inventory file (default: $NIXHERD_INVENTORY or ./inventory.toml)",
+        help="inventory file (default: $NIXHERD_INVENTORY, else inventory.toml in the current "
+        "directory or its parents up to the repository root)",
     )
     common.add_argument(
         "--debug",
@@ -102,10 +109,33 @@ def requested_command(args: Sequence[str]) -> str | None:
     return None
 
 
-def inventory_path(args: argparse.Namespace) -> str:
-    """The inventory file chosen by --inventory, $NIXHERD_INVENTORY, or the default."""
+def inventory_path(args: argparse.Namespace, *, required: bool = True) -> str:
+    """The inventory file chosen by --inventory, $NIXHERD_INVENTORY, or found: `inventory.toml`
+    in the current directory or its parents up to the repository root (named as found: as
+    before when it is here, by its path when it is in a parent). None found: a UsageError
+    saying where it was looked for, or with `required` False, `inventory.toml` (here)."""
     given: str | None = getattr(args, "inventory", None)
-    return given or os.environ.get("NIXHERD_INVENTORY") or "inventory.toml"
+    chosen = given or os.environ.get("NIXHERD_INVENTORY")
+    if chosen:
+        return chosen
+    from pathlib import Path
+
+    from nixherd.errors import UsageError
+    from nixherd.inventory.load import INVENTORY_NAME, find
+
+    here = Path.cwd()
+    search = find(here)
+    if search.found is not None:
+        return INVENTORY_NAME if search.found.parent == here else str(search.found)
+    if not required:
+        return INVENTORY_NAME
+    where = (
+        f"up to the repository root {search.stop}" if search.in_repository else "(no repository)"
+    )
+    raise UsageError(
+        f"no {INVENTORY_NAME} in {here} or its parents {where}\n"
+        "give one with -i PATH or $NIXHERD_INVENTORY"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,6 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds a node waits for the confirmation before rolling back "
         f"({numbers.SECONDS_RULE}, default 30)",
     )
+    runs.add_activation_timeout(safety)
     safety.add_argument(
         "--no-keys", dest="keys", action="store_false", help="do not upload secret keys"
     )
@@ -99,6 +100,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="after the build, show what changes on each node and ask before touching any",
     )
     runs.add_output(parser)
+    parser.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the run as an HTML deploy timeline to FILE (as `nixherd report` does)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> DeployOptions:
@@ -142,12 +148,14 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
         flake=runs.flake_ref(args),
         parallel=args.parallel,
         keep_result=args.keep_result,
+        results_dir=runs.results_dir(args),
         substitute_on_destination=args.substitute_on_destination,
         build_on_target=args.build_on_target,
         reboot=args.reboot,
         reboot_timeout=args.reboot_timeout,
         rollback=args.rollback,
         confirm_timeout=args.confirm_timeout,
+        activation_timeout=args.activation_timeout,
         keys=args.keys,
         rollout=rollout,
         nix=runs.nix_flags(args),
@@ -162,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
     from nixherd.fleet import commands, pipeline
     from nixherd.fleet.plan import describe
 
-    if args.dry_run and (args.json or args.report):
-        raise UsageError("--dry-run prints a plan for people; it has no --json or --report")
+    if args.dry_run and (args.json or args.report or args.html):
+        raise UsageError("--dry-run prints a plan for people; it has no --json, --report or --html")
     options = options_from(args)
     inventory, nodes = runs.load_nodes(args)
     options = dataclasses.replace(options, nix=runs.with_builders(options.nix, inventory))
@@ -198,6 +206,13 @@ def run(args: argparse.Namespace) -> int:
             caches=runs.caches_of(inventory, nodes),
         )
     report = runs.report_with_logs(report, view)
+    if args.html:
+        # Before finish(), which raises once the summary is out when a node failed: the
+        # timeline matters most then.
+        from nixherd.cli import timeline
+
+        drawn = timeline.from_data(report.command, report.to_data(), source="the report")
+        timeline.write(args.html, timeline.page(drawn))
     code = runs.finish(args, report)
     if any(r.detail == "declined" for r in report.nodes):
         raise NixherdError("not confirmed: no node was touched")

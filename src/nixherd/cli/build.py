@@ -28,7 +28,11 @@ def run(args: argparse.Namespace) -> int:
     inventory, nodes = runs.load_nodes(args)
     flags = runs.with_builders(flags, inventory)
     options = DeployOptions(
-        goal=Goal.BUILD, flake=runs.flake_ref(args), keep_result=args.keep_result, nix=flags
+        goal=Goal.BUILD,
+        flake=runs.flake_ref(args),
+        keep_result=args.keep_result,
+        results_dir=runs.results_dir(args),
+        nix=flags,
     )
     names = [n.name for n in nodes]
     with runs.progress(args, names, title="build") as view:

@@ -43,6 +43,14 @@ def run(args: argparse.Namespace) -> int:
     except InventoryError as exc:
         _report_problems(args, exc.problems)
         return exc.exit_code
+    if inventory.terraform_sources:
+        from nixherd.inventory.terraform_outputs import stale
+
+        # A snapshot older than its sources resolves fine, to the old hosts: a problem all the same.
+        found = stale(path)
+        if found:
+            _report_problems(args, tuple(found))
+            return 2
     nodes = select(inventory, selection)
     summary = (
         f"{render.plural(len(inventory.nodes), 'node')}, "

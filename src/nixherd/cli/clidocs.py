@@ -25,6 +25,7 @@ BOUNDS: dict[Callable[[str], Any], str] = {
     numbers.count: f"0..{numbers.MAX_NODES}",
     numbers.hosts: f"1..{numbers.MAX_PORT}",
     numbers.port: f"1..{numbers.MAX_PORT}",
+    numbers.port_or_false: f"1..{numbers.MAX_PORT}, or false (ssh decides)",
     numbers.max_jobs: f"'auto' or 0..{numbers.MAX_JOBS}",
 }
 # Values checked after parsing (nixherd.fleet.rollout.Amount), named by their metavar.
@@ -33,7 +34,11 @@ BOUNDS_BY_METAVAR = {"N|P%": "N: 0..999999999; P%: 0..100"}
 NUMBER_METAVARS = frozenset({"N", "S", "P", "N|P%"})
 
 ENVIRONMENT: tuple[tuple[str, str], ...] = (
-    ("NIXHERD_INVENTORY", "the inventory file when `-i` is not given (default ./inventory.toml)"),
+    (
+        "NIXHERD_INVENTORY",
+        "the inventory file when `-i` is not given (default: the nearest inventory.toml in the "
+        "current directory or its parents, up to the repository root)",
+    ),
     (
         "NIXHERD_FLAKE",
         "the fleet's flake when `--flake` is not given (default: the inventory's directory)",
@@ -48,6 +53,12 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ),
     ("NIXHERD_NO_CACHE", "set (non-empty): never cache parsed inventories"),
     ("XDG_CACHE_HOME", "the base of the parse cache (default ~/.cache)"),
+    (
+        "NIXHERD_STATE_DIR",
+        "where run logs and --keep-result GC roots go, one directory per inventory (default "
+        "$XDG_STATE_HOME/nixherd)",
+    ),
+    ("XDG_STATE_HOME", "the base of nixherd's state directory (default ~/.local/state)"),
     ("NO_COLOR", "set: no colours and no live view, plain lines"),
     ("TERM", "`dumb`: no live view"),
     (
@@ -72,7 +83,11 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     ),
     (3, "`status --exit-code`: a node runs another system than the flake's (drift)"),
     (70, "internal error (a bug: `--debug` shows the traceback)"),
-    (130, "interrupted (Ctrl-C): nodes not yet activated were left untouched"),
+    (
+        130,
+        "interrupted (Ctrl-C): nodes not yet activated were left untouched; after a second "
+        "Ctrl-C the activations in flight were aborted (rolled back), each node's state reported",
+    ),
 )
 
 COMPLETION: tuple[tuple[str, str], ...] = (

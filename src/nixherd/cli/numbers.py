@@ -70,6 +70,13 @@ def port(text: str) -> int:
     return _integer(text, 1, MAX_PORT, f"a TCP port 1..{MAX_PORT}")
 
 
+def port_or_false(text: str) -> int | bool:
+    """An inventory's port: 1..MAX_PORT, or `false` (ssh decides, docs/inventory.md)."""
+    if text.strip() == "false":
+        return False
+    return _integer(text, 1, MAX_PORT, f"a TCP port 1..{MAX_PORT} or false")
+
+
 def max_jobs(text: str) -> str:
     """Nix's `--max-jobs`: `auto` (a job per core) or 0..MAX_JOBS, as Nix's own text."""
     stripped = text.strip()

@@ -225,6 +225,23 @@ class LabStatusData(TypedDict):
     hosts: list[LabHostData]
 
 
+class TerraformSourceData(TypedDict):
+    """One `[terraform.NAME]` source and the outputs of it the snapshot holds."""
+
+    source: str
+    outputs: list[str]
+
+
+class TerraformSyncData(TypedDict):
+    """`terraform sync`: the snapshot written beside the inventory, and the nodes it changed."""
+
+    snapshot: str
+    changed: bool  # whether its content changed
+    sources: list[TerraformSourceData]
+    added: list[str]  # node names new with this snapshot
+    removed: list[str]  # node names gone with it
+
+
 if TYPE_CHECKING:
     Payload: TypeAlias = (
         NodesData
@@ -237,6 +254,7 @@ if TYPE_CHECKING:
         | DataPushData
         | DataDiffData
         | LabStatusData
+        | TerraformSyncData
         | ReportData
     )
 
@@ -262,4 +280,5 @@ def payloads() -> dict[str, object]:
         "data push": DataPushData,
         "lab up": LabStatusData,
         "lab status": LabStatusData,
+        "terraform sync": TerraformSyncData,
     }

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 MAX_ROWS_FALLBACK = 40
 REFRESH_PER_SECOND = 8
 RUN_LOG = "run.log"
+# Stages run once for the whole run (one nix process), before any node's own stages.
+_RUN_WIDE_STAGES = frozenset({"eval", "build"})
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -124,6 +126,9 @@ class Progress:
         self._announced: set[str] = set()
         self._live: Any = None
         self._above: list[str] = []  # -v lines to print above the live view, outside the lock
+        # Once closed, late events (a node given up on after a second Ctrl-C, ending anyway
+        # while the summary is printed) are dropped: the run's account is given.
+        self._closed = False
 
     # --- lifecycle ---
 
@@ -164,15 +169,26 @@ class Progress:
         if live is not None:
             live.stop()
         with self.lock:
+            self._closed = True
             self.logs.close()
 
     # --- events ---
 
     def __call__(self, event: Event) -> None:
-        from nixherd.events import LogLine, NodeFinished, StageFinished, StageStarted
+        from nixherd.events import (
+            RUN_WIDE,
+            Interrupted,
+            LogLine,
+            NodeFinished,
+            StageFinished,
+            StageStarted,
+        )
 
         now = time.monotonic()
+        notice: str | None = None
         with self.lock:
+            if self._closed:
+                return
             match event:
                 case StageStarted(node=node, stage=stage):
                     row = self._row(node)
@@ -183,6 +199,10 @@ class Progress:
                     self._plain_stage(node, stage.value)
                 case StageFinished(node=node, stage=stage, seconds=seconds):
                     self.logs.write(node, f"< {stage.value} ({seconds:.2f} s)")
+                    if stage.value in _RUN_WIDE_STAGES:
+                        # The build's last line ("building ...") is over with it: the
+                        # header would otherwise show it for the rest of the run.
+                        self.run_line = ""
                 case LogLine(node=node, line=line):
                     self.logs.write(node, line)
                     self._line(node, line)
@@ -200,11 +220,34 @@ class Progress:
                         self._print(node, first + elapsed)
                         for extra in rest:
                             self._print(node, "  " + extra)
+                case Interrupted(in_flight=in_flight, aborting=aborting):
+                    notice = self._interrupted(in_flight, aborting)
+                    self.logs.write(RUN_WIDE, notice)
             above, self._above = self._above, []
         live = self._live
         if above and live is not None:
             for text in above:
                 live.console.print(text, markup=False, highlight=False)
+        if notice is not None:
+            # Said at once, on the terminal, whatever the view: the user just pressed a key.
+            if live is not None:
+                live.console.print(notice, markup=False, highlight=False)
+            else:
+                sys.stderr.write(notice + "\n")
+                sys.stderr.flush()
+
+    def _interrupted(self, in_flight: Sequence[str], aborting: bool) -> str:
+        """The words for a Ctrl-C: what stops, and each node in flight with its stage."""
+        nodes = ", ".join(f"{n} ({self._row(n).stage})" for n in in_flight) or "none"
+        if aborting:
+            return (
+                f"nixherd: Ctrl-C again: aborting the nodes in flight: {nodes}; their "
+                "activations are stopped and rolled back, the rest is given up within seconds"
+            )
+        return (
+            f"nixherd: Ctrl-C: no new node starts; in flight: {nodes}. They finish; "
+            "Ctrl-C again aborts them (activations roll back)"
+        )
 
     def _row(self, node: str) -> _Row:
         row = self.rows.get(node)
@@ -219,7 +262,7 @@ class Progress:
         if self.live_mode or not self.show_stages:
             return
         # Evaluation and the build run once for all nodes: say so once, not once per node.
-        if stage in ("eval", "build"):
+        if stage in _RUN_WIDE_STAGES:
             if stage not in self._announced:
                 self._announced.add(stage)
                 self._print("*", f"{stage} ({len(self.names)} nodes)")
@@ -271,15 +314,17 @@ class Progress:
         if run_line:
             head.append(f"  {run_line}", style="dim")
         head.no_wrap, head.overflow = True, "ellipsis"
-        # Nodes at work first, then failures, then the rest: what needs eyes stays visible.
+        # Rows stay in the selection's order (a row that moves as its node finishes is lost
+        # to the eye). When they do not all fit, the ones that need eyes are kept: nodes at
+        # work, then failures, then the rest; still shown in the selection's order.
         ranked = sorted(
-            names,
-            key=lambda n: (
-                rows[n].finished is not None and not rows[n].failed,
-                rows[n].finished is not None,
+            range(len(names)),
+            key=lambda i: (
+                rows[names[i]].finished is not None and not rows[names[i]].failed,
+                rows[names[i]].finished is not None,
             ),
         )
-        shown = ranked[:height]
+        shown = [names[i] for i in sorted(ranked[:height])]
         for name in shown:
             row = rows[name]
             end = row.finished if row.finished is not None else now
@@ -297,7 +342,9 @@ class Progress:
                 Text(row.last, style="dim"),
             )
         if len(ranked) > len(shown):
-            table.add_row(Text(f"... {len(ranked) - len(shown)} more", style="dim"), "", "", "")
+            # Below the table, not in its name column: that may be narrower than the words.
+            more = Text(f"... {len(ranked) - len(shown)} more", style="dim")
+            return Group(head, table, more)
         return Group(head, table)
 
     def _size(self) -> tuple[int, int]:
@@ -313,7 +360,7 @@ class Progress:
 
 
 def _seconds(result: NodeResult) -> str:
-    total = sum(v for k, v in result.stages.items() if k not in ("eval", "build"))
+    total = sum(v for k, v in result.stages.items() if k not in _RUN_WIDE_STAGES)
     return f"{total:.1f}" if total else "-"
 
 

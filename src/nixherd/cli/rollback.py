@@ -20,6 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds a node waits for the confirmation before undoing the rollback "
         f"({numbers.SECONDS_RULE}, default 30)",
     )
+    runs.add_activation_timeout(parser)
     runs.add_output(parser)
 
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
             nodes,
             parallel=args.parallel,
             confirm_timeout=args.confirm_timeout,
+            timeout=args.activation_timeout,
             emit=view,
         )
     return runs.finish(args, runs.report_with_logs(report, view))

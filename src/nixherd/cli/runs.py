@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from nixherd.inventory.model import Inventory, Node
     from nixherd.run.nix import NixFlags
 
-DEFAULT_LOG_BASE = os.path.join(".nixherd", "logs")
 INTERRUPTED_EXIT = 130
+# Where logs and GC roots go by default (cli/state.py says why there).
+STATE_HINT = "$XDG_STATE_HOME/nixherd/fleets/<fleet>"
 
 
 def add_selection(parser: argparse.ArgumentParser) -> None:
@@ -37,12 +38,39 @@ def add_parallel(parser: argparse.ArgumentParser, default: int = 10) -> None:
     )
 
 
+DEFAULT_ACTIVATION_TIMEOUT = 600.0
+
+
+def add_activation_timeout(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--activation-timeout",
+        type=numbers.seconds,
+        default=DEFAULT_ACTIVATION_TIMEOUT,
+        metavar="S",
+        help="seconds switch-to-configuration may run on a node before it is stopped and the "
+        f"node rolled back ({numbers.SECONDS_RULE}, default {DEFAULT_ACTIVATION_TIMEOUT:g})",
+    )
+
+
 def add_keep_result(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--keep-result",
         action="store_true",
-        help="keep each node's system as a GC root in .nixherd/results/<node>",
+        help=f"keep each node's system as a GC root in {STATE_HINT}/results/<node>",
     )
+
+
+def results_dir(args: argparse.Namespace) -> str:
+    """Where --keep-result puts its GC roots: the fleet's state directory, made now (before any
+    work: a place that cannot be written is said at once). Without --keep-result, the core's
+    default (no root is kept there)."""
+    if not getattr(args, "keep_result", False):
+        from nixherd.fleet.plan import RESULTS_DIR
+
+        return RESULTS_DIR
+    from nixherd.cli import inventory_path, state
+
+    return str(state.ensure(state.for_inventory(inventory_path(args)) / "results"))
 
 
 def add_flake(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +94,11 @@ def flake_ref(args: argparse.Namespace) -> str:
     from nixherd.cli import inventory_path
     from nixherd.fleet import evaluate as fleet
 
-    return fleet.flake_for(inventory_path(args))
+    try:
+        return fleet.flake_for(inventory_path(args, required=False))
+    except fleet.FlakeError:
+        inventory_path(args)  # no inventory anywhere: that is the news, said by this
+        raise
 
 
 def add_nix_flags(parser: argparse.ArgumentParser) -> None:
@@ -156,9 +188,8 @@ def add_output(parser: argparse.ArgumentParser, *, logs: bool = True) -> None:
     if logs:
         parser.add_argument(
             "--log-dir",
-            default=DEFAULT_LOG_BASE,
             metavar="DIR",
-            help=f"per-node logs go to DIR/<timestamp>/ (default {DEFAULT_LOG_BASE})",
+            help=f"per-node logs go to DIR/<timestamp>/ (default {STATE_HINT}/logs)",
         )
 
 
@@ -199,7 +230,15 @@ def progress(args: argparse.Namespace, names: list[str], title: str) -> Progress
 
     log_base = getattr(args, "log_dir", None)
     log_dir = None
-    if log_base:
+    if log_base is None and hasattr(args, "log_dir"):
+        from nixherd.cli import inventory_path, state
+
+        where = state.ensure(state.for_inventory(inventory_path(args)) / "logs")
+        try:
+            log_dir = new_log_dir(str(where))
+        except OSError as exc:
+            raise state.unwritable(exc.filename or where, exc) from exc
+    elif log_base:
         try:
             log_dir = new_log_dir(log_base)
         except OSError as exc:

@@ -23,6 +23,7 @@ from nixherd.fleet.stages import health_checks
 from nixherd.fleet.systems import build, evaluate, split
 from nixherd.inventory.model import Node
 from nixherd.node import data
+from nixherd.node.abort import Aborts
 from nixherd.node.activation import ActivationError, rollback
 from nixherd.node.checks import failed, run_checks, summary
 from nixherd.node.delivery import System
@@ -181,7 +182,10 @@ def rollback_nodes(
     emit: EventSink,
     cancel: threading.Event | None = None,
 ) -> RunReport:
-    """`nixherd rollback`: every node back to its previous generation, in parallel, checked."""
+    """`nixherd rollback`: every node back to its previous generation, in parallel, checked.
+
+    `timeout`: seconds each switch may take before it is stopped and undone."""
+    aborts = Aborts()
 
     def work(node: DeployNode) -> NodeResult:
         def step() -> NodeResult:
@@ -196,6 +200,7 @@ def rollback_nodes(
                         confirm_timeout=confirm_timeout,
                         timeout=timeout,
                         emit=emit,
+                        aborts=aborts,
                     )
             except ActivationError as exc:
                 return NodeResult(
@@ -223,10 +228,15 @@ def rollback_nodes(
         command="rollback",
         result=reported,
         goal=Goal.SWITCH.value,
-        options={"parallel": parallel, "confirm_timeout": confirm_timeout},
+        options={
+            "parallel": parallel,
+            "confirm_timeout": confirm_timeout,
+            "activation_timeout": timeout,
+        },
         parallel=parallel,
         emit=emit,
         cancel=cancel,
+        aborts=aborts,
     ).report
 
 

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from nixherd.events import EventSink, Outcome, Stage, discard
 from nixherd.fleet import caches as cache_delivery
 from nixherd.fleet.plan import DeployNode, DeployOptions
-from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport, order
+from nixherd.fleet.report import ErrorInfo, NodeResult, RunReport, SpanRecorder, order
 from nixherd.fleet.rollout import WaveKind
-from nixherd.fleet.runner import fan_out
+from nixherd.fleet.runner import abandoned_detail, fan_out
 from nixherd.fleet.stages import Context, EarlyProbes, Track, delivery_for, run_node
 from nixherd.fleet.systems import Evaluator, build, evaluate, split
 from nixherd.inventory.cachecfg import Cache
@@ -58,6 +58,8 @@ def deploy(
     """
     cancel = cancel or threading.Event()
     started_at = time.time()
+    # Every stage event passes through it: the report's timeline (spans) on the run's clock.
+    emit = spans = SpanRecorder(emit)
     # Before Nix copies the flake into the store: a plaintext key file inside it would go along.
     keyed = [n for n in nodes if n.keys]
     secrets.refuse_store_exposed(keyed, base_dir=base_dir, flake=options.flake)
@@ -82,6 +84,7 @@ def deploy(
         interrupted=run.interrupted or cancel.is_set(),
         options=options.to_data(),
         stages=run.stages,
+        spans=spans.spans(),
     )
 
 
@@ -204,6 +207,19 @@ def _local_flake_dir(flake: str, base_dir: str) -> str | None:
     return os.path.join(base_dir, ref)
 
 
+def _abandoned(ctx: Context, name: str) -> NodeResult:
+    """A node given up on in flight after the second Ctrl-C: what its abort found, or, when it
+    never activated, that its running system is unchanged."""
+    node = Track(name, ctx.emit)
+    if name in ctx.systems:
+        node.store_path = ctx.systems[name].out_path
+    if ctx.aborts.registered(name):
+        detail = abandoned_detail(name, ctx.aborts)
+    else:
+        detail = "abandoned before activating (second Ctrl-C): its running system is unchanged"
+    return node.finish(Outcome.INTERRUPTED, detail=detail)
+
+
 def _first_started(
     options: DeployOptions, names: Sequence[str], systems: Mapping[str, System]
 ) -> dict[str, str]:
@@ -258,8 +274,18 @@ def _roll_out(
                 failures=failures(), total=total, canary_failed=state["canary_failed"]
             )
 
-        outcome = fan_out(todo, work, parallel=ctx.options.parallel, cancel=ctx.cancel, stop=stop)
+        outcome = fan_out(
+            todo,
+            work,
+            parallel=ctx.options.parallel,
+            cancel=ctx.cancel,
+            stop=stop,
+            emit=ctx.emit,
+            aborts=ctx.aborts,
+        )
         results.update(outcome.results)
+        for name in outcome.abandoned:
+            results[name] = _abandoned(ctx, name)
         if outcome.interrupted:
             return True
         if outcome.not_started:

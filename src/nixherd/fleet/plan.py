@@ -18,6 +18,9 @@ from nixherd.run.ssh import Target
 
 DEFAULT_PARALLEL = 10
 STATE_DIR = ".nixherd"
+# Where a library caller's --keep-result roots go; the command line gives the fleet's state
+# directory instead (nixherd.cli.state).
+RESULTS_DIR = os.path.join(STATE_DIR, "results")
 
 
 class DeployNode(Protocol):
@@ -51,7 +54,7 @@ class DeployOptions:
     flake: str = "."
     parallel: int = DEFAULT_PARALLEL  # 0: every node at once
     keep_result: bool = False
-    results_dir: str = os.path.join(STATE_DIR, "results")
+    results_dir: str = RESULTS_DIR
     substitute_on_destination: bool = False
     build_on_target: bool = False
     reboot: bool = False
@@ -74,7 +77,7 @@ class DeployOptions:
             raise OptionError(
                 "reboot", f"reboot goes with the switch or boot goal, not {self.goal.value}"
             )
-        timeouts = (self.confirm_timeout, self.reboot_timeout)
+        timeouts = (self.confirm_timeout, self.reboot_timeout, self.activation_timeout)
         if not all(math.isfinite(t) and t > 0 for t in timeouts):
             raise UsageError("timeouts must be finite and positive")
 
@@ -90,6 +93,7 @@ class DeployOptions:
             "reboot": self.reboot,
             "rollback": self.rollback,
             "confirm_timeout": self.confirm_timeout,
+            "activation_timeout": self.activation_timeout,
             "keys": self.keys,
             "canary": rollout.canary,
             "batch": None if rollout.batch is None else str(rollout.batch),
@@ -124,6 +128,7 @@ def steps(options: DeployOptions) -> list[str]:
     activation = f"switch-to-configuration {goal.value}"
     if goal.changes_running_system and options.rollback:
         activation += f", then confirm within {options.confirm_timeout:g} s or roll back"
+    activation += f" (stopped if still running after {options.activation_timeout:g} s)"
     out.append(activation)
     if options.keys:
         out.append("upload keys (post-activation)")

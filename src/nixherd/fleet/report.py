@@ -7,13 +7,16 @@ the published JSON Schema (docs/schema/) from these same declarations.
 
 from __future__ import annotations
 
+import re
+import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
 
 from nixherd.errors import CommandError, NixherdError
-from nixherd.events import Outcome
+from nixherd.events import Event, EventSink, Outcome, Stage, StageFinished, StageStarted
 from nixherd.node.delivery import Delivered
 
 # Enough of a failing command's output to see why, small enough for a report of 1,000 nodes.
@@ -22,6 +25,8 @@ TAIL_LINES = 20
 # command says how it ended). 1,000 nodes at the bound make a 64 MiB report, still one file a
 # JSON parser reads whole; the full output is in the node's log and was streamed live.
 OUTPUT_LIMIT = 64 * 1024
+# How the watchdog starts the lines it says itself (resources/watchdog.sh, `say`).
+_WATCHDOG_PREFIX = re.compile(r"^nixherd: ")
 
 
 class ErrorData(TypedDict):
@@ -50,6 +55,14 @@ class DeliveryData(TypedDict):
     cache_error: str | None  # why the cache was not used (then way is "direct": the fallback)
 
 
+class SpanData(TypedDict):
+    """One stage a node went through, on the run's clock (a stage may come twice: keys)."""
+
+    stage: Annotated[str, Stage]
+    start: float  # seconds after the run's `started_at`
+    seconds: float
+
+
 class NodeResultData(TypedDict):
     """How one node ended and what it went through."""
 
@@ -65,6 +78,7 @@ class NodeResultData(TypedDict):
     output: OutputData | None  # `exec`: the command's output (bounded); null elsewhere
     delivery: DeliveryData | None  # `apply`: how the system reached the node
     error: ErrorData | None
+    spans: list[SpanData]  # its stages in the order they started (the deploy timeline)
 
 
 class ReportData(TypedDict):
@@ -139,7 +153,9 @@ class ErrorInfo:
         first = self.message.splitlines()[0] if self.message else "failed"
         if self.output:
             last = self.output.rstrip().splitlines()[-1].strip()
-            if last:
+            # The watchdog's last words ("nixherd: rolled back to X") are often what the
+            # message already says: each cause once.
+            if last and _WATCHDOG_PREFIX.sub("", last) not in first:
                 return f"{first}: {last}"
         return first
 
@@ -181,7 +197,7 @@ class NodeResult:
     def failed(self) -> bool:
         return self.outcome.failed
 
-    def to_data(self) -> NodeResultData:
+    def to_data(self, spans: Sequence[Span] = ()) -> NodeResultData:
         return {
             "node": self.node,
             "result": self.outcome.value,
@@ -195,7 +211,60 @@ class NodeResult:
             "output": self.output.to_data() if self.output else None,
             "delivery": _delivery(self.delivery),
             "error": self.error.to_data() if self.error else None,
+            "spans": [span.to_data() for span in spans],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A stage of a node, on the run's clock: `start` seconds after the run began."""
+
+    stage: Stage
+    start: float
+    seconds: float
+
+    def to_data(self) -> SpanData:
+        return {
+            "stage": self.stage.value,
+            "start": round(self.start, 3),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class SpanRecorder:
+    """An EventSink in front of another that notes when each node's stages start and end.
+
+    The core's events carry durations only; this clock, started with the run, places them in
+    time for the timeline (a stage that never finished, cut by a crash, is left out). Events
+    come from worker threads: one lock.
+    """
+
+    def __init__(self, emit: EventSink) -> None:
+        self._emit = emit
+        self._origin = time.monotonic()
+        self._lock = threading.Lock()
+        self._open: dict[tuple[str, Stage], float] = {}
+        self._done: dict[str, list[Span]] = {}
+
+    def __call__(self, event: Event) -> None:
+        now = time.monotonic() - self._origin
+        if isinstance(event, StageStarted):
+            with self._lock:
+                self._open[(event.node, event.stage)] = now
+        elif isinstance(event, StageFinished):
+            with self._lock:
+                start = self._open.pop((event.node, event.stage), now - event.seconds)
+                span = Span(event.stage, max(start, 0.0), event.seconds)
+                self._done.setdefault(event.node, []).append(span)
+        self._emit(event)
+
+    def spans(self) -> dict[str, tuple[Span, ...]]:
+        """Each node's finished stages, in the order they started."""
+        with self._lock:
+            return {
+                node: tuple(sorted(spans, key=lambda s: s.start))
+                for node, spans in self._done.items()
+            }
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +281,7 @@ class RunReport:
     options: Mapping[str, Any] = field(default_factory=dict)
     stages: Mapping[str, float] = field(default_factory=dict)  # run-wide: eval, build
     log_dir: str | None = None
+    spans: Mapping[str, Sequence[Span]] = field(default_factory=dict)  # node -> its stages
 
     @property
     def failed(self) -> tuple[NodeResult, ...]:
@@ -241,7 +311,7 @@ class RunReport:
             "not_attempted": [r.node for r in self.nodes if r.outcome is Outcome.NOT_ATTEMPTED],
             "options": dict(self.options),
             "log_dir": self.log_dir,
-            "nodes": [r.to_data() for r in self.nodes],
+            "nodes": [r.to_data(self.spans.get(r.node, ())) for r in self.nodes],
         }
 
 

@@ -31,6 +31,7 @@ from nixherd.fleet.report import TAIL_LINES, ErrorInfo, NodeResult
 from nixherd.node import activation
 from nixherd.node import keys as secrets
 from nixherd.node import reboot as reboot_mod
+from nixherd.node.abort import Aborts
 from nixherd.node.checks import HealthCheck, run_checks, summary
 from nixherd.node.delivery import BuildOnTarget, Delivered, Delivery, PushFromHere, System
 from nixherd.node.goal import Goal
@@ -54,6 +55,9 @@ class Context:
 
     def delivery_of(self, name: str) -> Delivery:
         return self.deliveries.get(name, self.delivery)
+
+    # What the second Ctrl-C aborts: the activations in flight.
+    aborts: Aborts = field(default_factory=Aborts)
 
 
 def delivery_for(options: DeployOptions) -> Delivery:
@@ -347,7 +351,12 @@ def _activate(
     )
     try:
         result = activation.activate(
-            conn, system.out_path, act_options, checks=health_checks(node), emit=track.sink
+            conn,
+            system.out_path,
+            act_options,
+            checks=health_checks(node),
+            emit=track.sink,
+            aborts=ctx.aborts,
         )
     except activation.ActivationError as exc:
         if exc.previous is not None:

@@ -61,6 +61,15 @@ check_cache = record(
 )
 
 
+# The field table's entry (fields.py), without its merge rule and place.
+CACHE_FIELD: Final[dict[str, Any]] = {
+    "type": "table: push, url, public_key (store URLs, a Nix public key), secret_key_file",
+    "check": check_cache,
+    "doc": "a binary cache: apply pushes the systems there once, each node substitutes from "
+    "`url` trusting only `public_key` (docs/scale.md; not in the Nix data)",
+}
+
+
 def incomplete(table: Mapping[str, Any]) -> str | None:
     """Why a node's merged cache table cannot be used (None when it can, or when it is empty)."""
     if not table:
@@ -150,3 +159,11 @@ def builders_spec(builders: Sequence[Mapping[str, Any]], base_dir: str) -> str:
         ]
         lines.append(" ".join(words))
     return " ; ".join(lines)
+
+
+BUILDERS_FIELD: Final[dict[str, Any]] = {
+    "type": "array of tables: uri, systems, ssh_key, max_jobs, speed_factor, "
+    "supported_features, mandatory_features",
+    "check": check_builders,
+    "doc": "Nix remote builders for the builds run here (`--builders` replaces them)",
+}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum, Flag
 from typing import Any, Final
 
-from nixherd.inventory.cachecfg import check_builders, check_cache
+from nixherd.inventory.cachecfg import BUILDERS_FIELD, CACHE_FIELD
 from nixherd.inventory.validate import (
     HOSTNAME,
     MAX_HOST,
@@ -184,6 +184,13 @@ def _targets(value: Any) -> list[Issue] | None:
     return one(f"must be an array of tables ([[roles.<role>.targets]]), {got(value)}")
 
 
+def _targets_from(value: Any) -> list[Issue] | None:
+    # Imported here: only an inventory with Terraform sources loads that module.
+    from nixherd.inventory.terraform_ref import ref_check
+
+    return ref_check(value)
+
+
 NODE_LAYERS: Final = Where.TARGET | Where.NODE
 
 
@@ -327,17 +334,7 @@ FIELDS: tuple[Field, ...] = (
         default={},
         nix=False,
     ),
-    Field(
-        "cache",
-        "table: push, url, public_key (store URLs, a Nix public key), secret_key_file",
-        check_cache,
-        Merge.DEEP,
-        EVERY_LAYER,
-        "a binary cache: apply pushes the systems there once, each node substitutes from `url` "
-        "trusting only `public_key` (docs/scale.md; not in the Nix data)",
-        default={},
-        nix=False,
-    ),
+    Field("cache", merge=Merge.DEEP, where=EVERY_LAYER, default={}, nix=False, **CACHE_FIELD),
     Field(
         "ssh_config",
         "string (path relative to the inventory's directory)",
@@ -346,15 +343,7 @@ FIELDS: tuple[Field, ...] = (
         Where.DEFAULTS,
         "an ssh config file used by every ssh and nix copy call",
     ),
-    Field(
-        "builders",
-        "array of tables: uri, systems, ssh_key, max_jobs, speed_factor, supported_features, "
-        "mandatory_features",
-        check_builders,
-        Merge.NONE,
-        Where.DEFAULTS,
-        "Nix remote builders for the builds run here (`--builders` replaces them)",
-    ),
+    Field("builders", merge=Merge.NONE, where=Where.DEFAULTS, **BUILDERS_FIELD),
     Field(
         "targets",
         "array of tables",
@@ -362,6 +351,14 @@ FIELDS: tuple[Field, ...] = (
         Merge.NONE,
         Where.ROLE,
         "fan-out: each entry becomes a node playing the role",
+    ),
+    Field(
+        "targets_from",
+        "string NAME.OUTPUT, or an array of them",
+        _targets_from,
+        Merge.NONE,
+        Where.ROLE,
+        "fan-out from a Terraform/OpenTofu output of source [terraform.NAME] (docs/terraform.md)",
     ),
     Field(
         "name",
@@ -384,7 +381,8 @@ FIELDS: tuple[Field, ...] = (
 BY_NAME: Final[dict[str, Field]] = {f.name: f for f in FIELDS}
 NODE_FIELDS: Final[tuple[Field, ...]] = tuple(f for f in FIELDS if f.is_node_field)
 NIX_FIELDS: Final[tuple[Field, ...]] = tuple(f for f in NODE_FIELDS if f.nix)
-TOP_LEVEL: Final = ("defaults", "roles", "nodes")
+# `terraform`: the sources of Terraform/OpenTofu outputs (inventory/terraform.py).
+TOP_LEVEL: Final = ("defaults", "roles", "nodes", "terraform")
 # The built-in default of every node field but `host` (the node's name, filled in per node).
 BUILTIN: Final[dict[str, Any]] = {
     f.name: f.default for f in NODE_FIELDS if f.default is not NODE_NAME

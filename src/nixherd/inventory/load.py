@@ -7,6 +7,7 @@ import gc
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,39 @@ _KINDS = {
 }
 _WHERE = re.compile(r"\s*at line (\d+) column (\d+)\s*$")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+INVENTORY_NAME = "inventory.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """Where the inventory was looked for: the nearest one (None if none), and the directory
+    the search stopped at (a repository's root, or the filesystem's when there is none)."""
+
+    found: Path | None
+    start: Path
+    stop: Path
+    in_repository: bool
+
+
+def find(start: Path) -> Search:
+    """The nearest `inventory.toml` in `start` or its parents, up to the repository root.
+
+    A repository root is a directory holding `.git` (a directory, or a file in a worktree or a
+    submodule). The search never leaves the repository it starts in: an inventory above it
+    belongs to something else. Outside any repository it goes up to the filesystem root.
+    """
+    here = start
+    while True:
+        candidate = here / INVENTORY_NAME
+        if candidate.is_file():
+            return Search(candidate, start, here, in_repository=False)
+        if (here / ".git").exists():
+            return Search(None, start, here, in_repository=True)
+        if here.parent == here:
+            return Search(None, start, here, in_repository=False)
+        here = here.parent
 
 
 def _fail(file: str, path: str, message: str) -> InventoryError:

@@ -25,8 +25,23 @@ class Origin(Enum):
     TARGET = "target"  # [[roles.<role>.targets]]
 
 
-# One layer of a node: where it comes from and its table, exactly as parsed.
-Layer = tuple[Origin, Mapping[str, Any]]
+@dataclass(frozen=True, slots=True)
+class TerraformOrigin:
+    """A value from a Terraform/OpenTofu output (`NAME.OUTPUT`): a fan-out target made from it,
+    or (`var`) a value put into vars by `{ terraform = ... }` (inventory/terraform.py)."""
+
+    ref: str
+    var: bool = False
+
+    @property
+    def value(self) -> str:
+        """Shown as an Origin's value is: `terraform:NAME.OUTPUT`."""
+        return f"terraform:{self.ref}"
+
+
+# One layer of a node: where it comes from and its table, exactly as parsed (a vars value taken
+# from Terraform adds a layer of its own after the table holding it, for its origin).
+Layer = tuple[Origin | TerraformOrigin, Mapping[str, Any]]
 
 
 class Reachable(Protocol):
@@ -169,12 +184,14 @@ class Inventory:
     ssh_config: str | None = None
     # `[defaults] builders`: Nix remote builders, as declared (inventory/cachecfg.py renders them).
     builders: tuple[Mapping[str, Any], ...] = ()
+    # The names of its `[terraform.NAME]` sources (docs/terraform.md).
+    terraform_sources: tuple[str, ...] = ()
 
 
 # --- provenance: the merge replayed, recording who set what ---------------------------------------
 
 
-def _leaf_origins(value: Any, origin: Origin) -> Any:
+def _leaf_origins(value: Any, origin: Origin | TerraformOrigin) -> Any:
     # An empty table is a leaf: it has an origin, not an empty tree of them.
     if type(value) is dict and value:
         return {key: _leaf_origins(element, origin) for key, element in value.items()}
@@ -182,7 +199,10 @@ def _leaf_origins(value: Any, origin: Origin) -> Any:
 
 
 def _deep_origins(
-    earlier: Mapping[str, Any], origins: Mapping[str, Any], later: Mapping[str, Any], origin: Origin
+    earlier: Mapping[str, Any],
+    origins: Mapping[str, Any],
+    later: Mapping[str, Any],
+    origin: Origin | TerraformOrigin,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     merged, merged_origins = dict(earlier), dict(origins)
     for key, value in later.items():
@@ -232,7 +252,11 @@ def _field_origins(f_name: str, merge: Merge, node: Node) -> Any:
 
 def provenance(node: Node, *, deployer: bool = False) -> dict[str, Any]:
     """The origin of every value of `node.to_data(deployer=...)`, in the same shape."""
-    own = node.layers[-1][0] if node.layers else Origin.NODE
+    # The node's own table: the last layer that is not a value put into vars.
+    own = next(
+        (o for o, _ in reversed(node.layers) if not (isinstance(o, TerraformOrigin) and o.var)),
+        Origin.NODE,
+    )
     role_origin = Origin.DEFAULT if node.role is None else own
     result: dict[str, Any] = {"name": own, "role": role_origin}
     for f in NODE_FIELDS:

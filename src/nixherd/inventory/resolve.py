@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nixherd.errors import InventoryError, Problem
 from nixherd.inventory.cachecfg import incomplete
@@ -26,7 +26,7 @@ from nixherd.inventory.fields import (
     check_role_name,
 )
 from nixherd.inventory.merge import Values, apply_layer
-from nixherd.inventory.model import Inventory, Layer, Node, Origin
+from nixherd.inventory.model import Inventory, Layer, Node, Origin, TerraformOrigin
 from nixherd.inventory.normal import destination_clash, endpoint_host
 from nixherd.inventory.validate import (
     NO_LETTER,
@@ -37,6 +37,9 @@ from nixherd.inventory.validate import (
     shown,
     unknown_field_message,
 )
+
+if TYPE_CHECKING:  # only an inventory with Terraform sources loads that module
+    from nixherd.inventory.terraform import Terraform
 
 # Every key a node's storage ends up with, so that the per-node copy is made at its final size;
 # `add` fills in the placeholders (None, "", ()).
@@ -60,8 +63,12 @@ def fanout_name(role: str, host: str) -> str:
 
 
 class _Resolver:
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, terraform_snapshot: Mapping[str, Any] | None = None) -> None:
         self.file = file
+        self.terraform_snapshot = terraform_snapshot
+        self.terraform: Terraform | None = None
+        # id(layer table) -> the layers after it for `show`: its vars values taken from Terraform.
+        self.extra_layers: dict[int, tuple[Layer, ...]] = {}
         self.problems: list[Problem] = []
         self.built: dict[str, Node] = {}
         self.sources: dict[str, str] = {}  # node name -> key path of its table
@@ -74,6 +81,60 @@ class _Resolver:
 
     def report(self, path: str, message: str) -> None:
         self.problems.append(Problem(self.file, path, message))
+
+    def report_in(self, file: str, path: str, message: str) -> None:
+        self.problems.append(Problem(file, path, message))
+
+    def with_terraform(self, doc: Mapping[str, Any], path: Path) -> Mapping[str, Any]:
+        """The document with its vars' `{ terraform = ... }` values put in, when it declares
+        Terraform sources or a role takes targets from one (docs/terraform.md)."""
+        roles = doc.get("roles")
+        fan_out = type(roles) is dict and any(
+            type(role) is dict and "targets_from" in role for role in roles.values()
+        )
+        if "terraform" not in doc and not fan_out:
+            return doc
+        from nixherd.inventory.terraform import Terraform
+
+        table = doc.get("terraform", {})
+        tf = Terraform(table, path, self.file, self.report_in, self.terraform_snapshot)
+        self.terraform = tf
+        if "terraform" not in doc:
+            return doc  # markers in vars are only read with sources declared (as in nix/lib.nix)
+
+        def layer(table: Any, table_path: str) -> Any:
+            new, found = tf.substitute(table, table_path)
+            if found:
+                self.extra_layers[id(new)] = tuple(
+                    (TerraformOrigin(ref, var=True), values) for ref, values in found
+                )
+            return new
+
+        out = dict(doc)
+        if "defaults" in doc:
+            out["defaults"] = layer(doc["defaults"], "defaults")
+        if type(roles) is dict:
+            new_roles = {}
+            for name, role in roles.items():
+                role_path = join("roles", name)
+                role = layer(role, role_path)
+                targets = role.get("targets") if type(role) is dict else None
+                if type(targets) is list:
+                    new_targets = [
+                        layer(target, f"{role_path}.targets[{index}]")
+                        for index, target in enumerate(targets)
+                    ]
+                    role = {**role, "targets": new_targets}
+                new_roles[name] = role
+            out["roles"] = new_roles
+        nodes = doc.get("nodes")
+        if type(nodes) is dict:
+            out["nodes"] = {name: layer(node, join("nodes", name)) for name, node in nodes.items()}
+        return out
+
+    def own_layers(self, origin: Origin | TerraformOrigin, table: Any) -> tuple[Layer, ...]:
+        """The layer of `table`, then those of its vars values taken from Terraform."""
+        return ((origin, table), *self.extra_layers.get(id(table), ()))
 
     def table(self, value: Any, path: str) -> dict[str, Any] | None:
         if type(value) is dict:
@@ -92,6 +153,7 @@ class _Resolver:
         return schema.valid_part(table)
 
     def run(self, doc: Mapping[str, Any], path: Path) -> Inventory:
+        doc = self.with_terraform(doc, path)
         for key in doc:
             if key not in TOP_LEVEL:
                 self.report(join("", key), unknown_field_message(key, TOP_LEVEL))
@@ -99,7 +161,7 @@ class _Resolver:
         defaults = self.table(doc.get("defaults", {}), "defaults") or {}
         defaults = self.layer(defaults, DEFAULTS_TABLE, "defaults")
         base = apply_layer(_SKELETON, defaults)
-        base_layers: tuple[Layer, ...] = ((Origin.DEFAULTS, defaults),) if defaults else ()
+        base_layers = self.own_layers(Origin.DEFAULTS, defaults) if defaults else ()
         ssh_config = defaults.get("ssh_config")
         self.ssh_config = None if ssh_config is None else str(path.parent / ssh_config)
         self.builders = tuple(defaults.get("builders", ()))
@@ -119,7 +181,7 @@ class _Resolver:
                 continue
             role = self.layer(role, ROLE_TABLE, role_path)
             values = role_values[role_name] = apply_layer(base, role)
-            layers = role_layers[role_name] = (*base_layers, (Origin.ROLE, role))
+            layers = role_layers[role_name] = (*base_layers, *self.own_layers(Origin.ROLE, role))
             prefix = role_name + "-"
             # A fan-out name is never a hive key (it has a `-`); it has a letter when its role
             # has one, so only the targets of a role without are checked one by one.
@@ -150,7 +212,16 @@ class _Resolver:
                             f"the node name made from role and host, {shown(name)}, is not one "
                             f"the peers can carry: {NO_LETTER}: set `name`",
                         )
-                self.add(name, role_name, fields, target_path, (*layers, (Origin.TARGET, target)))
+                # Inline for the usual node (no vars from Terraform): this loop runs per target.
+                if self.extra_layers:
+                    own = self.own_layers(Origin.TARGET, target)
+                    self.add(name, role_name, fields, target_path, (*layers, *own))
+                else:
+                    self.add(
+                        name, role_name, fields, target_path, (*layers, (Origin.TARGET, target))
+                    )
+            if "targets_from" in role and self.terraform is not None:
+                self.fan_out(role_name, role, values, layers, name_ok)
 
         for node_name, raw_node in nodes.items():
             node_path = join("nodes", node_name)
@@ -178,7 +249,11 @@ class _Resolver:
                         self.report(join(node_path, "role"), unknown_role(node_role, roles))
                     values, layers = base, base_layers
                 fields = apply_layer(values, node)
-            self.add(node_name, node_role, fields, node_path, (*layers, (Origin.NODE, node)))
+            if self.extra_layers:
+                own = self.own_layers(Origin.NODE, node)
+                self.add(node_name, node_role, fields, node_path, (*layers, *own))
+            else:
+                self.add(node_name, node_role, fields, node_path, (*layers, (Origin.NODE, node)))
 
         if self.problems:
             raise InventoryError(self.problems)
@@ -188,7 +263,34 @@ class _Resolver:
             roles=tuple(sorted(roles)),
             ssh_config=self.ssh_config,
             builders=self.builders,
+            terraform_sources=() if self.terraform is None else tuple(self.terraform.sources),
         )
+
+    def fan_out(
+        self,
+        role_name: str,
+        role: Mapping[str, Any],
+        values: Values,
+        layers: tuple[Layer, ...],
+        name_ok: bool,
+    ) -> None:
+        """The role's targets taken from Terraform outputs (`targets_from`), valid ones only."""
+        assert self.terraform is not None
+        used_by = join(join("roles", role_name), "targets_from")
+        found = self.terraform.targets(role["targets_from"], used_by)
+        for ref, where, target in found:
+            fields = apply_layer(values, target)
+            name: str = target.get("name") or fanout_name(role_name, fields["host"])
+            if name_ok and "name" not in target:
+                made = f"the node name made from role and host, {shown(name)},"
+                if not is_name(name):
+                    self.report(where, f"{made} is not a valid name: give the entries a name")
+                    continue
+                if peer_name_problem(name) is not None:
+                    self.report(where, f"{made} is not one the peers can carry: {NO_LETTER}")
+                    continue
+            own: Layer = (TerraformOrigin(ref), target)
+            self.add(name, role_name, fields, where, (*layers, own))
 
     def entries(self, field_name: str, tables: Mapping[str, Any]) -> Any:
         """The typed entries of one named-table field (valid by now), built once per table: the
@@ -278,10 +380,17 @@ def unknown_role(name: str, roles: Mapping[str, Any]) -> str:
     return f"unknown role {shown(name)} ({hint})"
 
 
-def resolve(doc: Mapping[str, Any], *, file: str, path: Path) -> Inventory:
+def resolve(
+    doc: Mapping[str, Any],
+    *,
+    file: str,
+    path: Path,
+    terraform_snapshot: Mapping[str, Any] | None = None,
+) -> Inventory:
     """Validate and resolve a parsed inventory; raise InventoryError listing every problem.
 
     `file` names the inventory in messages; `path` is its absolute path (ssh_config is relative
-    to its directory).
+    to its directory). Terraform outputs come from `terraform_snapshot` when given (the one
+    `terraform sync` is about to write), else from the snapshot file beside the inventory.
     """
-    return _Resolver(file).run(doc, path)
+    return _Resolver(file, terraform_snapshot).run(doc, path)

@@ -101,6 +101,11 @@ def sshd_unit(host_name: str, sshd_config: str, log_file: str) -> str:
             "ExecReload=/bin/kill -HUP $MAINPID",
             # Only the listener: open sessions (a deploy's own) survive its restart.
             "KillMode=process",
+            # Read by switch-to-configuration when a lab system's drop-in changes it: restart
+            # it in one go rather than stop it before the activation (NixOS's sshd module sets
+            # stopIfChanged = false, nixos/modules/services/networking/ssh/sshd.nix), so a
+            # hanging activation never leaves the host without an sshd.
+            "X-StopIfChanged=false",
             "Restart=always",
             "RestartSec=300ms",
             "RuntimeDirectory=sshd",

@@ -32,6 +32,10 @@ waits on an activation in its main thread, it finishes that node first (checks, 
 a node that activated and passed its checks is confirmed, so it is not rolled back for nothing)
 and then re-raises; a second Ctrl-C stops waiting, and the target, unconfirmed, rolls itself back
 after the confirm timeout. Either way the lock is released by the watchdog when it is done.
+In worker threads (the fleet runner's) no KeyboardInterrupt arrives: there the second Ctrl-C
+reaches an activation through `aborts` (nixherd.node.abort), where it registers once its
+watchdog runs: the abort stops a switch still running and rolls the node back, and the
+activation's own following sees it settle.
 
 This module is the flow. The calls to the watchdog (start, wait, confirm, abort) are `watchdog`'s,
 and the words it answers with are `protocol`'s `Status`, matched here exhaustively.
@@ -47,10 +51,19 @@ from typing import TypeVar, assert_never
 
 from nixherd.errors import NixherdError
 from nixherd.events import EventSink, LogLine, Stage, StageFinished, StageStarted
+from nixherd.node.abort import Aborts, abortable
 from nixherd.node.checks import CheckResult, HealthCheck, run_checks, summary
+from nixherd.node.generations import Generations, generations, parse_generations
 from nixherd.node.goal import Goal
 from nixherd.node.probe import NodeState, probe
-from nixherd.node.protocol import UNIT_FAILED_EXIT, UNSAFE_EXIT, Marker, Status, describe
+from nixherd.node.protocol import (
+    UNIT_FAILED_EXIT,
+    UNSAFE_EXIT,
+    Marker,
+    Status,
+    describe,
+    unconfirmed,
+)
 from nixherd.node.watchdog import (
     PROFILE,
     STATE_DIR,
@@ -58,15 +71,12 @@ from nixherd.node.watchdog import (
     ActivationError,
     ActivationOptions,
     Follower,
-    Generations,
     LockHeldError,
     abort,
     await_settled,
     confirm,
     deployer_identity,
-    generations,
     new_activation_id,
-    parse_generations,
     start,
     start_argv,
     watchdog_argv,
@@ -129,25 +139,30 @@ def activate(
     *,
     checks: Sequence[HealthCheck] = (),
     emit: EventSink,
+    aborts: Aborts | None = None,
 ) -> ActivationResult:
-    """Activate `toplevel` on the node behind `conn` per `options`; raise ActivationError if not."""
+    """Activate `toplevel` on the node behind `conn` per `options`; raise ActivationError if not.
+
+    With `aborts`, the activation can be aborted (the second Ctrl-C) from the moment its
+    watchdog runs until it settles."""
     interrupted: list[KeyboardInterrupt] = []
+    follow = Follower(conn, new_activation_id(), emit)
     try:
-        return _activate(conn, toplevel, options, checks, emit, interrupted)
+        with abortable(aborts, follow, options.node):
+            return _activate(follow, toplevel, options, checks, interrupted)
     finally:
         if interrupted:
             raise interrupted[0]
 
 
 def _activate(
-    conn: Connection,
+    follow: Follower,
     toplevel: str,
     options: ActivationOptions,
     checks: Sequence[HealthCheck],
-    emit: EventSink,
     interrupted: list[KeyboardInterrupt],
 ) -> ActivationResult:
-    node = options.node
+    conn, emit, node = follow.conn, follow.emit, options.node
     if not options.goal.activates:
         raise NixherdError(f"{node}: goal {options.goal.value} does not activate")
     if not STORE_PATH.match(toplevel):
@@ -156,7 +171,6 @@ def _activate(
     run_health = options.goal.changes_running_system
     budget = sum(c.budget for c in checks) if run_health else 0.0
     confirm_window = options.confirm_timeout + budget
-    follow = Follower(conn, new_activation_id(), emit)
 
     with _stage(emit, node, Stage.ACTIVATE):
         previous, status = start(follow, toplevel, options, confirm_window)
@@ -220,7 +234,8 @@ def _activate(
     if final is not None and final.status is Status.CONFIRMED:
         return ActivationResult(previous, False, None, final.status, results, tuple(follow.log))
     _check_vanished(follow, final, previous, results)
-    raise _failure(node, final, previous, follow.log, results, why=None)
+    why = unconfirmed(final, follow.login_failure, follow.confirm_sent) if final else None
+    raise _failure(node, final, previous, follow.log, results, why=why)
 
 
 def _answers_confirm(status: Status) -> bool:
@@ -449,6 +464,7 @@ def rollback(
     confirm_timeout: float = 30.0,
     timeout: float = 600.0,
     emit: EventSink,
+    aborts: Aborts | None = None,
 ) -> tuple[Generations, ActivationResult]:
     """Move the node's profile to the previous generation and switch to it, with magic rollback.
 
@@ -468,4 +484,6 @@ def rollback(
         timeout=timeout,
         generation=number,
     )
-    return gens, activate(conn, gens.systems[number], options, checks=checks, emit=emit)
+    return gens, activate(
+        conn, gens.systems[number], options, checks=checks, emit=emit, aborts=aborts
+    )

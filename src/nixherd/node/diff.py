@@ -2,7 +2,10 @@
 
 Both closures come from `nix path-info -r --json` (the node's through its ssh store), so the diff
 needs nothing on the node but Nix. Packages are recognised from store path names the way Nix
-splits `name-version`: the version starts at the first `-` followed by a digit.
+splits `name-version`: the version starts at the first `-` followed by a digit. Two kinds of
+names break that rule and are read otherwise: a NixOS system, whose host name may itself hold
+`-<digit>` (`nixos-system-lab-1-4` is host `lab-1`, label `4`), and a file named with a number
+(`unit-getty-2.target`), which has no version at all.
 """
 
 from __future__ import annotations
@@ -20,12 +23,29 @@ _HASH = re.compile(r"^[0-9a-z]{32}-")
 _OUTPUTS = ("bin", "dev", "lib", "man", "doc", "info", "out", "debug", "static", "devdoc")
 _OUTPUT_SUFFIX = re.compile(r"-(?:" + "|".join(_OUTPUTS) + r")$")
 _VERSION_START = re.compile(r"-(?=[0-9])")
+# A NixOS toplevel is "nixos-system-${system.name}-${system.nixos.label}" (nixpkgs
+# nixos/modules/system/activation/top-level.nix); the label is the sorted tags and then the
+# version ("24.05.20240101.abcdef", "24.05pre-git": nixos/modules/misc/label.nix, version.nix).
+# The host name comes first and may hold "-<digit>" itself ("lab-1", "10-0-1-2"), so the version
+# is the LAST word that starts with a digit, with whatever follows it ("pre-git").
+_NIXOS_SYSTEM = re.compile(r"^(nixos-system-.+?)-([0-9][^-]*(?:-[^0-9][^-]*)*)$")
+# Names of single files (systemd units, configuration files): a number in them is part of the
+# file's name, not a version.
+_FILE_SUFFIX = re.compile(
+    r"\.(?:service|socket|target|timer|mount|automount|path|slice|scope|device|swap|conf|json"
+    r"|toml|ya?ml|ini|sh|py|pl|nix|rules|network|netdev|link)$"
+)
 
 
 def split_name(path: str) -> tuple[str, str]:
     """`/nix/store/<hash>-hello-2.12.1` -> ("hello", "2.12.1"); no version -> (name, "")."""
     base = _HASH.sub("", path.rsplit("/", 1)[-1])
     base = _OUTPUT_SUFFIX.sub("", base)
+    system = _NIXOS_SYSTEM.match(base)
+    if system is not None:
+        return system[1], system[2]
+    if _FILE_SUFFIX.search(base):
+        return base, ""
     match = _VERSION_START.search(base)
     if match is None:
         return base, ""

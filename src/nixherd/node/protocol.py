@@ -162,7 +162,9 @@ def describe(reason: str, log: Sequence[str] = ()) -> str:
     """A failure reason the watchdog gives (after failed, rolled-back, ...) in words; `log`
     (the activation's) names the units behind an exit 4."""
     if reason == "timeout":
-        return "no confirmation within the timeout (was the deployer cut off?)"
+        # Why no confirmation came is the deployer's to say (activation.py, from what it
+        # saw): the watchdog only knows that none did.
+        return "no confirmation within the timeout"
     if reason.startswith("activation-exit-124"):
         return "activation timed out"
     if reason == f"activation-exit-{UNIT_FAILED_EXIT}":
@@ -184,6 +186,34 @@ def describe(reason: str, log: Sequence[str] = ()) -> str:
     if reason == "aborted":
         return "aborted by the deployer"
     return reason
+
+
+# Seconds of confirmation window a new login gets before its lateness counts as evidence that
+# the node stopped answering logins (a login costs ~0.1 s of CPU on an idle node).
+LOGIN_GRACE = 2.0
+
+
+def unconfirmed(final: Marker, login_failure: str | None, confirm_sent: float | None) -> str | None:
+    """Why no confirmation came, in words, when the deployer's evidence says that the node, not
+    the deployer, stopped answering new ssh logins while the open connection (which brought
+    `final`) still worked: typically the new system broke sshd. The evidence is a fresh login
+    that failed (`login_failure`, ssh's words), or a confirmation sent with `confirm_sent`
+    seconds of the window left that reached the node only after it (the watchdog confirms at
+    once: the login stalled, as under a frozen sshd that the rollback thaws). None otherwise."""
+    if final.reason != "timeout":
+        return None
+    why = login_failure
+    if why is None and confirm_sent is not None and confirm_sent >= LOGIN_GRACE:
+        why = (
+            f"the confirmation, sent over a new ssh login {confirm_sent:.0f} s before the "
+            "window closed, reached the node only after it"
+        )
+    if why is None:
+        return None
+    return (
+        f"{describe(final.reason)}: the node stopped answering new ssh logins ({why}) while "
+        "the deployer's open connection still worked; did the new system break sshd?"
+    )
 
 
 @dataclass(frozen=True, slots=True)

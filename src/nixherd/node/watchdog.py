@@ -14,7 +14,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
@@ -72,6 +72,7 @@ STORE_PATH = re.compile(r"^/nix/store/[0-9a-z]{32}-[A-Za-z0-9+._?=-]+$")
 _RETRY = 1.0
 # Bound on one `wait` call on the target, so a forgotten waiter always ends by itself.
 _WAIT_SLICE = 120
+_SSH_FAILED = 255  # ssh's exit status when ssh itself failed (connect, key exchange, auth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,12 @@ class Follower:
     # The boot the activation runs in (from `start`, else the first status): a status from
     # another boot means the node rebooted, and that ends following at once.
     boot: BootMark | None = None
+    # Evidence on new logins while confirming: why one failed (ssh's words), and how many
+    # seconds of the window were left when the confirmation that got an answer was sent.
+    login_failure: str | None = None
+    confirm_sent: float | None = None
+    # Called once the watchdog runs on the node (from here on, an abort reaches it).
+    on_launch: Callable[[], None] | None = None
 
     def line(self, text: str) -> None:
         self.log.append(text)
@@ -342,6 +349,8 @@ def start(
             if key == "prevgen":
                 shown = values.get("previous") or "none"
                 follow.emit(LogLine(node, f"previous system: {shown}"))
+                if follow.on_launch is not None:
+                    follow.on_launch()
         else:
             head.append(text)
 
@@ -389,7 +398,8 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
     tries = 0
     while time.monotonic() < deadline:
         tries += 1
-        left = max(1.0, deadline - time.monotonic())
+        window = deadline - time.monotonic()
+        left = max(1.0, window)
         markers: list[str] = []
         # The log goes on from where following stopped: the confirmation's own steps (the
         # profile, the boot entry) reach the deployer's log too.
@@ -404,30 +414,36 @@ def confirm(follow: Follower, deadline: float, emit: EventSink) -> Marker | None
                 on_line=follow.stream(markers),
                 what="confirm",
             )
-        except CommandError:
+        except CommandError as exc:
             result = None
+            if exc.returncode is None:  # our timeout: the login never answered
+                follow.login_failure = "a new ssh login did not answer in time"
         marker = follow.ended(markers, result)
         if result is not None:
             if marker is not None:
                 follow.reached(marker, until_settled=True)
+                follow.confirm_sent = window
                 return follow.last
+            tail = (result.stdout + result.stderr).strip().splitlines()
+            why = tail[-1] if tail else f"exit {result.returncode}"
+            if result.returncode == _SSH_FAILED:
+                follow.login_failure = why
             if tries == 1:
-                tail = (result.stdout + result.stderr).strip().splitlines()
-                why = tail[-1] if tail else f"exit {result.returncode}"
                 emit(LogLine(node, f"confirmation over a new connection failed: {why}"))
         time.sleep(_RETRY)
     return None
 
 
-def abort(follow: Follower, reason: str) -> Marker | None:
-    """Tell the watchdog to roll back (a check failed); the status it answers with, if any."""
+def abort(follow: Follower, reason: str, *, seconds: int = 60) -> Marker | None:
+    """Tell the watchdog to roll back (a check failed, or a second Ctrl-C: a switch still
+    running is stopped first); the status it answers with within `seconds`, if any."""
     try:
         result = follow.conn.run(
-            watchdog_argv(follow.activation_id, "abort", "60"),
+            watchdog_argv(follow.activation_id, "abort", str(seconds)),
             elevate=True,
             input=reason + "\n",
             check=False,
-            timeout=90,
+            timeout=seconds + 30,
             what="abort",
         )
     except CommandError:
@@ -442,47 +458,3 @@ def await_settled(
     without its log; its final status (missing or rebooted too), or None if not by `deadline`."""
     follow = Follower(conn, activation_id, emit, offset=None)
     return follow.wait(deadline, until_settled=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Generations:
-    """What a node runs and the system profile's generations (number -> system)."""
-
-    current: str | None
-    profile: int | None  # the generation the profile points at
-    systems: Mapping[int, str]
-
-    def previous(self) -> int | None:
-        """The newest generation older than the profile's current one."""
-        if self.profile is None:
-            return None
-        older = [n for n in self.systems if n < self.profile]
-        return max(older) if older else None
-
-
-def parse_generations(output: str) -> Generations:
-    current: str | None = None
-    profile: int | None = None
-    systems: dict[int, str] = {}
-    for line in output.splitlines():
-        key, _, value = line.partition("=")
-        if key == "current":
-            current = value.strip() or None
-        elif key == "profile" and value.strip().isdigit():
-            profile = int(value)
-        elif key == "generation":
-            number, _, path = value.partition(" ")
-            if number.isdigit() and STORE_PATH.match(path.strip()):
-                systems[int(number)] = path.strip()
-    return Generations(current, profile, systems)
-
-
-def generations(conn: Connection) -> Generations:
-    """Read the node's running system and its system profile's generations (mode `info`)."""
-    result = conn.run(
-        ["sh", "-s", "--", "-", "info"],
-        input=watchdog_script(),
-        timeout=60,
-        what="read generations",
-    )
-    return parse_generations(result.stdout)

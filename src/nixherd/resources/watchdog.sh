@@ -9,7 +9,9 @@
 #                                            reaches waiting)
 #   sh watchdog.sh ID confirm MAX_SECS [OFFSET]  (over a fresh ssh connection; streams the log
 #                                            from OFFSET while the confirmation is acted on)
-#   sh watchdog.sh ID abort MAX_SECS         (reason on stdin: a health check failed)
+#   sh watchdog.sh ID abort MAX_SECS         (reason on stdin: a health check failed, or the
+#                                            deployer's second Ctrl-C: a switch still running is
+#                                            stopped first, as on a timeout, then rolled back)
 #   sh -s -- - info                          (what the node runs and its generations)
 #
 # State lives in /run/nixherd/act-ID (tmpfs: a reboot forgets it). /run and /run/nixherd must be
@@ -188,8 +190,9 @@ finish() {
 }
 
 # Run switch-to-configuration in its own session, bounded by a timeout. Sets rc (124 on timeout).
+# With ABORTABLE 1 (the activation's own switch, never a rollback's), an abort stops it.
 stc() {
-    top=$1 action=$2 limit=$3
+    top=$1 action=$2 limit=$3 abortable=${4:-0}
     if [ ! -x "$top/bin/switch-to-configuration" ]; then
         say "$top/bin/switch-to-configuration: not found"
         rc=127
@@ -213,6 +216,13 @@ stc() {
     fi
     pid=$!
     later "$limit" expire "$pid" "$action" "$limit" "$scope"
+    if [ "$abortable" = 1 ]; then
+        # An abort may come while the switch runs (`abort` mode, another process). Each side
+        # writes its file before it looks for the other's (`abort` then `switch` there, `switch`
+        # then `abort` here), so whichever comes second sees the first: none is missed.
+        put switch "$pid $scope"
+        [ -e "$d/abort" ] && abort_switch
+    fi
     wait "$pid"
     rc=$?
     if [ -e "$d/timedout" ]; then
@@ -222,6 +232,12 @@ stc() {
         wait "$tpid"
     else
         kill "$tpid" 2>/dev/null
+        # Aborted: the same rule. The abort's own stop may still be under way (its TERM ended
+        # the leader, not a helper that ignores it): none of the switch is left after this.
+        if [ "$abortable" = 1 ] && [ -e "$d/abort" ]; then
+            stop_switch TERM 20 "$pid" "$scope"
+            stop_switch KILL 50 "$pid" "$scope"
+        fi
     fi
     return 0
 }
@@ -233,6 +249,17 @@ expire() {
     say "switch-to-configuration $2 did not finish within ${3}s: stopping it" >>"$d/log"
     stop_switch TERM 20 "$1" "$4"
     stop_switch KILL 50 "$1" "$4"
+}
+
+# The deployer aborts while the activation's switch runs: stop it as a timeout does (the
+# rollback that follows must not run into a half-killed switch).
+abort_switch() {
+    get sw switch
+    [ -n "$sw" ] || return 0
+    set -- $sw
+    say "aborted by the deployer: stopping switch-to-configuration" >>"$d/log"
+    stop_switch TERM 20 "$1" "${2:-}"
+    stop_switch KILL 50 "$1" "${2:-}"
 }
 
 # stop_switch SIGNAL TENTHS PID SCOPE: SIGNAL to the switch's session (and its scope), then wait
@@ -424,11 +451,15 @@ run() {
         set_profile || finish "failed profile"
     fi
     say "switch-to-configuration $action"
-    stc "$top" "$action" "$tsecs"
+    stc "$top" "$action" "$tsecs" 1
+    rm -f "$d/switch"
     if [ "$rb" != 1 ]; then
         [ "$rc" = 0 ] && finish done
+        [ -e "$d/abort" ] && finish "failed aborted"
         finish "failed activation-exit-$rc"
     fi
+    # Aborted while switching (or just before): back to the previous system.
+    [ -e "$d/abort" ] && rollback aborted
     [ "$rc" = 0 ] || rollback "activation-exit-$rc"
     get window window
     later "$window" tell timeout
@@ -601,6 +632,9 @@ confirm)
     ;;
 abort)
     cat >"$d/abort"
+    # A switch still running (the activation's own, see stc) is stopped; once waiting, the
+    # watchdog reads the word from `ctl`.
+    abort_switch
     tell abort
     answer "$1"
     ;;

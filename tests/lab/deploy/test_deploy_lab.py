@@ -17,6 +17,7 @@ import pytest
 from deploykit import HOSTS, Fleet, by_node, make_fleet
 from labkit import LabFactory, LabHosts, http_json
 
+from nixherd.cli import state
 from nixherd.run import nix, process
 from nixherd.run.process import Result
 
@@ -194,7 +195,7 @@ def test_keep_result_keeps_a_gc_root_per_node(fleet: Fleet) -> None:
     result = fleet.nixherd("build", "--keep-result", check=True)
     built = dict(line.split() for line in result.stdout.splitlines())
     for name in ("lab-1", "lab-2"):
-        root = fleet.work / ".nixherd" / "results" / name
+        root = state.for_inventory(str(fleet.inventory)) / "results" / name
         assert root.is_symlink() and str(root.resolve()) == built[name]
 
 

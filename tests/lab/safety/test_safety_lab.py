@@ -94,6 +94,11 @@ def test_activation_that_cuts_ssh_is_rolled_back_within_the_timeout(
     assert report["alpha"]["result"] == "rolled back"
     assert report["alpha"]["rolled_back"] is True
     assert "no confirmation within the timeout" in report["alpha"]["rollback_reason"]
+    # The fresh login of the confirmation failed, the open connection did not: the node's sshd
+    # stopped answering, and the report says so rather than suspecting the deployer.
+    reason = report["alpha"]["rollback_reason"]
+    assert "stopped answering new ssh logins" in reason, out(outcome["result"])
+    assert "cut off" not in report["alpha"]["error"]["message"]
     assert report["bravo"]["result"] == "ok"
     assert fleet.current("alpha") == v1
     assert fleet.profile("alpha") == v1
@@ -197,7 +202,8 @@ def test_failed_activation_restores_the_previous_system_and_spares_the_others(
     report = by_node(data)
     alpha = report["alpha"]
     assert alpha["result"] == "rolled back"
-    assert alpha["rollback_reason"] == "activation failed (exit 1)"
+    # switch-to-configuration exits 2 when the activation script failed (NixOS, docs/lab.md).
+    assert alpha["rollback_reason"] == "activation failed (exit 2)"
     # Rolled back at once, not after the confirm timeout.
     assert alpha["seconds"]["activate"] < 30
     assert fleet.current("alpha") == v1
@@ -325,6 +331,25 @@ def test_diff_shows_the_real_difference_between_two_builds(hosts: HostPool, tmp_
     # diff touched nothing.
     now = fleet.current("alpha")
     assert now is not None and now.endswith("-alpha-1")
+
+
+def test_diff_reads_a_host_name_with_a_number_as_part_of_the_system_name(
+    hosts: HostPool, tmp_path: Path
+) -> None:
+    # nixos-system-web-1-1 -> nixos-system-web-1-2: the system "nixos-system-web-1" moves from
+    # 1 to 2 (read the way Nix splits names, it was "nixos-system-web" from "1-1" to "1-2").
+    (host,) = hosts.take(1)
+    fleet = make_fleet(tmp_path, hosts.lab, {"web-1": host})
+    fleet.write({"web-1": {"vars": {"version": "1"}}})
+    result, _ = fleet.apply("switch")
+    assert result.ok, out(result)
+    fleet.write({"web-1": {"vars": {"version": "2"}}})
+    diff = fleet.nixherd("diff", "--json")
+    assert diff.returncode == 0, out(diff)
+    (node,) = jsonkit.document(diff.stdout, "diff")["nodes"]
+    assert node["diff"]["before"].endswith("-nixos-system-web-1-1")
+    assert node["diff"]["changed"] == {"nixos-system-web-1": {"before": ["1"], "after": ["2"]}}
+    assert node["diff"]["added"] == node["diff"]["removed"] == {}
 
 
 def test_rollback_returns_each_node_to_its_previous_generation(

@@ -313,3 +313,46 @@ def test_a_failing_reload_restores_the_previous_file(fleet: Fleet) -> None:
     assert fleet.remote("lab-2", 'cat -- "$1"', backends) == good["lab-2"]
     assert fleet.lines("lab-2", f"{fleet.area}/reloads") == ["reloaded"] * 3
     assert fleet.lines("lab-1", f"{fleet.area}/reloads") == ["reloaded"]
+
+
+def test_a_data_reload_through_systemctl_reaches_the_unit(fleet: Fleet) -> None:
+    # A service unit on each host (systemd-run: no lab system needed) whose ExecReload sends
+    # SIGHUP, as most units' do; the data file's reload is `systemctl reload UNIT`.
+    unit = f"nh-app-{secrets.token_hex(4)}"
+    reloads = f"{fleet.area}/reloads"
+    backends = f"{fleet.area}/app/backends.json"
+    for name in NODES:
+        fleet.remote(
+            name,
+            'mkdir -p "$2" && systemd-run --unit="$1" --collect --quiet '
+            "-p 'ExecReload=/bin/kill -HUP $MAINPID' -- "
+            "sh -c \"trap 'echo reloaded >> $2/reloads' HUP; while :; do sleep 0.1; done\"",
+            unit,
+            fleet.area,
+        )
+    try:
+        reload = ["systemctl", "reload", unit]
+        fleet.write({name: data_node(fleet, {"a.example": f"{name}:80"}, reload) for name in NODES})
+        result, report = fleet.run("data", "push")
+        assert result.returncode == 0, explain(result)
+        for name in NODES:
+            assert report["nodes"][name]["changed"] == ["backends", "motd"]
+            wait = 'for i in $(seq 50); do test -s "$1" && break; sleep 0.1; done; cat "$1"'
+            assert fleet.remote(name, wait, reloads).splitlines() == ["reloaded"]
+        # The unit stopped: `systemctl reload` fails, and the previous file comes back.
+        good = fleet.remote("lab-1", 'cat -- "$1"', backends)
+        fleet.remote("lab-1", 'systemctl stop "$1"', unit)
+        fleet.write(
+            {
+                "lab-1": data_node(fleet, {"a.example": "lab-1:8080"}, reload),
+                "lab-2": data_node(fleet, {"a.example": "lab-2:80"}, reload),
+            }
+        )
+        result, report = fleet.run("data", "push")
+        assert result.returncode == 1, explain(result)
+        assert report["nodes"]["lab-1"]["outcome"] == "failed"
+        assert "restored the previous" in report["nodes"]["lab-1"]["error"]
+        assert fleet.remote("lab-1", 'cat -- "$1"', backends) == good
+    finally:
+        for name in NODES:
+            fleet.remote(name, 'systemctl stop "$1" 2>/dev/null || true', unit)

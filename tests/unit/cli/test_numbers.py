@@ -39,9 +39,11 @@ COUNT = "count"
 OPTIONS: list[tuple[tuple[str, ...], str, str]] = [
     (("apply",), "--confirm-timeout", SECONDS),
     (("apply",), "--reboot-timeout", SECONDS),
+    (("apply",), "--activation-timeout", SECONDS),
     (("apply",), "--parallel", PARALLEL),
     (("apply",), "--canary", COUNT),
     (("rollback",), "--confirm-timeout", SECONDS),
+    (("rollback",), "--activation-timeout", SECONDS),
     (("rollback",), "--parallel", PARALLEL),
     (("exec",), "--timeout", SECONDS),
     (("exec",), "--parallel", PARALLEL),
@@ -164,6 +166,20 @@ def test_good_seconds_reach_the_plan(fleet: Path, value: str, shown: str) -> Non
     code, out, err = run_main(argv_for(fleet, ("apply",), "--confirm-timeout", value))
     assert (code, err) == (0, "")
     assert f"confirm within {shown} s or roll back" in out
+
+
+def test_activation_timeout_reaches_the_plan_and_the_options(fleet: Path) -> None:
+    from nixherd.cli import apply, build_parser
+
+    code, out, err = run_main(argv_for(fleet, ("apply",), "--activation-timeout", "45"))
+    assert (code, err) == (0, "")
+    assert "(stopped if still running after 45 s)" in out
+    given = ["-i", str(fleet), "apply", "--activation-timeout", "7.5"]
+    args = build_parser("apply").parse_args(given)
+    assert apply.options_from(args).activation_timeout == 7.5
+    assert apply.options_from(args).to_data()["activation_timeout"] == 7.5
+    default = build_parser("apply").parse_args(["-i", str(fleet), "apply"])
+    assert apply.options_from(default).activation_timeout == 600
 
 
 def test_parallel_zero_means_all_and_the_bound_is_accepted(fleet: Path) -> None:

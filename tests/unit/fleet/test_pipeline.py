@@ -17,7 +17,15 @@ import connkit
 import pytest
 
 from nixherd.errors import CommandError
-from nixherd.events import Event, LogLine, NodeFinished, Outcome, Stage, StageFinished
+from nixherd.events import (
+    Event,
+    LogLine,
+    NodeFinished,
+    Outcome,
+    Stage,
+    StageFinished,
+    StageStarted,
+)
 from nixherd.fleet import pipeline
 from nixherd.fleet.evaluate import NodeEval
 from nixherd.fleet.plan import DeployOptions
@@ -158,9 +166,11 @@ class Activations:
         *,
         checks: Sequence[Any] = (),
         emit: Callable[[Event], None],
+        aborts: Any = None,
     ) -> activation.ActivationResult:
-        del checks
+        del checks, aborts
         self.calls.append((conn.target.node, toplevel, options))
+        emit(StageStarted(options.node, Stage.ACTIVATE))
         emit(StageFinished(options.node, Stage.ACTIVATE, 0.5))
         if options.node in self.fail:
             raise self.fail[options.node]
@@ -420,6 +430,28 @@ def test_report_json_shape(fake: Fake) -> None:
     assert set(a["seconds"]) >= {"eval", "build", "probe", "copy", "activate"}
     assert b["error"]["message"].startswith("cannot reach")
     assert data["options"]["parallel"] == 1
+
+
+def test_report_places_each_nodes_stages_on_the_run_clock(fake: Fake) -> None:
+    # The deploy timeline (`report --html`): every stage a node went through, when it started
+    # (seconds after the run's start) and how long it took, in the order they started.
+    report = run(fake, ["a", "b"])["_report"]
+    data = json.loads(json.dumps(report.to_data()))
+    for node in data["nodes"]:
+        spans = node["spans"]
+        stages = [s["stage"] for s in spans]
+        # The early probe may start while the build runs, never before the evaluation.
+        assert stages[0] == "eval", stages
+        assert stages.index("build") < stages.index("copy") < stages.index("activate")
+        assert stages.index("probe") < stages.index("copy")
+        starts = [s["start"] for s in spans]
+        assert starts == sorted(starts) and starts[0] >= 0
+        assert all(s["seconds"] >= 0 for s in spans)
+        assert all(s["start"] <= data["seconds"] for s in spans)
+        assert {s["stage"] for s in spans} == set(node["seconds"])
+    # parallel=1: b's copy starts after a's copy ended.
+    copy = {n["node"]: next(s for s in n["spans"] if s["stage"] == "copy") for n in data["nodes"]}
+    assert copy["b"]["start"] >= copy["a"]["start"] + copy["a"]["seconds"]
 
 
 def test_declined_confirmation_touches_no_node(fake: Fake, acts: Activations) -> None:

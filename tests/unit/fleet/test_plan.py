@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import connkit
@@ -20,6 +21,14 @@ from nixherd.node.goal import Goal
 @dataclass(frozen=True)
 class FakeNode(connkit.FakeNode):
     host: str = "192.0.2.1"
+
+
+@pytest.fixture(autouse=True)
+def _inventory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The options name the fleet's flake and state after its inventory: one is given, as a user
+    gives it (or it is found), wherever the tests run."""
+    (tmp_path / "flake.nix").write_text("{ outputs = _: { }; }\n")
+    monkeypatch.setenv("NIXHERD_INVENTORY", str(tmp_path / "inventory.toml"))
 
 
 def parse(*argv: str) -> DeployOptions:
@@ -115,10 +124,14 @@ def test_steps_follow_the_goal() -> None:
     assert not any("build (here" in s for s in push)
     switch = steps(DeployOptions(confirm_timeout=12, reboot=True))
     assert "set the system profile" in switch
-    assert "switch-to-configuration switch, then confirm within 12 s or roll back" in switch
+    assert (
+        "switch-to-configuration switch, then confirm within 12 s or roll back "
+        "(stopped if still running after 600 s)"
+    ) in switch
     assert switch[-1].startswith("reboot and wait")
-    boot = steps(DeployOptions(goal=Goal.BOOT, keys=False))
-    assert "switch-to-configuration boot" in boot and not any("keys" in s for s in boot)
+    boot = steps(DeployOptions(goal=Goal.BOOT, keys=False, activation_timeout=90))
+    assert "switch-to-configuration boot (stopped if still running after 90 s)" in boot
+    assert not any("keys" in s for s in boot)
 
 
 def test_describe_lists_waves_and_destinations() -> None:

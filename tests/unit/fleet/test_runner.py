@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import pytest
 
 from nixherd.errors import NixherdError
-from nixherd.events import Event, NodeFinished, Outcome
+from nixherd.events import Event, Interrupted, NodeFinished, Outcome
 from nixherd.fleet.report import NodeResult
 from nixherd.fleet.runner import fan_out, run_nodes
+from nixherd.node.abort import Aborts
 
 NAMES = [f"n{i}" for i in range(12)]
 
@@ -187,3 +188,157 @@ def test_run_nodes_after_ctrl_c_starts_no_node_and_reports_the_rest_not_attempte
 
 def reported_ok(name: str, _value: str) -> NodeResult:
     return NodeResult(name, Outcome.OK)
+
+
+# --- the second Ctrl-C: aborts, and nodes given up on ---
+
+
+def press_ctrl_c() -> None:
+    """What a Ctrl-C on the terminal does to the main thread (its SIGINT handler runs)."""
+    _thread.interrupt_main()
+
+
+@pytest.fixture
+def quick_abort(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nixherd.fleet import runner
+
+    monkeypatch.setattr(runner, "ABORT_GRACE", 5.0)
+    monkeypatch.setattr(runner, "ABORT_SETTLE", 0.3)
+
+
+def test_the_first_ctrl_c_is_announced_at_once_with_the_nodes_in_flight() -> None:
+    events: list[Event] = []
+    announced = threading.Event()
+    both = threading.Barrier(3, timeout=5)
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, Interrupted):
+            announced.set()
+
+    def work(name: str) -> str:
+        if name in ("n0", "n1"):
+            both.wait()
+            # Still in flight when the notice must come: it may not wait for this node.
+            assert announced.wait(5), "the first Ctrl-C was not announced while nodes ran"
+        return name
+
+    def press_when_both_run() -> None:
+        both.wait()
+        press_ctrl_c()
+
+    presser = threading.Thread(target=press_when_both_run)
+    presser.start()
+    result = fan_out(NAMES, work, parallel=2, cancel=threading.Event(), emit=emit)
+    presser.join()
+    notices = [e for e in events if isinstance(e, Interrupted)]
+    assert notices == [Interrupted(("n0", "n1"), aborting=False)]
+    assert result.interrupted and set(result.results) == {"n0", "n1"}
+    assert result.abandoned == ()
+
+
+@pytest.mark.usefixtures("quick_abort")
+def test_the_second_ctrl_c_fires_the_aborts_and_waits_for_the_nodes_they_end() -> None:
+    aborts = Aborts()
+    events: list[Event] = []
+    ended = threading.Event()
+    in_flight = threading.Event()
+
+    def work(name: str) -> str:
+        # An activation that never ends by itself; its abort ends it (the node rolls back).
+        def hook() -> str:
+            ended.set()
+            return "aborted: rolled back to its previous system"
+
+        aborts.add(name, hook)
+        in_flight.set()
+        assert ended.wait(10)
+        return "rolled back"
+
+    def press_twice() -> None:
+        assert in_flight.wait(5)
+        press_ctrl_c()
+        time.sleep(0.5)
+        press_ctrl_c()
+
+    presser = threading.Thread(target=press_twice)
+    presser.start()
+    started = time.monotonic()
+    result = fan_out(
+        ["n0", "n1"], work, parallel=1, cancel=threading.Event(), emit=events.append, aborts=aborts
+    )
+    presser.join()
+    assert time.monotonic() - started < 5
+    assert result.results == {"n0": "rolled back"}  # its own worker reported it
+    assert result.not_started == ("n1",) and result.abandoned == ()
+    assert [e for e in events if isinstance(e, Interrupted)] == [
+        Interrupted(("n0",), aborting=False),
+        Interrupted(("n0",), aborting=True),
+    ]
+    assert aborts.said("n0") == "aborted: rolled back to its previous system"
+
+
+@pytest.mark.usefixtures("quick_abort")
+def test_after_the_second_ctrl_c_a_node_that_does_not_end_is_given_up() -> None:
+    never = threading.Event()
+    events: list[Event] = []
+
+    def work(node: Named) -> str:
+        never.wait(60)  # a copy or a check that takes its time, nothing to abort
+        return node.name
+
+    def press_twice() -> None:
+        time.sleep(0.3)
+        press_ctrl_c()
+        time.sleep(0.3)
+        press_ctrl_c()
+
+    presser = threading.Thread(target=press_twice)
+    presser.start()
+    started = time.monotonic()
+    try:
+        run = run_nodes(
+            [Named("n0"), Named("n1")],
+            work,
+            command="exec",
+            result=reported_ok,
+            parallel=1,
+            emit=events.append,
+        )
+    finally:
+        never.set()
+        presser.join()
+    assert time.monotonic() - started < 3  # the settle time, not the work's minute
+    report = run.report
+    assert report.interrupted
+    by = {r.node: r for r in report.nodes}
+    assert by["n0"].outcome is Outcome.INTERRUPTED
+    assert by["n0"].detail == "abandoned in flight after a second Ctrl-C: the outcome is unknown"
+    assert by["n1"].outcome is Outcome.NOT_ATTEMPTED
+    finished = {e.node: e.outcome for e in events if isinstance(e, NodeFinished)}
+    assert finished == {"n0": Outcome.INTERRUPTED, "n1": Outcome.NOT_ATTEMPTED}
+
+
+def test_an_abort_registered_after_the_firing_runs_at_once() -> None:
+    aborts = Aborts()
+    assert aborts.fire() == ()
+    done = threading.Event()
+
+    def hook() -> str:
+        done.set()
+        return "aborted"
+
+    aborts.add("late", hook)
+    assert done.wait(5)
+    deadline = time.monotonic() + 5
+    while aborts.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert aborts.said("late") == "aborted" and aborts.registered("late")
+
+
+def test_a_removed_abort_is_not_fired() -> None:
+    aborts = Aborts()
+    token = aborts.add("done", lambda: "should not run")
+    aborts.remove(token)
+    assert aborts.fire() == ()
+    assert aborts.said("done") is None

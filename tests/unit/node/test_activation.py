@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from nixherd.errors import CommandError, NixherdError
 from nixherd.events import Event, LogLine, Stage, StageFinished, StageStarted
 from nixherd.inventory.parse_entries import parse_check
 from nixherd.node import activation, watchdog
+from nixherd.node.abort import ABORT_SECONDS, Aborts
 from nixherd.node.activation import (
     ActivationError,
     ActivationOptions,
@@ -415,12 +417,54 @@ def test_unconfirmed_node_is_followed_until_it_settles(
         activate(connection(), TOP, options, emit=events.append)
     assert info.value.rolled_back
     assert info.value.message.startswith("no confirmation within the timeout")
+    # The evidence: a fresh login failed while the open connection kept working. The node
+    # stopped answering new ssh logins; the deployer was not cut off.
+    assert "cut off" not in info.value.message
+    assert info.value.reason is not None
+    assert "new ssh logins" in info.value.reason
+    assert "Connection refused" in info.value.reason
     assert node.modes()[:3] == ["start", "wait", "confirm"]
     assert node.modes()[-1] == "wait"
     assert any(
         isinstance(e, LogLine) and "confirmation over a new connection failed" in e.line
         for e in events
     )
+
+
+def test_confirmation_that_reached_the_node_too_late_blames_its_login(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    # What the lab's frozen sshd does: the new login hangs, the window runs out, the rollback
+    # thaws sshd, and the confirmation gets through only to hear that the node rolled back.
+    node = fake(
+        {
+            "start": [started()],
+            "wait": [(0, marker("waiting")), (0, marker("rolled-back timeout"))],
+            "confirm": [(0, marker("rolled-back timeout"))],
+        }
+    )
+    options = ActivationOptions(Goal.TEST, "web-1", confirm_timeout=5)
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, options, emit=ignore)
+    assert info.value.rolled_back
+    assert info.value.reason is not None
+    assert info.value.reason.startswith("no confirmation within the timeout: the node stopped")
+    assert "reached the node only after it" in info.value.reason
+    assert node.modes()[:3] == ["start", "wait", "confirm"]
+
+
+def test_no_confirmation_without_a_failed_login_blames_no_one(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    # The confirmation never ran (its window was over before it started): no evidence of a
+    # broken login, so the reason is only the timeout, without guessing at the deployer.
+    node = fake({"start": [started()], "wait": [(0, marker("rolled-back timeout"))]})
+    options = ActivationOptions(Goal.TEST, "web-1", confirm_timeout=0.05)
+    with pytest.raises(ActivationError) as info:
+        activate(connection(), TOP, options, emit=ignore)
+    assert info.value.rolled_back
+    assert info.value.reason == "no confirmation within the timeout"
+    assert "confirm" not in node.modes()
 
 
 def test_ssh_drop_while_waiting_reconnects(
@@ -723,3 +767,64 @@ def test_wait_resumes_where_the_cut_stream_stopped(
     assert result.status == "done"
     assert node.calls[1].words[6] == "13"
     assert result.log == ("nixherd: one", "nixherd: two")
+
+
+# --- the second Ctrl-C reaches an activation through `aborts` ---
+
+
+def settled_aborts(aborts: Aborts) -> None:
+    deadline = time.monotonic() + 10
+    while aborts.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert aborts.pending() == 0
+
+
+def test_an_activation_registers_its_abort_once_its_watchdog_runs(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    aborts = Aborts()
+    aborts.fire()  # the second Ctrl-C came already: the activation is aborted as it launches
+    node = fake(
+        {
+            "start": [started()],
+            "wait": [(0, "nixherd: rolling back (aborted)\n" + marker("rolled-back aborted"))],
+            "abort": [(0, marker("rolled-back aborted"))],
+        }
+    )
+    with pytest.raises(ActivationError) as info:
+        activate(
+            connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore, aborts=aborts
+        )
+    settled_aborts(aborts)
+    assert info.value.rolled_back
+    assert info.value.message == f"aborted by the deployer; rolled back to {PREV}"
+    (call,) = [c for c in node.calls if c.mode == "abort"]
+    start_call = next(c for c in node.calls if c.mode == "start")
+    assert call.words[4] == start_call.words[4]  # the same activation id
+    assert call.words[6:] == [str(ABORT_SECONDS)]
+    assert call.input == "interrupted by the deployer (Ctrl-C twice)\n"
+    assert aborts.said("web-1") == "aborted: rolled back to its previous system"
+
+
+def test_an_activation_that_never_started_registers_nothing(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    aborts = Aborts()
+    aborts.fire()
+    node = fake({"start": [(75, "locked since=2026-01-02T03:04:05Z pid=4242 by=alice@laptop\n")]})
+    with pytest.raises(LockHeldError):
+        activate(
+            connection(), TOP, ActivationOptions(Goal.SWITCH, "web-1"), emit=ignore, aborts=aborts
+        )
+    assert node.modes() == ["start"] and not aborts.registered("web-1")
+
+
+def test_a_settled_activation_leaves_nothing_to_abort(
+    fake: Callable[[dict[str, list[Reply]]], FakeNode],
+) -> None:
+    aborts = Aborts()
+    node = fake({"start": [started()], "wait": [(0, marker("done"))]})
+    activate(connection(), TOP, ActivationOptions(Goal.BOOT, "web-1"), emit=ignore, aborts=aborts)
+    assert aborts.registered("web-1")
+    assert aborts.fire() == ()  # it removed its registration when it settled
+    assert "abort" not in node.modes()

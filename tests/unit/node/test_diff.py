@@ -38,10 +38,20 @@ def sp(name: str, digit: str = "0") -> str:
         ("python3.11-requests-2.31.0", ("python3.11-requests", "2.31.0")),
         ("openssl-3.0.13-bin", ("openssl", "3.0.13")),
         ("openssl-3.0.13-dev", ("openssl", "3.0.13")),
+        # NixOS toplevels: "nixos-system-<system.name>-<system.nixos.label>" (nixpkgs
+        # nixos/modules/system/activation/top-level.nix), the host name may hold "-<digit>".
         (
             "nixos-system-web-1-24.05.20240101.abcdef",
-            ("nixos-system-web", "1-24.05.20240101.abcdef"),
+            ("nixos-system-web-1", "24.05.20240101.abcdef"),
         ),
+        ("nixos-system-lab-1-4", ("nixos-system-lab-1", "4")),
+        ("nixos-system-alpha-2", ("nixos-system-alpha", "2")),
+        ("nixos-system-app-10-0-1-2-24.11pre-git", ("nixos-system-app-10-0-1-2", "24.11pre-git")),
+        ("nixos-system-hk-mytag-24.05.1", ("nixos-system-hk-mytag", "24.05.1")),
+        # A file named with a number is no package version.
+        ("unit-container@web-1.service", ("unit-container@web-1.service", "")),
+        ("unit-getty-2.target", ("unit-getty-2.target", "")),
+        ("zz-50.conf", ("zz-50.conf", "")),
         ("etc", ("etc", "")),
         ("unit-nginx.service", ("unit-nginx.service", "")),
         ("lab-payload-node-web", ("lab-payload-node-web", "")),
@@ -50,6 +60,17 @@ def sp(name: str, digit: str = "0") -> str:
 )
 def test_split_name(name: str, expected: tuple[str, str]) -> None:
     assert split_name(f"/nix/store/{H}-{name}") == expected
+
+
+def test_a_nixos_system_is_one_package_whose_version_changes() -> None:
+    diff = diff_closures(
+        {sp("nixos-system-lab-1-4", "a"): 10},
+        {sp("nixos-system-lab-1-5", "b"): 10},
+        before_system=sp("nixos-system-lab-1-4", "a"),
+        after_system=sp("nixos-system-lab-1-5", "b"),
+    )
+    assert diff.changed == (VersionChange("nixos-system-lab-1", ("4",), ("5",)),)
+    assert diff.added == diff.removed == ()
 
 
 def test_parse_path_info_list_shape_of_nix_2_8() -> None:
