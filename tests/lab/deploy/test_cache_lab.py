@@ -70,7 +70,8 @@ def test_apply_through_the_cache_every_node_substitutes(
     fleet: Fleet, server: CacheServer, tmp_path: Path
 ) -> None:
     secret, public = keypair(tmp_path / "keys", "lab-cache-1")
-    fleet.write(NAMES)
+    # lab-2 logs in as `deploy` (a trusted user there): its realise runs through sudo.
+    fleet.write(NAMES, users={"lab-2": "deploy"})
     cache_dir = tmp_path / "cache"
     with_cache(
         fleet,
