@@ -128,3 +128,19 @@ def test_the_command_lines_builders_replace_the_inventorys() -> None:
     assert with_builders(given, inventory).builders == "ssh://other x86_64-linux"
     bare = loads('[nodes.a]\nhost = "h"\n')
     assert with_builders(NixFlags(), bare).builders is None
+
+
+def test_dry_run_names_each_cache_and_its_nodes() -> None:
+    from nixherd.cli.runs import cache_plan
+    from nixherd.fleet.plan import DeployOptions
+    from nixherd.node.goal import Goal
+
+    cache = Cache("file:///srv/c", "http://c:8080", KEY, "/k/c.sec")
+    lines = cache_plan({"a": cache, "b": cache}, DeployOptions())
+    assert lines == {
+        "binary cache http://c:8080": "2 nodes substitute from it, trusting cache-1; pushed once "
+        "to file:///srv/c (signed with the key in /k/c.sec); a node it fails gets a direct nix copy"
+    }
+    # Building on the target, or a goal that copies nothing, leaves the cache out.
+    assert cache_plan({"a": cache}, DeployOptions(build_on_target=True)) == {}
+    assert cache_plan({"a": cache}, DeployOptions(goal=Goal.BUILD)) == {}
