@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,36 @@ def rtoml_json(text: str) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(text)
     data: dict[str, Any] = document["data"]
     return data
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def test_the_cache_server_serves_the_directory_and_stops_by_pid(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "nix-cache-info").write_text("StoreDir: /nix/store\n")
+    server = CacheServer(tmp_path / "cache", tmp_path / "nginx", free_port())
+    server.start()
+    try:
+        assert server.proc is not None
+        master = server.proc.pid
+        workers = children(master)
+        assert workers, "nginx started no worker"
+        with urllib.request.urlopen(f"{server.url}/nix-cache-info", timeout=10) as answer:
+            body = answer.read().decode()
+        assert "StoreDir: /nix/store" in body
+        assert any("GET /nix-cache-info" in line for line in server.requests())
+    finally:
+        server.stop()
+    for pid in (master, *workers):
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
