@@ -10,6 +10,9 @@
 #   openssh-server, openssh-client, sudo, util-linux, procps, iproute2, git
 #   zsh, fish           the tests run `nixherd completion zsh|fish`'s scripts in these shells
 #   groff-base          the tests render the man page (docs/nixherd.1) and want no warning
+#   nginx-light         the lab's binary cache over HTTP (nixherd.lab.cacheserver starts its own
+#                       nginx by pid, on 127.0.0.1; on a machine running systemd, Debian's package
+#                       also enables its own nginx.service on port 80)
 #   chromium            headless, for the test suite only: it renders `nixherd report --html`'s
 #                       page (tests/unit/browserkit.py); nixherd itself never starts a browser
 #   python3, python3-venv (when the machine has no Python 3.11+ with venv)
@@ -30,7 +33,7 @@ case "${1:-}" in
 esac
 
 APT_PACKAGES=(nix-bin nix-setup-systemd openssh-server openssh-client sudo util-linux procps
-  iproute2 git zsh fish groff-base chromium)
+  iproute2 git zsh fish groff-base chromium nginx-light)
 
 PY=${PYTHON:-python3}
 python_ok() {

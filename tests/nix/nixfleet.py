@@ -65,8 +65,8 @@ def write_fleet(
     shutil.copy(LIB, root / "nixherd" / "lib.nix")
     shutil.copy(STUB_SYSTEM, root / "nixherd" / "stub_system.nix")
     shutil.copy(LAB, root / "nixherd" / "lab.nix")
-    # lab.nix reads its units, activate and switch-to-configuration from nix/lab/.
-    shutil.copytree(REPO / "nix" / "lab", root / "nixherd" / "lab", dirs_exist_ok=True)
+    # lab.nix imports its units, activation and switch programs from nix/lab/.
+    shutil.copytree(LAB.parent / "lab", root / "nixherd" / "lab", dirs_exist_ok=True)
     (root / "flake.nix").write_text(FLAKE % {"args": args or STUB_MK_SYSTEM})
     (root / "inventory.toml").write_text(inventory)
     for name, text in (files or {}).items():

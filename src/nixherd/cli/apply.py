@@ -164,6 +164,7 @@ def _options(args: argparse.Namespace, rollout: Rollout) -> DeployOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     import sys
 
     from nixherd.errors import NixherdError, UsageError
@@ -174,8 +175,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--dry-run prints a plan for people; it has no --json, --report or --html")
     options = options_from(args)
     inventory, nodes = runs.load_nodes(args)
+    options = dataclasses.replace(options, nix=runs.with_builders(options.nix, inventory))
+    caches = runs.caches_of(inventory, nodes)
     if args.dry_run:
-        for line in describe(nodes, options):
+        for line in describe(nodes, options, extra=runs.cache_plan(caches, options)):
             sys.stdout.write(line + "\n")
         return 0
     if args.confirm and not sys.stdin.isatty():
@@ -202,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
             base_dir=str(inventory.path.parent),
             emit=view,
             confirm=ask if args.confirm else None,
+            caches=caches,
         )
     report = runs.report_with_logs(report, view)
     if args.html:

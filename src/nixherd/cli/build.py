@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     flags = runs.nix_flags(args)
     inventory, nodes = runs.load_nodes(args)
+    flags = runs.with_builders(flags, inventory)
     options = DeployOptions(
         goal=Goal.BUILD,
         flake=runs.flake_ref(args),

@@ -13,7 +13,9 @@ from nixherd.cli import numbers
 if TYPE_CHECKING:
     from nixherd.cli.progress import Progress
     from nixherd.fleet.evaluate import EvalLimits
+    from nixherd.fleet.plan import DeployOptions
     from nixherd.fleet.report import RunReport
+    from nixherd.inventory.cachecfg import Cache
     from nixherd.inventory.model import Inventory, Node
     from nixherd.run.nix import NixFlags
 
@@ -228,6 +230,48 @@ def load_nodes(args: argparse.Namespace) -> tuple[Inventory, list[Node]]:
 
     inventory = load(inventory_path(args))
     return inventory, select(inventory, getattr(args, "on", None))
+
+
+def with_builders(flags: NixFlags, inventory: Inventory) -> NixFlags:
+    """The command line's Nix flags, with the inventory's `[defaults] builders` when `--builders`
+    was not given (the command line replaces them, as Nix's own flag replaces nix.conf's)."""
+    if flags.builders is not None or not inventory.builders:
+        return flags
+    import dataclasses
+
+    from nixherd.inventory.cachecfg import builders_spec
+
+    spec = builders_spec(inventory.builders, str(inventory.path.parent))
+    return dataclasses.replace(flags, builders=spec)
+
+
+def caches_of(inventory: Inventory, nodes: list[Node]) -> dict[str, Cache]:
+    """Node name -> its binary cache, for the nodes that have one."""
+    from nixherd.inventory.cachecfg import cache_of
+
+    base = str(inventory.path.parent)
+    found = {n.name: cache_of(n.cache, base) for n in nodes if n.cache}
+    return {name: cache for name, cache in found.items() if cache is not None}
+
+
+def cache_plan(caches: dict[str, Cache], options: DeployOptions) -> dict[str, str]:
+    """`apply --dry-run`'s lines about binary caches: which nodes go through which cache."""
+    if not caches or options.build_on_target or not options.goal.copies:
+        return {}
+    by_cache: dict[Cache, list[str]] = {}
+    for name, cache in caches.items():
+        by_cache.setdefault(cache, []).append(name)
+    return {
+        f"binary cache {cache.url}": f"{len(names)} nodes substitute from it, trusting "
+        f"{cache.public_key.split(':')[0]}; pushed once to {cache.push}"
+        + (
+            " (signed with the key in " + cache.secret_key_file + ")"
+            if cache.secret_key_file
+            else ""
+        )
+        + "; a node it fails gets a direct nix copy"
+        for cache, names in by_cache.items()
+    }
 
 
 def progress(args: argparse.Namespace, names: list[str], title: str) -> Progress:

@@ -14,11 +14,13 @@ trip after the build is fleet/stages.py; the nodes of a wave run on the fleet ru
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 from nixherd.events import EventSink, Outcome, discard
+from nixherd.fleet import caches as cache_delivery
 from nixherd.fleet.plan import DeployNode, DeployOptions
 from nixherd.fleet.report import (
     ErrorInfo,
@@ -32,8 +34,9 @@ from nixherd.fleet.rollout import WaveKind
 from nixherd.fleet.runner import abandoned_detail, fan_out
 from nixherd.fleet.stages import Context, EarlyProbes, Track, delivery_for, run_node
 from nixherd.fleet.systems import Evaluator, produce
+from nixherd.inventory.cachecfg import Cache
 from nixherd.node import keys as secrets
-from nixherd.node.delivery import System
+from nixherd.node.delivery import PushFromHere, System
 from nixherd.node.goal import Goal
 
 # Asked once the systems are built, before any node is touched: go ahead?
@@ -50,6 +53,7 @@ def deploy(
     evaluator: Evaluator | None = None,
     command: str = "apply",
     confirm: Confirm | None = None,
+    caches: Mapping[str, Cache] | None = None,
 ) -> RunReport:
     """Deploy `nodes` as `options` say; every node ends with a result in the report.
 
@@ -57,7 +61,8 @@ def deploy(
     not evaluate). With `confirm`, it is asked after the build, before any node is touched,
     with every node's system; False leaves every node untouched (not attempted, "declined").
     A Ctrl-C starts no new node, lets those in flight finish, and returns a report marked
-    interrupted.
+    interrupted. `caches` (node name -> its binary cache) sends those nodes' systems through
+    their cache: pushed once after the build (and the confirmation), substituted by each node.
     """
     cancel = cancel or threading.Event()
     started_at = time.time()
@@ -66,8 +71,11 @@ def deploy(
     # Before Nix copies the flake into the store: a plaintext key file inside it would go along.
     keyed = [n for n in nodes if n.keys]
     secrets.refuse_store_exposed(keyed, base_dir=base_dir, flake=options.flake)
+    # Building on the target leaves nothing here to push: the cache is not used then.
+    caches = {} if options.build_on_target or not options.goal.copies else dict(caches or {})
+    cache_delivery.refuse_exposed(caches, flake_dir=_local_flake_dir(options.flake, base_dir))
     ctx = Context(options, base_dir, emit, cancel, delivery_for(options))
-    run = _Run(ctx, nodes, evaluator)
+    run = _Run(ctx, nodes, evaluator, caches)
     try:
         run.prepare(confirm)
         run.go()
@@ -94,9 +102,14 @@ class _Run:
     start (interrupted, declined, rollout stopped)."""
 
     def __init__(
-        self, ctx: Context, nodes: Sequence[DeployNode], evaluator: Evaluator | None
+        self,
+        ctx: Context,
+        nodes: Sequence[DeployNode],
+        evaluator: Evaluator | None,
+        caches: Mapping[str, Cache],
     ) -> None:
         self.ctx = ctx
+        self.caches = caches
         self.evaluator = evaluator
         self.names = [n.name for n in nodes]
         self.by_name = {n.name: n for n in nodes}
@@ -152,6 +165,13 @@ class _Run:
                 self.fail(name, error)
             if confirm is not None and options.goal.copies and ctx.systems:
                 self.declined = not confirm(dict(ctx.systems))
+            if self.caches and ctx.systems and not self.declined:
+                fallback = ctx.delivery
+                assert isinstance(fallback, PushFromHere)  # not building on the target
+                deliveries, self.stages["push"] = cache_delivery.push(
+                    self.caches, ctx.systems, fallback=fallback, emit=ctx.emit
+                )
+                ctx.deliveries.update(deliveries)
         except KeyboardInterrupt:
             self.stop()
 
@@ -189,6 +209,15 @@ class _Run:
                 reason = "rollout stopped"
             self.results[name] = node.finish(Outcome.NOT_ATTEMPTED, detail=reason)
         return list(self.results.values())
+
+
+def _local_flake_dir(flake: str, base_dir: str) -> str | None:
+    """The directory of a local flake reference (`.`, a path, `path:DIR`), else None."""
+    ref = flake.split("#", 1)[0].split("?", 1)[0]
+    ref = ref.removeprefix("path:").removeprefix("git+file://")
+    if not ref or "://" in ref or (":" in ref and not ref.startswith(("/", "."))):
+        return None
+    return os.path.join(base_dir, ref)
 
 
 def _abandoned(ctx: Context, name: str) -> NodeResult:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypedDict
 
 from nixherd.errors import CommandError, NixherdError
 from nixherd.events import Event, EventSink, Outcome, Stage, StageFinished, StageStarted
+from nixherd.node.delivery import Delivered
 
 # Enough of a failing command's output to see why, small enough for a report of 1,000 nodes.
 TAIL_LINES = 20
@@ -45,6 +46,15 @@ class OutputData(TypedDict):
     truncated: bool  # true when `text` is only the end of it
 
 
+class DeliveryData(TypedDict):
+    """Which way a node got its system (null when nothing was copied: up to date, or failed
+    before the copy)."""
+
+    way: str  # "direct" (pushed from the deployer), "cache" or "build-on-target"
+    cache: str | None  # the binary cache's URL, when the node was to substitute from one
+    cache_error: str | None  # why the cache was not used (then way is "direct": the fallback)
+
+
 class SpanData(TypedDict):
     """One stage a node went through, on the run's clock (a stage may come twice: keys)."""
 
@@ -66,6 +76,7 @@ class NodeResultData(TypedDict):
     detail: str | None
     exit_code: int | None  # `exec`: the remote command's exit code
     output: OutputData | None  # `exec`: the command's output (bounded); null elsewhere
+    delivery: DeliveryData | None  # `apply`: how the system reached the node
     error: ErrorData | None
     spans: list[SpanData]  # its stages in the order they started (the deploy timeline)
 
@@ -193,6 +204,7 @@ class NodeResult:
     detail: str | None = None  # e.g. "copied nothing", "exit 3" (a human note, not an error)
     exit_code: int | None = None  # `exec` only: the remote command's exit code
     output: Output | None = None  # `exec` only: what the command printed (bounded)
+    delivery: Delivered | None = None  # `apply`: which way the system reached the node
 
     @property
     def failed(self) -> bool:
@@ -210,6 +222,7 @@ class NodeResult:
             "detail": self.detail,
             "exit_code": self.exit_code,
             "output": self.output.to_data() if self.output else None,
+            "delivery": _delivery(self.delivery),
             "error": self.error.to_data() if self.error else None,
             "spans": [span.to_data() for span in spans],
         }
@@ -315,6 +328,12 @@ class RunReport:
             "evaluation": self.evaluation,
             "nodes": [r.to_data(self.spans.get(r.node, ())) for r in self.nodes],
         }
+
+
+def _delivery(delivered: Delivered | None) -> DeliveryData | None:
+    if delivered is None:
+        return None
+    return {"way": delivered.way, "cache": delivered.cache, "cache_error": delivered.cache_error}
 
 
 def _iso(timestamp: float) -> str:

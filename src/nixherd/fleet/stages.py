@@ -33,7 +33,7 @@ from nixherd.node import keys as secrets
 from nixherd.node import reboot as reboot_mod
 from nixherd.node.abort import Aborts
 from nixherd.node.checks import HealthCheck, run_checks, summary
-from nixherd.node.delivery import BuildOnTarget, Delivery, PushFromHere, System
+from nixherd.node.delivery import BuildOnTarget, Delivered, Delivery, PushFromHere, System
 from nixherd.node.goal import Goal
 from nixherd.node.probe import NodeState, probe
 from nixherd.run.ssh import Connection
@@ -50,6 +50,12 @@ class Context:
     delivery: Delivery
     systems: dict[str, System] = field(default_factory=dict)
     early: EarlyProbes | None = None
+    # Per node, when it differs from `delivery`: through its binary cache (fleet/caches.py).
+    deliveries: dict[str, Delivery] = field(default_factory=dict)
+
+    def delivery_of(self, name: str) -> Delivery:
+        return self.deliveries.get(name, self.delivery)
+
     # What the second Ctrl-C aborts: the activations in flight.
     aborts: Aborts = field(default_factory=Aborts)
 
@@ -135,6 +141,7 @@ class Track:
         self.stages: dict[str, float] = {}
         self.store_path: str | None = None
         self.previous: str | None = None
+        self.delivered: Delivered | None = None
 
     @contextmanager
     def stage(self, stage: Stage) -> Iterator[None]:
@@ -177,6 +184,7 @@ class Track:
             rolled_back=rolled_back,
             rollback_reason=rollback_reason,
             detail=detail,
+            delivery=self.delivered,
         )
 
 
@@ -227,7 +235,8 @@ def run_node(
                 if ctx.cancel.is_set():
                     return track.finish(Outcome.INTERRUPTED, detail="interrupted before copy")
                 with track.stage(Stage.COPY):
-                    ctx.delivery.deliver(conn, system, on_line=track.line)
+                    delivery = ctx.delivery_of(node.name)
+                    track.delivered = delivery.deliver(conn, system, on_line=track.line)
             else:
                 track.line("closure already on the node: nothing to copy")
             if goal is Goal.PUSH:

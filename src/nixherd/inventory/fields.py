@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import Enum, Flag
 from typing import Any, Final
 
+from nixherd.inventory.cachecfg import BUILDERS_FIELD, CACHE_FIELD
 from nixherd.inventory.validate import (
     HOSTNAME,
     MAX_HOST,
@@ -333,6 +334,7 @@ FIELDS: tuple[Field, ...] = (
         default={},
         nix=False,
     ),
+    Field("cache", merge=Merge.DEEP, where=EVERY_LAYER, default={}, nix=False, **CACHE_FIELD),
     Field(
         "ssh_config",
         "string (path relative to the inventory's directory)",
@@ -341,6 +343,7 @@ FIELDS: tuple[Field, ...] = (
         Where.DEFAULTS,
         "an ssh config file used by every ssh and nix copy call",
     ),
+    Field("builders", merge=Merge.NONE, where=Where.DEFAULTS, **BUILDERS_FIELD),
     Field(
         "targets",
         "array of tables",

@@ -108,6 +108,8 @@ class Node:
     data: Mapping[str, DataFile] = field(default_factory=dict, hash=False)
     # Deployer-side only too: health checks (nixherd.node.checks), by name.
     checks: Mapping[str, HealthCheck] = field(default_factory=dict, hash=False)
+    # Deployer-side too: the binary cache (inventory/cachecfg.py), its layers deep-merged.
+    cache: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Deployer-side too: the inventory's `[defaults] ssh_config`, absolute (see `target`).
     ssh_config: str | None = field(default=None, compare=False)
     # The key path of the node's own table (`nodes.web-1`, `roles.vps.targets[2]`), for messages.
@@ -180,6 +182,8 @@ class Inventory:
     roles: tuple[str, ...]  # role names, sorted
     # `[defaults] ssh_config`, made absolute (a str, as `ssh.Target` takes it), or None.
     ssh_config: str | None = None
+    # `[defaults] builders`: Nix remote builders, as declared (inventory/cachecfg.py renders them).
+    builders: tuple[Mapping[str, Any], ...] = ()
     # The names of its `[terraform.NAME]` sources (docs/terraform.md).
     terraform_sources: tuple[str, ...] = ()
 

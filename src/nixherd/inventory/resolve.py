@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nixherd.errors import InventoryError, Problem
+from nixherd.inventory.cachecfg import incomplete
 from nixherd.inventory.fastpath import NODE_PLAN, TARGET_PLAN, merge_checked
 from nixherd.inventory.fields import (
     BUILTIN,
@@ -76,6 +77,7 @@ class _Resolver:
         self.built_entries: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
         # `[defaults] ssh_config`, absolute: every node carries it in its ssh target.
         self.ssh_config: str | None = None
+        self.builders: tuple[Any, ...] = ()
 
     def report(self, path: str, message: str) -> None:
         self.problems.append(Problem(self.file, path, message))
@@ -162,6 +164,7 @@ class _Resolver:
         base_layers = self.own_layers(Origin.DEFAULTS, defaults) if defaults else ()
         ssh_config = defaults.get("ssh_config")
         self.ssh_config = None if ssh_config is None else str(path.parent / ssh_config)
+        self.builders = tuple(defaults.get("builders", ()))
 
         roles = self.table(doc.get("roles", {}), "roles") or {}
         nodes = self.table(doc.get("nodes", {}), "nodes") or {}
@@ -259,6 +262,7 @@ class _Resolver:
             nodes=dict(sorted(self.built.items())),
             roles=tuple(sorted(roles)),
             ssh_config=self.ssh_config,
+            builders=self.builders,
             terraform_sources=() if self.terraform is None else tuple(self.terraform.sources),
         )
 
@@ -351,6 +355,11 @@ class _Resolver:
         if clash is not None:
             self.report(source, clash)
             return
+        if fields["cache"]:
+            unusable = incomplete(fields["cache"])
+            if unusable is not None:
+                self.report(source, unusable)
+                return
         if self.problems:
             return  # nothing will be returned: only keep looking for problems
         fields["name"] = name

@@ -53,7 +53,7 @@ def machine_id(host: HostFiles) -> str:
     return value
 
 
-def make_etc(host: HostFiles, user: Account) -> None:
+def make_etc(host: HostFiles, user: Account, index: int) -> None:
     """Make `host.dir/etc` anew from the machine's /etc (see the module's docstring)."""
     etc = os.path.join(host.dir, "etc")
     new = etc + ".new"
@@ -69,7 +69,8 @@ def make_etc(host: HostFiles, user: Account) -> None:
                 os.unlink(os.path.join(ssh_dir, entry))
     # Rendered from the copy just taken, not the machine's live files: one snapshot of /etc.
     machine = {name: _read(new, name) for name in ("passwd", "group", "hosts", "shadow")}
-    write(os.path.join(new, "passwd"), render.passwd(machine["passwd"], user))
+    build_uids = render.build_uid_base(index)
+    write(os.path.join(new, "passwd"), render.passwd(machine["passwd"], user, build_uids))
     write(os.path.join(new, "group"), render.group(machine["group"], user))
     write(os.path.join(new, "hosts"), render.hosts_file(machine["hosts"], host.name))
     write(os.path.join(new, "hostname"), host.name + "\n")

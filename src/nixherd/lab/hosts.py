@@ -342,7 +342,7 @@ class Lab:
         etc.write(os.path.join(host.dir, "sshd_config"), render.sshd_config(host))
         public = Path(self.identity + ".pub").read_text()
         etc.write(host.authorized_keys, render.authorized_keys(public))
-        etc.make_etc(host, Account(uid=ids[0], gid=ids[1]))
+        etc.make_etc(host, Account(uid=ids[0], gid=ids[1]), index)
 
     def _write_client_files(self) -> None:
         hosts = self.hosts()

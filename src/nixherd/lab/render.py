@@ -148,17 +148,35 @@ def _without(text: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if line.split(":", 1)[0] != name]
 
 
-def passwd(machine: str, account: Account) -> str:
+# Nix's build users, by name (nixbld1, nixbld2, ...).
+_BUILD_USER = re.compile(r"^nixbld([0-9]+)$")
+
+
+def build_uid_base(index: int) -> int:
+    """Where lab host number `index` numbers its Nix build users: above every range Debian hands
+    out (system, regular, nobody), one block of 100 per host."""
+    return 100_000 + index * 100
+
+
+def passwd(machine: str, account: Account, build_uids_from: int | None = None) -> str:
     """The machine's passwd plus the deploy user (an existing `deploy` entry is replaced).
 
     Root's home moves to the host's own ROOT_HOME: a login on a lab host starts clean (no
     profile from the machine's /root) and nothing it writes under ~ reaches the machine.
+
+    With `build_uids_from`, the Nix build users get uids of the host's own. Before a build Nix
+    kills every process of its build user (kill(-1) as that uid); the machine's Nix sees the
+    hosts' processes (their PID namespaces are its children), so a machine build as nixbld1
+    killed a build running as the same uid in a lab host ("failed due to signal 9").
     """
     lines = []
     for line in _without(machine, DEPLOY_USER):
         fields = line.split(":")
         if fields[0] == "root" and len(fields) == 7:
             fields[5] = ROOT_HOME
+        build = _BUILD_USER.match(fields[0])
+        if build and build_uids_from is not None and len(fields) == 7:
+            fields[2] = str(build_uids_from + int(build.group(1)))
         lines.append(":".join(fields))
     lines.append(
         f"{DEPLOY_USER}:x:{account.uid}:{account.gid}:nixherd lab deploy user:"

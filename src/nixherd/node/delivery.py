@@ -1,8 +1,9 @@
 """How a node's system reaches its store: the pipeline's replaceable copy step.
 
-Two strategies today: push the built closure from here (`nix copy`, riding the node's
-ControlMaster through NIX_SSHOPTS), or copy the derivations and build on the node. A third
-("through a binary cache": upload once, every node substitutes) fits the same `Delivery` shape.
+Three strategies: push the built closure from here (`nix copy`, riding the node's ControlMaster
+through NIX_SSHOPTS), copy the derivations and build on the node, or substitute from a binary
+cache the deployer pushed to once (`FromCache`, which falls back to a direct push when the cache
+fails). Each says which way the system went (`Delivered`), for the report.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from nixherd.errors import CommandError
 from nixherd.run import nix
 from nixherd.run.process import LineCallback
 from nixherd.run.ssh import Connection
@@ -27,6 +29,17 @@ class System:
     out_path: str
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Which way a node got its system: `way` is "direct" (pushed from here), "cache" or
+    "build-on-target"; `cache` the cache's URL when one was meant to be used, and `cache_error`
+    why it was not (then `way` is "direct": the fallback)."""
+
+    way: str
+    cache: str | None = None
+    cache_error: str | None = None
+
+
 class Delivery(Protocol):
     """Puts a system's closure into a node's store; raises (CommandError) on failure."""
 
@@ -38,7 +51,7 @@ class Delivery(Protocol):
         """Whether the deployer must have built the system before `deliver`."""
         ...
 
-    def deliver(self, conn: Connection, system: System, *, on_line: LineCallback) -> None: ...
+    def deliver(self, conn: Connection, system: System, *, on_line: LineCallback) -> Delivered: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +61,10 @@ class PushFromHere:
     substitute_on_destination: bool = False
     scheme: str = "ssh"
     timeout: float = COPY_TIMEOUT
+    # Set when this push stands in for a cache that failed before any node (its push): the
+    # report names the cache and why.
+    cache: str | None = None
+    cache_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -57,7 +74,7 @@ class PushFromHere:
     def builds_locally(self) -> bool:
         return True
 
-    def deliver(self, conn: Connection, system: System, *, on_line: LineCallback) -> None:
+    def deliver(self, conn: Connection, system: System, *, on_line: LineCallback) -> Delivered:
         nix.copy(
             [system.out_path],
             to=conn.store_uri(self.scheme),
@@ -67,6 +84,7 @@ class PushFromHere:
             timeout=self.timeout,
             node=conn.target.node,
         )
+        return Delivered("direct", self.cache, self.cache_error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +103,7 @@ class BuildOnTarget:
     def builds_locally(self) -> bool:
         return False
 
-    def deliver(self, conn: Connection, system: System, *, on_line: LineCallback) -> None:
+    def deliver(self, conn: Connection, system: System, *, on_line: LineCallback) -> Delivered:
         nix.copy(
             [system.drv_path],
             to=conn.store_uri(self.scheme),
@@ -103,3 +121,53 @@ class BuildOnTarget:
             timeout=self.timeout,
             what="nix-store --realise (on the node)",
         )
+        return Delivered("build-on-target")
+
+
+@dataclass(frozen=True, slots=True)
+class FromCache:
+    """The node realises its system from the binary cache at `url` (pushed to once by the
+    deployer), trusting only `public_key`; when that fails (the cache is down, a path is
+    missing or not signed by that key), the node gets a direct push instead, and the result says
+    so with the cache's error."""
+
+    url: str
+    public_key: str
+    fallback: PushFromHere
+    timeout: float = COPY_TIMEOUT
+
+    @property
+    def name(self) -> str:
+        return "cache"
+
+    @property
+    def builds_locally(self) -> bool:
+        return True
+
+    def deliver(self, conn: Connection, system: System, *, on_line: LineCallback) -> Delivered:
+        try:
+            conn.run(
+                nix.substitute_argv([system.out_path], url=self.url, public_key=self.public_key),
+                elevate=True,
+                on_line=on_line,
+                timeout=self.timeout,
+                what="nix-store --realise (from the cache)",
+            )
+        except CommandError as exc:
+            why = _cache_error(exc)
+            on_line(f"the cache {self.url} failed ({why}): copying directly instead")
+            self.fallback.deliver(conn, system, on_line=on_line)
+            return Delivered("direct", self.url, why)
+        return Delivered("cache", self.url)
+
+
+def _cache_error(exc: CommandError) -> str:
+    """The line of Nix's output that says why the substitution failed (a refused signature, an
+    unreachable cache), else the last one."""
+    lines = [line.strip() for line in exc.tail(40).splitlines() if line.strip()]
+    for marker in ("not signed by", "unable to download", "Couldn't connect", "error:"):
+        for line in lines:
+            if marker in line:
+                return line.removeprefix("warning: ")
+    status = "timed out" if exc.returncode is None else f"exit {exc.returncode}"
+    return lines[-1] if lines else status

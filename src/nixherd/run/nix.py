@@ -329,3 +329,50 @@ def closure_sizes(
         node=node,
     )
     return parse_path_info(result.stdout)
+
+
+# --- binary caches (delivery through a cache) ---
+#
+# Checked on Nix 2.8 (the lab's): `nix store sign --key-file FILE --recursive PATHS` signs the
+# closure in the local store; `nix copy --to file:///DIR PATHS` writes NARs, narinfos and those
+# signatures; on a node, `nix-store --realise PATH` with the substituter and key given as options
+# fetches the closure, as root and as a trusted user through the daemon, and refuses a path whose
+# narinfo carries no signature of a trusted key ("is not signed by any of the keys in
+# 'trusted-public-keys'", exit 1).
+
+
+def sign_argv(paths: Sequence[str], *, key_file: str) -> list[str]:
+    """`nix store sign --key-file FILE --recursive PATHS`: the key's path is on argv, never the
+    key (Nix reads the file)."""
+    return nix_argv("store", "sign", "--key-file", key_file, "--recursive", *paths)
+
+
+def sign(
+    paths: Sequence[str],
+    *,
+    key_file: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Sign the closures of `paths` in the local store with the secret key in `key_file`."""
+    process.run(
+        sign_argv(paths, key_file=key_file), env=env, timeout=timeout, what="nix store sign"
+    )
+
+
+def substitute_argv(paths: Sequence[str], *, url: str, public_key: str) -> list[str]:
+    """`nix-store --realise PATHS` on a node, from the cache at `url` alone, trusting `public_key`
+    alone: the node's own substituters and keys are replaced for this call, so a path the key
+    did not sign is refused whatever the node trusts otherwise. Negative narinfo lookups are not
+    cached (the default keeps a miss for an hour: a node asking before a push would keep missing
+    afterwards), and a cache that does not answer fails the call within seconds."""
+    options = {
+        "substituters": url,
+        "trusted-public-keys": public_key,
+        "narinfo-cache-negative-ttl": "0",
+        "connect-timeout": "10",
+    }
+    argv = ["nix-store", "--realise"]
+    for name, value in options.items():
+        argv += ["--option", name, value]
+    return [*argv, *paths]

@@ -128,7 +128,9 @@ def test_every_command_writes_json_the_schema_accepts(
         for name in NAMES:
             fleet.lab.ssh(name, "rm", "-rf", "--", area, check=False)
     # Every command of the contract was run here: a new one must be added to this test.
-    assert run.seen == set(payloads.payloads())
+    # `terraform sync` needs a Terraform source: tests/unit/cli/test_terraform_sync.py runs it
+    # with a real Terraform and checks its document against the same schema.
+    assert run.seen == set(payloads.payloads()) - {"terraform sync"}
 
 
 def test_exec_report_holds_each_nodes_output_bounded(fleet: Fleet) -> None:

@@ -18,6 +18,7 @@ import tfkit
 from deploykit import Fleet, by_node, make_fleet
 from labkit import LabFactory, LabHosts, files_holding, new_store_paths, store_paths
 
+from nixherd.cli import state
 from nixherd.run.process import Result
 
 pytestmark = [pytest.mark.lab, pytest.mark.nix]
@@ -161,7 +162,7 @@ def test_terraform_apply_sync_and_deploy(tmp_path: Path, tf_lab: LabHosts) -> No
     assert len(reports) == 2
     for report_file in reports:
         assert needle not in report_file.read_bytes()
-    logs = fleet.work / ".nixherd"
+    logs = state.for_inventory(str(fleet.inventory)) / "logs"
     assert logs.is_dir() and files_holding(str(logs), needle) == []
     fresh = new_store_paths(before)
     assert fresh, "the deploys added store paths"

@@ -71,6 +71,7 @@ def test_text(capsys: pytest.CaptureFixture[str], inventory: str) -> None:
         "keys             {}\n"
         "data             {}\n"
         "checks           {}\n"
+        "cache            {}\n"
     )
 
 

@@ -8,6 +8,7 @@ run as `nobody` (setpriv; the tests run as root, as the lab's do). The node is u
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -38,13 +39,44 @@ def home() -> Iterator[Path]:
         shutil.rmtree(path)
 
 
+# What `nixherd` imports at run time. The checkout and its venv may sit where `nobody` cannot
+# read (CI's clone is below /root, mode 0700): nobody runs copies of them in the test's home.
+RUNTIME_PACKAGES = (
+    "nixherd",
+    "rtoml",
+    "rich",
+    "markdown_it",
+    "mdurl",
+    "pygments",
+    "tomlkit",
+    "argcomplete",
+)
+MAIN = "import sys; sys.path.insert(0, sys.argv.pop(1)); from nixherd.cli import main; " + (
+    "sys.exit(main(sys.argv[1:]))"
+)
+
+
+def readable_packages(home: Path) -> Path:
+    """Copies of the runtime packages in `home/pkgs` (made once per home), readable by all."""
+    pkgs = home / "pkgs"
+    if not pkgs.is_dir():
+        for name in RUNTIME_PACKAGES:
+            spec = importlib.util.find_spec(name)
+            assert spec is not None and spec.origin is not None, name
+            source = Path(spec.origin).parent
+            shutil.copytree(source, pkgs / name, ignore=shutil.ignore_patterns("__pycache__"))
+        for path in [pkgs, *pkgs.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    return pkgs
+
+
 def as_nobody(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`nixherd ARGS` as nobody in `cwd`, with only PATH and `env` in its environment."""
+    """`nixherd ARGS` as nobody in `cwd` (below the test's home), with only PATH and `env` in its
+    environment, run from readable copies of its code (`python -I -S`: nothing else is read)."""
+    pkgs = readable_packages(cwd.parent)
     argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
-    argv += [sys.executable, "-m", "nixherd", *args]
+    argv += [os.path.realpath(sys.executable), "-I", "-S", "-c", MAIN, str(pkgs), *args]
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-    if "PYTHONPATH" in os.environ:  # the code under test, when it is not the installed one
-        clean["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
         argv, cwd=cwd, env=clean, capture_output=True, text=True, timeout=60, check=False
     )

@@ -190,3 +190,21 @@ def test_inventory_snippet_is_a_valid_inventory(tmp_path: Path) -> None:
 )
 def test_safe_paths(path: str, safe: bool) -> None:
     assert render.is_safe_path(path) is safe
+
+
+def test_build_users_get_uids_of_the_host_s_own() -> None:
+    machine = (
+        "root:x:0:0:root:/root:/bin/bash\n"
+        "nixbld1:x:999:994:Nix build user 1:/var/empty:/usr/sbin/nologin\n"
+        "nixbld12:x:985:994:Nix build user 12:/var/empty:/usr/sbin/nologin\n"
+        "nixbldx:x:500:500::/:/bin/sh\n"
+    )
+    account = render.Account(uid=2000, gid=2000)
+    text = render.passwd(machine, account, render.build_uid_base(3))
+    uids = {line.split(":")[0]: int(line.split(":")[2]) for line in text.splitlines()}
+    assert uids["nixbld1"] == 100_301 and uids["nixbld12"] == 100_312
+    assert uids["nixbldx"] == 500 and uids["root"] == 0  # not build users: unchanged
+    # Two hosts never share one, nor the machine.
+    other = render.passwd(machine, account, render.build_uid_base(4))
+    assert "nixbld1:x:100401:" in other
+    assert "nixbld1:x:999:" in render.passwd(machine, account)
