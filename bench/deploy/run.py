@@ -101,6 +101,8 @@ class Bench:
         (self.fleet / "nixherd").mkdir(parents=True, exist_ok=True)
         for name in ("default.nix", "lib.nix", "lab.nix"):
             shutil.copy(REPO / "nix" / name, self.fleet / "nixherd" / name)
+        # lab.nix reads its units, activation and switch programs from nix/lab/.
+        shutil.copytree(REPO / "nix" / "lab", self.fleet / "nixherd" / "lab", dirs_exist_ok=True)
         (self.fleet / "flake.nix").write_text(
             "{ outputs = { self }: let nh = import ./nixherd; in nh.mkFleet {\n"
             "  inventory = ./inventory.toml; root = ./.; inherit (nh.lab) mkSystem; }; }\n"
