@@ -89,98 +89,16 @@ let
     toJSON
     ;
 
-  # -- the few module-system functions lab modules need -------------------------------------------
+  # -- the module-system functions lab modules need (nix/modules.nix, shared with the importer) --
 
-  mkOverride = priority: content: {
-    _type = "override";
-    inherit priority content;
-  };
+  modules = import ./modules.nix;
+  inherit (modules) mergeDefinitions moduleMeta;
 
-  lib = {
-    inherit mkOverride;
-    mkDefault = mkOverride 1000;
-    mkOptionDefault = mkOverride 1500;
-    mkForce = mkOverride 50;
-    mkIf = condition: content: {
-      _type = "if";
-      inherit condition content;
-    };
-    mkMerge = contents: {
-      _type = "merge";
-      inherit contents;
-    };
+  lib = modules.lib // {
     optional = condition: value: if condition then [ value ] else [ ];
     optionals = condition: values: if condition then values else [ ];
     optionalAttrs = condition: attrs: if condition then attrs else { };
   };
-
-  defaultPriority = 100;
-
-  # A definition as a list of { priority; value; }: mkIf/mkMerge expanded, overrides unwrapped.
-  # mkIf and overrides over an attrset are pushed down to its values (as NixOS does), so that
-  # `config = mkIf config.x { ... }` does not need its condition to know which keys it defines.
-  flatten =
-    priority: value:
-    if isAttrs value && value ? _type then
-      if (value._type == "if" || value._type == "override") && isPlainAttrs value.content then
-        [
-          {
-            inherit priority;
-            value = mapAttrs (_: v: value // { content = v; }) value.content;
-          }
-        ]
-      else if value._type == "override" then
-        flatten value.priority value.content
-      else if value._type == "if" then
-        (if value.condition then flatten priority value.content else [ ])
-      else if value._type == "merge" then
-        concatMap (flatten priority) value.contents
-      else
-        [ { inherit priority value; } ]
-    else
-      [ { inherit priority value; } ];
-
-  isPlainAttrs = v: isAttrs v && !(v ? _type) && (v.type or null) != "derivation";
-
-  unique = foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ];
-
-  # Merge the definitions of one value, in module order (later wins among equals).
-  mergeDefinitions =
-    definitions:
-    let
-      flat = concatMap (flatten defaultPriority) definitions;
-      best = foldl' (m: d: if d.priority < m then d.priority else m) 1000000 flat;
-      values = map (d: d.value) (filter (d: d.priority == best) flat);
-    in
-    if all isPlainAttrs values then
-      mergeSets values
-    else if all isList values then
-      concatLists values
-    else
-      foldl' (_: v: v) null values;
-
-  mergeSets =
-    sets:
-    let
-      definitionsOf = name: concatMap (set: if set ? ${name} then [ set.${name} ] else [ ]) sets;
-      # A key whose every definition is a false mkIf is not defined at all.
-      present = name: concatMap (flatten defaultPriority) (definitionsOf name) != [ ];
-    in
-    listToAttrs (
-      map (name: {
-        inherit name;
-        value = mergeDefinitions (definitionsOf name);
-      }) (filter present (unique (concatMap attrNames sets)))
-    );
-
-  moduleMeta = [
-    "imports"
-    "_file"
-    "key"
-    "disabledModules"
-    "meta"
-    "freeformType"
-  ];
 
   # Every module's definitions in order, imports before the module that imports them.
   collect =

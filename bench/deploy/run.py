@@ -99,7 +99,7 @@ class Bench:
         self, count: int, *, version: str, node_mb: int, shared_mb: int, switch_wait: int
     ) -> list[str]:
         (self.fleet / "nixherd").mkdir(parents=True, exist_ok=True)
-        for name in ("default.nix", "lib.nix", "lab.nix"):
+        for name in ("default.nix", "lib.nix", "lab.nix", "modules.nix"):
             shutil.copy(REPO / "nix" / name, self.fleet / "nixherd" / name)
         # lab.nix reads its units, activation and switch programs from nix/lab/.
         shutil.copytree(REPO / "nix" / "lab", self.fleet / "nixherd" / "lab", dirs_exist_ok=True)

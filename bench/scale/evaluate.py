@@ -53,7 +53,7 @@ FLAKE = """{
 
 def write_fleet(root: Path, nodes: int, megabytes: int, seconds: float) -> str:
     (root / "nixherd").mkdir(parents=True)
-    for name in ("lib.nix", "lab.nix"):
+    for name in ("lib.nix", "lab.nix", "modules.nix"):
         shutil.copy(REPO / "nix" / name, root / "nixherd" / name)
     shutil.copytree(REPO / "nix" / "lab", root / "nixherd" / "lab")  # lab.nix reads it
     (root / "flake.nix").write_text(FLAKE)

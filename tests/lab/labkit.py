@@ -260,7 +260,7 @@ def fleet_flake(root: Path, modules: Mapping[str, str]) -> None:
     `mkFleet` reads `root/inventory.toml` with the lab's mkSystem, and `modules` (file name ->
     Nix text). The inventory is the test's to write."""
     (root / "nixherd").mkdir(parents=True)
-    for name in ("default.nix", "lib.nix", "lab.nix"):
+    for name in ("default.nix", "lib.nix", "lab.nix", "modules.nix"):
         shutil.copy(REPO / "nix" / name, root / "nixherd" / name)
     # lab.nix reads its units, activate and switch-to-configuration from nix/lab/.
     shutil.copytree(REPO / "nix" / "lab", root / "nixherd" / "lab")

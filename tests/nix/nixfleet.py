@@ -65,6 +65,7 @@ def write_fleet(
     shutil.copy(LIB, root / "nixherd" / "lib.nix")
     shutil.copy(STUB_SYSTEM, root / "nixherd" / "stub_system.nix")
     shutil.copy(LAB, root / "nixherd" / "lab.nix")
+    shutil.copy(LAB.parent / "modules.nix", root / "nixherd" / "modules.nix")
     # lab.nix imports its units, activation and switch programs from nix/lab/.
     shutil.copytree(LAB.parent / "lab", root / "nixherd" / "lab", dirs_exist_ok=True)
     (root / "flake.nix").write_text(FLAKE % {"args": args or STUB_MK_SYSTEM})

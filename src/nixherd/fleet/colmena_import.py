@@ -17,6 +17,7 @@ from typing import Any
 
 from nixherd.errors import CommandError, NixherdError, UsageError
 from nixherd.inventory.from_colmena import Imported, convert
+from nixherd.package import nix_library
 from nixherd.run import nix
 
 
@@ -32,8 +33,11 @@ def flake_ref(given: str) -> str:
 
 def _expression(importer: str, ref: str, only: Sequence[str] | None, with_own: bool) -> str:
     names = "null" if only is None else "[ " + " ".join(nix.nix_string(n) for n in only) + " ]"
+    # The module system stand-in is the Nix library's, shared with the lab's mkSystem.
+    modules = nix.nix_string(os.path.join(nix_library(), "modules.nix"))
     return (
         f"import {nix.nix_string(importer)} {{ flake = builtins.getFlake {nix.nix_string(ref)}; "
+        f"modules = import {modules}; "
         f"only = {names}; withOwn = {'true' if with_own else 'false'}; }}"
     )
 

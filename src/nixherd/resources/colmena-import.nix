@@ -1,6 +1,7 @@
 # `nixherd import colmena`: a Colmena hive's nodes as plain data, evaluated without nixpkgs.
 #
-#   import ./colmena-import.nix { flake = builtins.getFlake REF; only = null | [ names ]; withOwn = true; }
+#   import ./colmena-import.nix { flake = builtins.getFlake REF; modules = import NIXLIB/modules.nix;
+#                                 only = null | [ names ]; withOwn = true; }
 #
 # `withOwn = false` leaves out each node's own settings (for a node whose own module cannot be
 # evaluated here: its deployment is still read).
@@ -27,6 +28,8 @@
 # secret).
 {
   flake,
+  # nixherd's module-system functions (nix/modules.nix), shared with the lab's mkSystem.
+  modules,
   only ? null,
   withOwn ? true,
 }:
@@ -69,25 +72,11 @@ let
 
   # -- the module system stand-in ---------------------------------------------------------------
 
-  mkOverride = priority: content: {
-    _type = "override";
-    inherit priority content;
-  };
+  inherit (modules) mkOverride mergeSets moduleMeta;
+  isPlain = modules.isPlainAttrs;
   placeholder = _: { _type = "option"; };
-  lib = builtins // {
-    inherit mkOverride;
-    mkDefault = mkOverride 1000;
-    mkOptionDefault = mkOverride 1500;
-    mkForce = mkOverride 50;
+  lib = builtins // modules.lib // {
     mkVMOverride = mkOverride 10;
-    mkIf = condition: content: {
-      _type = "if";
-      inherit condition content;
-    };
-    mkMerge = contents: {
-      _type = "merge";
-      inherit contents;
-    };
     mkBefore = x: x;
     mkAfter = x: x;
     mkOrder = _: x: x;
@@ -112,71 +101,6 @@ let
     attrValues = s: map (n: s.${n}) (attrNames s);
   };
 
-  defaultPriority = 100;
-  isPlain = v: isAttrs v && !(v ? _type) && (v.type or null) != "derivation";
-
-  # A definition as a list of { priority; value; }: mkIf/mkMerge expanded, overrides unwrapped;
-  # an mkIf or override over an attrset is pushed down to its values, so that a condition is
-  # only evaluated for the keys that are read (as NixOS does).
-  flatten =
-    priority: value:
-    if isAttrs value && value ? _type then
-      if (value._type == "if" || value._type == "override") && isPlain value.content then
-        [
-          {
-            inherit priority;
-            value = mapAttrs (_: v: value // { content = v; }) value.content;
-          }
-        ]
-      else if value._type == "override" then
-        flatten value.priority value.content
-      else if value._type == "if" then
-        (if value.condition then flatten priority value.content else [ ])
-      else if value._type == "merge" then
-        concatMap (flatten priority) value.contents
-      else
-        [ { inherit priority value; } ]
-    else
-      [ { inherit priority value; } ];
-
-  merge =
-    definitions:
-    let
-      flat = concatMap (flatten defaultPriority) definitions;
-      best = foldl' (m: d: if d.priority < m then d.priority else m) 1000000 flat;
-      values = map (d: d.value) (filter (d: d.priority == best) flat);
-    in
-    if all isPlain values then
-      mergeSets values
-    else if all isList values then
-      concatLists values
-    else
-      foldl' (_: v: v) null values;
-
-  mergeSets =
-    sets:
-    let
-      definitionsOf = n: concatMap (s: if s ? ${n} then [ s.${n} ] else [ ]) sets;
-      present = n: concatMap (flatten defaultPriority) (definitionsOf n) != [ ];
-      keys = foldl' (acc: n: if elem n acc then acc else acc ++ [ n ]) [ ] (
-        concatMap attrNames sets
-      );
-    in
-    listToAttrs (
-      map (n: {
-        name = n;
-        value = merge (definitionsOf n);
-      }) (filter present keys)
-    );
-
-  moduleMeta = [
-    "imports"
-    "_file"
-    "key"
-    "disabledModules"
-    "meta"
-    "freeformType"
-  ];
   # A module function is called with every argument it asks for: one this evaluation cannot give
   # (an argument of nixpkgs' own, or a special argument given some other way) throws only if
   # the deployment reads it.
