@@ -17,45 +17,32 @@ nothing of this shows in the machine's mount table.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 
+from nixherd.lab.syscalls import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWNS,
+    MS_PRIVATE,
+    MS_REC,
+    mount,
+    unmount,
+    unshare,
+)
+
 # Below the root of the cgroup v2 hierarchy: one directory for every lab on this machine.
 LAB_ROOT = "nixherd-lab"
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWNS = 0x00020000
-MS_REC = 0x4000
-MS_PRIVATE = 0x40000
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
 def mount_cgroup2(target: str) -> None:
     """Mount the cgroup v2 hierarchy at `target`, as the calling process's namespace sees it."""
-    _check(_libc().mount(b"cgroup2", target.encode(), b"cgroup2", 0, None), f"cgroup2 on {target}")
-
-
-def unmount(target: str) -> None:
-    _check(_libc().umount2(target.encode(), 2), f"umount {target}")  # MNT_DETACH
-
-
-def unshare(flags: int) -> None:
-    _check(_libc().unshare(ctypes.c_int(flags)), "unshare")
+    mount("cgroup2", target, "cgroup2", 0, None)
 
 
 def private_mounts() -> None:
     """A mount namespace of our own where nothing propagates back to the machine's."""
     unshare(CLONE_NEWNS)
-    _check(_libc().mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+    mount("none", "/", None, MS_REC | MS_PRIVATE, None)
 
 
 def name_of(hostdir: str, host: str) -> str:

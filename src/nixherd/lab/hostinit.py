@@ -18,7 +18,6 @@ that namespace's pid 1 (SIGHUP: restart, SIGINT: power off), and the supervisor 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pwd
 import signal
@@ -29,17 +28,18 @@ import time
 from collections.abc import Sequence
 
 from nixherd.lab import cgroup, proc
+from nixherd.lab.syscalls import (
+    MS_BIND,
+    MS_MOVE,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_RDONLY,
+    MS_REMOUNT,
+    mount,
+)
 
 SCRIPT = os.path.abspath(__file__)
-
-# mount(2) flags (sys/mount.h).
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_NOEXEC = 0x8
-MS_REMOUNT = 0x20
-MS_BIND = 0x1000
-MS_MOVE = 0x2000
 
 # Where nix-daemon and the garbage collector put their sockets: tmpfs, since a socket file in the
 # lab directory breaks anything that copies a tree holding it (a flake `path:` of a repository
@@ -55,24 +55,6 @@ VAR_DIRS = ("lib", "lib/systemd", "cache", "spool", "tmp", "log")
 BOOT_ACTIVATION_TIMEOUT = 30.0
 SYSTEMD_CANDIDATES = ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
 BOOT_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-    libc = _libc()
-    result = libc.mount(
-        source.encode(),
-        target.encode(),
-        fstype.encode() if fstype else None,
-        ctypes.c_ulong(flags),
-        data.encode() if data else None,
-    )
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"mount {source} on {target}: {os.strerror(errno)}")
 
 
 def bind(source: str, target: str, *, read_only: bool = False) -> None:
